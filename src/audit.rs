@@ -1,0 +1,339 @@
+//! The Kubernetes audit event model: just the fields the detection reads.
+//!
+//! Fields are kept as borrowed raw JSON (`&RawValue`) so that values can be
+//! shown exactly as written (`403`, `true`) and so that a field holding an
+//! unexpected type (an object where a string belongs, say) is data for the
+//! rule to judge, not a parse error. Input is attacker-influenced: nothing
+//! here panics, and no value is trusted to have the type the schema says.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The top level of one JSON object from an input line or a CloudWatch
+/// message. It may be an audit `Event`, or a wrapper around events: a
+/// CloudWatch event (`message`), an `aws logs filter-log-events` document
+/// (`events`), or an `EventList` (`items`). One parse serves all of them.
+#[derive(Debug, Default, Deserialize)]
+pub struct Record<'a> {
+    #[serde(borrow)]
+    pub kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub user: Option<&'a RawValue>,
+    #[serde(borrow, rename = "sourceIPs")]
+    pub source_ips: Option<&'a RawValue>,
+    #[serde(borrow, rename = "userAgent")]
+    pub user_agent: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub verb: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub stage: Option<&'a RawValue>,
+    #[serde(borrow, rename = "requestURI")]
+    pub request_uri: Option<&'a RawValue>,
+    #[serde(borrow, rename = "requestReceivedTimestamp")]
+    pub request_received_timestamp: Option<&'a RawValue>,
+    #[serde(borrow, rename = "objectRef")]
+    pub object_ref: Option<&'a RawValue>,
+    #[serde(borrow, rename = "responseStatus")]
+    pub response_status: Option<&'a RawValue>,
+    // Wrapper fields.
+    #[serde(borrow)]
+    pub message: Option<&'a RawValue>,
+    #[serde(borrow, rename = "eventId")]
+    pub event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub events: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub items: Option<&'a RawValue>,
+}
+
+/// What a parsed top-level object turned out to be.
+pub enum Shape<'r, 'a> {
+    /// An audit event.
+    Event(Event<'r, 'a>),
+    /// A CloudWatch log event: the audit event is the unescaped `message`.
+    CloudWatch {
+        message: Cow<'a, str>,
+        event_id: Option<Cow<'a, str>>,
+    },
+    /// A document holding a list of records (`events` or `items`).
+    List(Vec<&'a RawValue>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct User<'a> {
+    #[serde(borrow)]
+    username: Option<&'a RawValue>,
+    #[serde(borrow)]
+    uid: Option<&'a RawValue>,
+    #[serde(borrow)]
+    groups: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ObjectRef<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    namespace: Option<&'a RawValue>,
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ResponseStatus<'a> {
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+}
+
+impl<'a> Record<'a> {
+    /// Parses one JSON object. Anything else (an array, a scalar, invalid
+    /// JSON such as a CloudWatch-truncated event) is an error.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Decides whether this is an audit event or a wrapper around events.
+    pub fn shape(&self) -> Shape<'_, 'a> {
+        if self.user.is_none() {
+            if let Some(message) = self.message.and_then(string) {
+                let event_id = self.event_id.and_then(string);
+                return Shape::CloudWatch { message, event_id };
+            }
+            let list = self.events.or(
+                if self.kind.and_then(string).as_deref() == Some("EventList") {
+                    self.items
+                } else {
+                    None
+                },
+            );
+            if let Some(items) = list.and_then(array) {
+                return Shape::List(items);
+            }
+        }
+        Shape::Event(Event {
+            record: self,
+            user: sub(self.user),
+        })
+    }
+}
+
+/// An audit event: the record with its `user` object parsed, which the rule
+/// reads first. The other nested objects are parsed only for events that
+/// match.
+pub struct Event<'r, 'a> {
+    record: &'r Record<'a>,
+    user: User<'a>,
+}
+
+impl<'a> Event<'_, 'a> {
+    /// `user.username`, unescaped, when it is a string.
+    pub fn username(&self) -> Option<Cow<'a, str>> {
+        self.user.username.and_then(string)
+    }
+
+    /// `user.groups{}`: the usable values of `user.groups`.
+    pub fn groups(&self) -> Vec<Cow<'a, str>> {
+        multi(self.user.groups)
+    }
+
+    /// `sourceIPs{}`: the usable values of `sourceIPs`.
+    pub fn source_ips(&self) -> Vec<Cow<'a, str>> {
+        multi(self.record.source_ips)
+    }
+
+    /// The eleven single-valued by-fields, in output column order with the
+    /// two multi-valued ones left out: objectRef.name, objectRef.namespace,
+    /// objectRef.resource, requestReceivedTimestamp, requestURI,
+    /// responseStatus.code, stage, user.uid, user (username), userAgent, verb.
+    pub fn scalars(&self) -> [Option<Cow<'a, str>>; 11] {
+        let r = self.record;
+        let obj: ObjectRef<'a> = sub(r.object_ref);
+        let status: ResponseStatus<'a> = sub(r.response_status);
+        [
+            obj.name.and_then(scalar),
+            obj.namespace.and_then(scalar),
+            obj.resource.and_then(scalar),
+            r.request_received_timestamp.and_then(scalar),
+            r.request_uri.and_then(scalar),
+            status.code.and_then(scalar),
+            r.stage.and_then(scalar),
+            self.user.uid.and_then(scalar),
+            self.user.username.and_then(scalar),
+            r.user_agent.and_then(scalar),
+            r.verb.and_then(scalar),
+        ]
+    }
+}
+
+/// Parses a nested object; a missing field or one of another type (or a
+/// malformed one) reads as an empty object, whose fields are all absent.
+fn sub<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
+    match raw {
+        Some(raw) if raw.get().starts_with('{') => {
+            serde_json::from_str(raw.get()).unwrap_or_default()
+        }
+        _ => T::default(),
+    }
+}
+
+/// The unescaped text of a JSON string; `None` for any other type.
+pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if raw.get().starts_with('"') {
+        serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// The elements of a JSON array; `None` for any other type.
+fn array(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    if raw.get().starts_with('[') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// A value as Splunk shows it: strings unescaped, numbers and booleans as
+/// written. `None` (to be filled with "0") for null, "", arrays and objects.
+fn scalar(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => string(raw).filter(|s| !s.is_empty()),
+        Some(b'{' | b'[' | b'n') | None => None,
+        Some(_) => Some(Cow::Borrowed(text)),
+    }
+}
+
+/// The usable values of a multi-valued field (`x{}` in SPL): the elements of
+/// an array, skipping null, "", arrays and objects. Empty when the field is
+/// not an array.
+fn multi(raw: Option<&RawValue>) -> Vec<Cow<'_, str>> {
+    raw.and_then(array)
+        .map(|items| items.into_iter().filter_map(scalar).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(json: &str) -> Record<'_> {
+        Record::parse(json.as_bytes()).expect("valid test JSON")
+    }
+
+    /// Runs `check` on the event that `json` holds.
+    fn with_event(json: &str, check: impl FnOnce(&Event<'_, '_>)) {
+        match rec(json).shape() {
+            Shape::Event(e) => check(&e),
+            _ => panic!("not an event: {json}"),
+        }
+    }
+
+    #[test]
+    fn scalars_show_values_as_written() {
+        with_event(
+            r#"{"responseStatus":{"code":403},"verb":"get","stage":true,"userAgent":"a\u0026b"}"#,
+            |e| {
+                let s = e.scalars();
+                assert_eq!(s[5].as_deref(), Some("403"));
+                assert_eq!(s[6].as_deref(), Some("true"));
+                assert_eq!(s[9].as_deref(), Some("a&b"));
+                assert_eq!(s[10].as_deref(), Some("get"));
+            },
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_spelling() {
+        with_event(r#"{"responseStatus":{"code":4.03e2}}"#, |e| {
+            assert_eq!(e.scalars()[5].as_deref(), Some("4.03e2"));
+        });
+    }
+
+    #[test]
+    fn empty_null_and_structured_scalars_are_absent() {
+        let json = r#"{"verb":"","stage":null,"requestURI":{},"userAgent":[],"objectRef":{"name":["x"],"namespace":{"a":1}}}"#;
+        with_event(json, |e| {
+            let s = e.scalars();
+            assert!(s.iter().all(Option::is_none), "{s:?}");
+        });
+    }
+
+    #[test]
+    fn nested_object_of_wrong_type_reads_as_empty() {
+        with_event(
+            r#"{"objectRef":"pods","user":["system:anonymous"],"responseStatus":7}"#,
+            |e| {
+                assert!(e.scalars().iter().all(Option::is_none));
+                assert_eq!(e.username(), None);
+                assert!(e.groups().is_empty());
+            },
+        );
+    }
+
+    #[test]
+    fn multi_values_skip_unusable_elements_and_keep_duplicates() {
+        with_event(
+            r#"{"sourceIPs":["1.2.3.4",null,"",{},[],"1.2.3.4",5]}"#,
+            |e| {
+                assert_eq!(e.source_ips(), vec!["1.2.3.4", "1.2.3.4", "5"]);
+            },
+        );
+    }
+
+    #[test]
+    fn multi_value_that_is_not_an_array_is_empty() {
+        with_event(
+            r#"{"sourceIPs":"1.2.3.4","user":{"groups":"system:unauthenticated"}}"#,
+            |e| {
+                assert!(e.source_ips().is_empty());
+                assert!(e.groups().is_empty());
+            },
+        );
+    }
+
+    #[test]
+    fn username_is_unescaped() {
+        with_event(r#"{"user":{"username":"system\u003aanonymous"}}"#, |e| {
+            assert_eq!(e.username().as_deref(), Some("system:anonymous"));
+        });
+    }
+
+    #[test]
+    fn shapes_are_recognised() {
+        let cw = rec(r#"{"logStreamName":"s","message":"{\"kind\":\"Event\"}","eventId":"42"}"#);
+        match cw.shape() {
+            Shape::CloudWatch { message, event_id } => {
+                assert_eq!(message, r#"{"kind":"Event"}"#);
+                assert_eq!(event_id.as_deref(), Some("42"));
+            }
+            _ => panic!("not a CloudWatch event"),
+        }
+        let doc = rec(r#"{"events":[{"message":"{}"},{"message":"{}"}],"searchedLogStreams":[]}"#);
+        assert!(matches!(doc.shape(), Shape::List(v) if v.len() == 2));
+        let list = rec(r#"{"kind":"EventList","items":[{}]}"#);
+        assert!(matches!(list.shape(), Shape::List(v) if v.len() == 1));
+        // `items` without kind EventList is not a list; an event with a
+        // `message` field of its own stays an event.
+        assert!(matches!(rec(r#"{"items":[{}]}"#).shape(), Shape::Event(_)));
+        assert!(matches!(
+            rec(r#"{"user":{},"message":"x"}"#).shape(),
+            Shape::Event(_)
+        ));
+    }
+
+    #[test]
+    fn non_objects_and_truncated_events_fail_to_parse() {
+        for bad in [
+            "[1]",
+            "42",
+            r#"{"kind":"Event","user":{"username":"sys[Truncated...]"#,
+            "{",
+        ] {
+            assert!(Record::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

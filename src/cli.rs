@@ -1,0 +1,243 @@
+//! Every flag, in one place. The clap structs are plain data; `resolve`
+//! functions check them once and build what the commands run with.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::detect::Exclusion;
+use crate::exit::UsageError;
+use crate::output::{Format, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubeanon",
+    version,
+    about = "Find anonymous requests to a Kubernetes API server in its audit log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scan audit log files (or stdin) for anonymous requests.
+    Scan(ScanArgs),
+    /// Page through EKS audit logs in CloudWatch Logs and report anonymous requests.
+    Poll(PollArgs),
+    /// Check that kubeanon can read a cluster's audit logs.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Files to read; `-` or none reads stdin. Gzip is detected.
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format [default: table when writing to a terminal, else ndjson].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Write to FILE (via a temporary file and a rename) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE", conflicts_with = "append")]
+    pub output: Option<PathBuf>,
+    /// Append rows to FILE (ndjson or csv; fsynced before the run ends).
+    #[arg(long, value_name = "FILE")]
+    pub append: Option<PathBuf>,
+    /// Drop result rows whose COLUMN matches PATTERN (`*` wildcard, ASCII
+    /// case-insensitive; CIDR for src_ip). Repeatable.
+    #[arg(long, value_name = "COLUMN=PATTERN")]
+    pub exclude: Vec<String>,
+    /// Exit 3 when there are findings.
+    #[arg(long)]
+    pub fail_on_findings: bool,
+    /// No summary line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AwsArgs {
+    /// EKS cluster name: reads log group /aws/eks/NAME/cluster. Repeatable.
+    #[arg(long = "cluster", value_name = "NAME")]
+    pub clusters: Vec<String>,
+    /// CloudWatch Logs log group to read. Repeatable.
+    #[arg(long = "log-group", value_name = "NAME")]
+    pub log_groups: Vec<String>,
+    /// AWS region [default: from the AWS config chain].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Named profile from the AWS config files.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Endpoint for CloudWatch Logs (emulators, VPC endpoints). AWS_ENDPOINT_URL also works.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Only log streams whose name starts with this (`kube-apiserver-` would
+    /// also take the API server's own logs).
+    #[arg(long, default_value = "kube-apiserver-audit-", value_name = "PREFIX")]
+    pub stream_prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PollArgs {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// Start of the window: RFC 3339, or a duration before now (`2h`).
+    #[arg(long, value_name = "T", conflicts_with = "since")]
+    pub start: Option<String>,
+    /// End of the window (exclusive): RFC 3339, or a duration before now [default: now - lag].
+    #[arg(long, value_name = "T")]
+    pub end: Option<String>,
+    /// Window start as a duration before now [default: 1h, when no checkpoint].
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// Checkpoint file: resume where the last run ended, count each event once.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Leave out the most recent DURATION (events still arriving).
+    #[arg(long, default_value = "2m", value_name = "DURATION")]
+    pub lag: String,
+    /// Rescan DURATION before the checkpoint to catch late events.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub overlap: String,
+    /// FilterLogEvents requests per second, shared by all log groups of a
+    /// region (the account's quota is 5-25/s and shared with other tools).
+    #[arg(long, default_value_t = 4.0, value_name = "N")]
+    pub max_rps: f64,
+    /// Send no server-side filter pattern (see README: case and truncation).
+    #[arg(long)]
+    pub no_server_filter: bool,
+    /// Events per FilterLogEvents page (1-10000).
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub page_size: i32,
+    /// Attempts per request, first try included, before the run fails.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// Timeout for one request attempt.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub attempt_timeout: String,
+    /// Show a progress bar on stderr (default: when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// Output settings, checked.
+#[derive(Debug)]
+pub struct OutputConfig {
+    pub format: Format,
+    pub target: Target,
+    pub exclusions: Vec<Exclusion>,
+    pub fail_on_findings: bool,
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    pub fn resolve(&self) -> Result<OutputConfig, UsageError> {
+        let target = match (&self.output, &self.append) {
+            (Some(p), _) if p.as_os_str() == "-" => Target::Stdout,
+            (Some(p), _) => Target::Replace(p.clone()),
+            (None, Some(p)) => Target::Append(p.clone()),
+            (None, None) => Target::Stdout,
+        };
+        let format = self.format.unwrap_or(
+            if target == Target::Stdout && std::io::stdout().is_terminal() {
+                Format::Table
+            } else {
+                Format::Ndjson
+            },
+        );
+        if matches!(target, Target::Append(_)) && !matches!(format, Format::Ndjson | Format::Csv) {
+            return Err(UsageError("--append takes --format ndjson or csv".into()));
+        }
+        let exclusions = self
+            .exclude
+            .iter()
+            .map(|spec| Exclusion::parse(spec).map_err(UsageError))
+            .collect::<Result<_, _>>()?;
+        Ok(OutputConfig {
+            format,
+            target,
+            exclusions,
+            fail_on_findings: self.fail_on_findings,
+            quiet: self.quiet,
+        })
+    }
+}
+
+/// Parses `2m`, `1h30m`, `90s` and the like.
+pub fn parse_duration(flag: &str, text: &str) -> Result<Duration, UsageError> {
+    humantime::parse_duration(text)
+        .map_err(|e| UsageError(format!("{flag} '{text}': {e} (examples: 90s, 10m, 2h, 1d)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_args(extra: &[&str]) -> OutputArgs {
+        let mut argv = vec!["kubeanon", "scan"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Scan(s) => s.output,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn append_needs_a_line_format() {
+        let err = output_args(&["--append", "x", "--format", "json"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.0.contains("--append"));
+        let ok = output_args(&["--append", "x"]).resolve().unwrap();
+        assert_eq!(ok.format, Format::Ndjson);
+    }
+
+    #[test]
+    fn output_and_append_conflict() {
+        assert!(
+            Cli::try_parse_from(["kubeanon", "scan", "--output", "a", "--append", "b"]).is_err()
+        );
+    }
+
+    #[test]
+    fn bad_exclusion_is_a_usage_error() {
+        assert!(output_args(&["--exclude", "nope=1"]).resolve().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("--lag", "2m").unwrap(),
+            Duration::from_secs(120)
+        );
+        assert!(
+            parse_duration("--lag", "soon")
+                .unwrap_err()
+                .0
+                .contains("--lag")
+        );
+    }
+}

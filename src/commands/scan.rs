@@ -1,0 +1,50 @@
+//! `kubeanon scan`: files or stdin through the detector.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::{describe, to_rows, write_rows};
+use crate::cli::ScanArgs;
+use crate::detect::Detector;
+use crate::exit::Exit;
+use crate::source::file;
+
+pub fn run(args: ScanArgs) -> Result<Exit> {
+    let out = args.output.resolve()?;
+    let started = Instant::now();
+    let mut det = Detector::new(out.exclusions.clone());
+    let mut bytes = 0;
+    let stdin = [Path::new("-").to_path_buf()];
+    let paths = if args.paths.is_empty() {
+        &stdin[..]
+    } else {
+        &args.paths[..]
+    };
+    for path in paths {
+        bytes += read_path(path, &mut det)?;
+    }
+    let (agg, stats) = det.finish();
+    let findings = agg.into_findings();
+    write_rows(&out, &[], &to_rows(&findings, |_| Vec::new()))?;
+    if !out.quiet {
+        eprintln!(
+            "kubeanon scan: {}; {:.1} MB in {:.2} s",
+            describe(&stats, findings.len()),
+            bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Exit::for_findings(findings.len(), out.fail_on_findings))
+}
+
+fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {
+    if path.as_os_str() == "-" {
+        return file::read_input(io::stdin().lock(), det).context("cannot read stdin");
+    }
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    file::read_input(f, det).with_context(|| format!("cannot read {}", path.display()))
+}

@@ -1,0 +1,70 @@
+//! Exit codes, as documented in the README.
+
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success (findings or not, unless `--fail-on-findings`).
+    Ok,
+    /// A run that could not complete: I/O, AWS, checkpoint trouble.
+    Error,
+    /// Bad flags or arguments.
+    Usage,
+    /// `--fail-on-findings` and there were findings.
+    Findings,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::Findings => 3,
+        }
+    }
+
+    /// The exit for a successful run with `findings` rows.
+    pub fn for_findings(findings: usize, fail_on_findings: bool) -> Exit {
+        if fail_on_findings && findings > 0 {
+            Exit::Findings
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e.code())
+    }
+}
+
+/// An error in how the tool was invoked (exit 2), as opposed to one that
+/// happened while running (exit 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_documented() {
+        let codes: Vec<u8> = [Exit::Ok, Exit::Error, Exit::Usage, Exit::Findings]
+            .map(Exit::code)
+            .to_vec();
+        assert_eq!(codes, vec![0, 1, 2, 3]);
+        assert_eq!(Exit::for_findings(2, true), Exit::Findings);
+        assert_eq!(Exit::for_findings(2, false), Exit::Ok);
+        assert_eq!(Exit::for_findings(0, true), Exit::Ok);
+    }
+}

@@ -1,0 +1,17 @@
+//! kubeanon: find anonymous (unauthenticated) requests to a Kubernetes API
+//! server in its audit log.
+//!
+//! The layout follows the data: [`source`]s (files, CloudWatch Logs) hand
+//! raw records to the shared [`detect`] core, which matches, fills, groups
+//! and counts; [`output`] sinks write the findings; [`checkpoint`] keeps a
+//! scheduled poller's place. [`cli`] turns flags into configuration and
+//! [`commands`] wires the pieces together for each subcommand.
+
+pub mod audit;
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod detect;
+pub mod exit;
+pub mod output;
+pub mod source;

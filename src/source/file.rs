@@ -1,0 +1,347 @@
+//! Files and stdin: `kubeanon scan`.
+//!
+//! Accepted per line: an audit `Event`; a CloudWatch event (`message`
+//! holding the event, as `aws logs filter-log-events` prints each one); that
+//! command's whole `{"events":[...]}` document; a CloudWatch Logs S3-export
+//! line (`<RFC 3339 timestamp> <event>`); an `EventList`. An input whose
+//! first line is a lone `{` or `[` is a pretty-printed document (the AWS
+//! CLI's default output) and is streamed value by value instead. Gzip is
+//! recognised by its magic bytes.
+//!
+//! Memory is bounded: lines are handled in place in a fixed buffer, and a
+//! line (or document element) longer than [`MAX_RECORD`] is counted as
+//! malformed and skipped without being held.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::io::{self, Read};
+use std::rc::Rc;
+
+use flate2::read::MultiGzDecoder;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::detect::{Detector, Origin};
+
+/// The largest record kept: CloudWatch events are at most 1 MiB, and an
+/// apiserver audit line with a big RequestResponse body rarely exceeds a few.
+pub const MAX_RECORD: usize = 16 << 20;
+const CHUNK: usize = 1 << 20;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Reads one input to its end, feeding every record to `det`. Returns the
+/// number of (decompressed) bytes read. Errors are I/O errors only: bad
+/// content is counted, never fatal.
+pub fn read_input(input: impl Read, det: &mut Detector) -> io::Result<u64> {
+    let mut input = io::BufReader::with_capacity(CHUNK, input);
+    let head = io::BufRead::fill_buf(&mut input)?;
+    if head.starts_with(&GZIP_MAGIC) {
+        read_plain(MultiGzDecoder::new(input), det)
+    } else {
+        read_plain(input, det)
+    }
+}
+
+fn read_plain(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
+    let mut lines = Lines::new();
+    let n = lines.fill(&mut input)?;
+    if n > 0 && is_document_start(lines.pending()) {
+        let head = io::Cursor::new(lines.pending().to_vec());
+        return read_document(head.chain(input), det);
+    }
+    let mut total = n as u64;
+    loop {
+        lines.drain(|line| feed_line(line, det));
+        let n = lines.fill(&mut input)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    lines.finish(|line| feed_line(line, det));
+    det.stats.malformed += lines.overlong;
+    Ok(total)
+}
+
+/// One line of any accepted line format.
+fn feed_line(line: &[u8], det: &mut Detector) {
+    let line = line.trim_ascii();
+    if line.is_empty() {
+        return;
+    }
+    let record = strip_s3_export_prefix(line).unwrap_or(line);
+    det.feed(record, Origin::default());
+}
+
+/// `2024-05-01T12:00:00.000Z {...}` -> `{...}`, when the prefix is an
+/// RFC 3339 timestamp.
+fn strip_s3_export_prefix(line: &[u8]) -> Option<&[u8]> {
+    if !line.first()?.is_ascii_digit() {
+        return None;
+    }
+    let space = memchr::memchr(b' ', &line[..line.len().min(64)])?;
+    let stamp = std::str::from_utf8(&line[..space]).ok()?;
+    chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some(line[space + 1..].trim_ascii_start())
+}
+
+/// A lone `{` or `[` on the first non-blank line: a pretty-printed document.
+fn is_document_start(head: &[u8]) -> bool {
+    let start = head
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(head.len());
+    let rest = &head[start..];
+    let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+    matches!(rest[..end].trim_ascii(), b"{" | b"[")
+}
+
+/// A line splitter over a fixed-size buffer that hands out complete lines
+/// in place and drops lines longer than [`MAX_RECORD`] as it goes.
+struct Lines {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Inside a line already judged too long: skip to its newline.
+    skipping: bool,
+    overlong: u64,
+}
+
+impl Lines {
+    fn new() -> Self {
+        Lines {
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            skipping: false,
+            overlong: 0,
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more input after the unconsumed tail. 0 means end of input.
+    fn fill(&mut self, input: &mut impl Read) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= MAX_RECORD {
+                // The tail is one line longer than any record we keep.
+                self.overlong += 1;
+                self.skipping = true;
+                self.end = 0;
+            } else {
+                self.buf.resize((self.buf.len() * 2).min(MAX_RECORD), 0);
+            }
+        }
+        loop {
+            match input.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Hands out every complete line in the buffer.
+    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+        while let Some(nl) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+            let line = self.start..self.start + nl;
+            self.start += nl + 1;
+            if std::mem::take(&mut self.skipping) {
+                continue;
+            }
+            each(&self.buf[line]);
+        }
+    }
+
+    /// End of input: the last line may lack its newline.
+    fn finish(&mut self, mut each: impl FnMut(&[u8])) {
+        if !self.skipping && self.start < self.end {
+            each(&self.buf[self.start..self.end]);
+        }
+        self.start = self.end;
+    }
+}
+
+/// Streams a pretty-printed document (or several in a row): the elements
+/// of a top-level array, of an `events` or `items` array, or a whole
+/// top-level object, each fed as one record.
+fn read_document(input: impl Read, det: &mut Detector) -> io::Result<u64> {
+    let count = Rc::new(ByteCount::default());
+    let reader = CountingReader {
+        inner: input,
+        count: count.clone(),
+    };
+    // serde_json reads a byte at a time: buffer above the counter.
+    let mut de = serde_json::Deserializer::from_reader(io::BufReader::new(reader));
+    loop {
+        count.since_mark.set(0);
+        let mut seed = TopLevel {
+            det: &mut *det,
+            since_mark: &count.since_mark,
+            started: false,
+        };
+        match (&mut seed).deserialize(&mut de) {
+            Ok(()) => continue,
+            Err(e) if e.is_eof() && !seed.started => break,
+            Err(e) if e.is_io() && !e.to_string().contains(TOO_LARGE) => {
+                return Err(io::Error::other(e));
+            }
+            Err(_) => {
+                // Not JSON, cut short, or one element past the size limit:
+                // the rest cannot be framed, so it counts once and reading
+                // stops.
+                det.stats.malformed += 1;
+                break;
+            }
+        }
+    }
+    Ok(count.total.get())
+}
+
+const TOO_LARGE: &str = "record larger than the 16 MiB limit";
+
+#[derive(Default)]
+struct ByteCount {
+    total: Cell<u64>,
+    /// Bytes since the visitor last marked a record boundary.
+    since_mark: Cell<u64>,
+}
+
+/// Counts bytes, and fails a read once one record has grown past
+/// [`MAX_RECORD`], so a huge element is never held whole.
+struct CountingReader<R> {
+    inner: R,
+    count: Rc<ByteCount>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.count.since_mark.get() > MAX_RECORD as u64 {
+            return Err(io::Error::other(TOO_LARGE));
+        }
+        let n = self.inner.read(buf)?;
+        self.count.total.set(self.count.total.get() + n as u64);
+        self.count
+            .since_mark
+            .set(self.count.since_mark.get() + n as u64);
+        Ok(n)
+    }
+}
+
+struct TopLevel<'d, 'c> {
+    det: &'d mut Detector,
+    since_mark: &'c Cell<u64>,
+    started: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for &mut TopLevel<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut TopLevel<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object or array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.started = true;
+        stream_elements(&mut seq, self.det, self.since_mark)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.started = true;
+        // Fields other than the lists are kept so that an object that turns
+        // out to be a single (pretty-printed) event can be fed whole.
+        let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+        let mut streamed = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "events" || key == "items" {
+                map.next_value_seed(List {
+                    det: &mut *self.det,
+                    since_mark: self.since_mark,
+                })?;
+                streamed = true;
+            } else if streamed {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                fields.push((key.into_owned(), map.next_value()?));
+            }
+        }
+        if !streamed {
+            let object = reassemble(&fields);
+            self.det.feed(object.as_bytes(), Origin::default());
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom("not an object"))
+    }
+}
+
+struct List<'d, 'c> {
+    det: &'d mut Detector,
+    since_mark: &'c Cell<u64>,
+}
+
+impl<'de> DeserializeSeed<'de> for List<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for List<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        stream_elements(&mut seq, self.det, self.since_mark)
+    }
+}
+
+fn stream_elements<'de, A: SeqAccess<'de>>(
+    seq: &mut A,
+    det: &mut Detector,
+    since_mark: &Cell<u64>,
+) -> Result<(), A::Error> {
+    while let Some(item) = seq.next_element::<Box<RawValue>>()? {
+        since_mark.set(0);
+        det.feed(item.get().as_bytes(), Origin::default());
+    }
+    Ok(())
+}
+
+/// Rebuilds `{"k":v,...}` from an object's captured fields.
+fn reassemble(fields: &[(String, Box<RawValue>)]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).expect("a string serialises"));
+        out.push(':');
+        out.push_str(v.get());
+    }
+    out.push('}');
+    out
+}
