@@ -324,3 +324,6 @@ fn looks_like_object(bytes: &[u8]) -> bool {
     let t = bytes.trim_ascii();
     t.first() == Some(&b'{') && t.last() == Some(&b'}')
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! Unit tests for the detection rule, fill, grouping and counting.
+
+use super::*;
