@@ -60,17 +60,26 @@ pub struct Pending {
 
 impl State {
     pub fn new() -> Self {
-        State { version: VERSION, ..Default::default() }
+        State {
+            version: VERSION,
+            ..Default::default()
+        }
     }
 
     pub fn group(&self, region: &str, log_group: &str) -> Option<&GroupState> {
-        self.groups.iter().find(|g| g.region == region && g.log_group == log_group)
+        self.groups
+            .iter()
+            .find(|g| g.region == region && g.log_group == log_group)
     }
 
     /// Replaces (or adds) the states of these groups.
     pub fn update(&mut self, updated: Vec<GroupState>) {
         for g in updated {
-            match self.groups.iter_mut().find(|o| o.region == g.region && o.log_group == g.log_group) {
+            match self
+                .groups
+                .iter_mut()
+                .find(|o| o.region == g.region && o.log_group == g.log_group)
+            {
                 Some(old) => *old = g,
                 None => self.groups.push(g),
             }
@@ -108,7 +117,11 @@ impl Checkpoint {
             }
         }
         let state = read(path)?;
-        Ok(Checkpoint { path: path.to_path_buf(), _lock: lock, state })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            _lock: lock,
+            state,
+        })
     }
 
     /// Writes the state atomically and durably.
@@ -133,7 +146,9 @@ fn read(path: &Path) -> Result<State> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read checkpoint {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read checkpoint {}", path.display()));
+        }
     };
     let recover = "to recover, restore it from a backup, or move it aside to start over from --start/--since \
                    (events between then and the lost watermark may be missed or reported again)";
@@ -146,11 +161,18 @@ fn read(path: &Path) -> Result<State> {
             "checkpoint {} has version {v}, this kubeanon reads version {VERSION}; {recover}",
             path.display()
         ),
-        None => bail!("checkpoint {} is not a kubeanon checkpoint (corrupt or truncated); {recover}", path.display()),
+        None => bail!(
+            "checkpoint {} is not a kubeanon checkpoint (corrupt or truncated); {recover}",
+            path.display()
+        ),
     }
     let state: State = serde_json::from_str(&text)
         .with_context(|| format!("checkpoint {} is corrupt; {recover}", path.display()))?;
-    if let Some(bad) = state.groups.iter().find(|g| g.watermark_ms < 0 || g.log_group.is_empty()) {
+    if let Some(bad) = state
+        .groups
+        .iter()
+        .find(|g| g.watermark_ms < 0 || g.log_group.is_empty())
+    {
         bail!(
             "checkpoint {} is corrupt: bad entry for log group '{}'; {recover}",
             path.display(),
@@ -182,7 +204,12 @@ pub fn complete_delivery(p: &Pending) -> Result<Recovery> {
         .append(true)
         .create(true)
         .open(&p.file)
-        .with_context(|| format!("cannot open {} to complete an interrupted delivery", p.file.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open {} to complete an interrupted delivery",
+                p.file.display()
+            )
+        })?;
     let len = file.metadata()?.len();
     let data = p.data.as_bytes();
     let present = if len < p.offset {
@@ -190,7 +217,9 @@ pub fn complete_delivery(p: &Pending) -> Result<Recovery> {
     } else {
         file.seek(SeekFrom::Start(p.offset))?;
         let mut tail = Vec::new();
-        Read::by_ref(&mut file).take(data.len() as u64 + 1).read_to_end(&mut tail)?;
+        Read::by_ref(&mut file)
+            .take(data.len() as u64 + 1)
+            .read_to_end(&mut tail)?;
         // The tail must be a prefix of our bytes (a cut write) and nothing
         // else may follow it.
         (tail.len() as u64 == len - p.offset && data.starts_with(&tail)).then_some(tail.len())
@@ -214,7 +243,12 @@ mod tests {
     use super::*;
 
     fn pending(dir: &Path, offset: u64, data: &str) -> Pending {
-        Pending { file: dir.join("out.ndjson"), offset, data: data.into(), groups: vec![] }
+        Pending {
+            file: dir.join("out.ndjson"),
+            offset,
+            data: data.into(),
+            groups: vec![],
+        }
     }
 
     #[test]
@@ -224,14 +258,23 @@ mod tests {
         // Nothing appended yet.
         std::fs::write(&p.file, "old\n").unwrap();
         assert_eq!(complete_delivery(&p).unwrap(), Recovery::Delivered);
-        assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "old\nrow1\nrow2\n");
+        assert_eq!(
+            std::fs::read_to_string(&p.file).unwrap(),
+            "old\nrow1\nrow2\n"
+        );
         // Already there: nothing more.
         assert_eq!(complete_delivery(&p).unwrap(), Recovery::AlreadyDelivered);
-        assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "old\nrow1\nrow2\n");
+        assert_eq!(
+            std::fs::read_to_string(&p.file).unwrap(),
+            "old\nrow1\nrow2\n"
+        );
         // Cut mid-row: the rest is appended.
         std::fs::write(&p.file, "old\nrow1\nro").unwrap();
         assert_eq!(complete_delivery(&p).unwrap(), Recovery::Completed);
-        assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "old\nrow1\nrow2\n");
+        assert_eq!(
+            std::fs::read_to_string(&p.file).unwrap(),
+            "old\nrow1\nrow2\n"
+        );
     }
 
     #[test]
@@ -239,11 +282,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = pending(dir.path(), 4, "row1\n");
         std::fs::write(&p.file, "").unwrap(); // rotated away
-        assert_eq!(complete_delivery(&p).unwrap(), Recovery::AppendedAfterChange);
+        assert_eq!(
+            complete_delivery(&p).unwrap(),
+            Recovery::AppendedAfterChange
+        );
         assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "row1\n");
         std::fs::write(&p.file, "old\nsomething else\n").unwrap();
-        assert_eq!(complete_delivery(&p).unwrap(), Recovery::AppendedAfterChange);
-        assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "old\nsomething else\nrow1\n");
+        assert_eq!(
+            complete_delivery(&p).unwrap(),
+            Recovery::AppendedAfterChange
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p.file).unwrap(),
+            "old\nsomething else\nrow1\n"
+        );
     }
 
     #[test]
@@ -251,16 +303,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         for (text, says) in [
-            ("{\"version\":1,\"groups\":[{\"regi", "not a kubeanon checkpoint"),
+            (
+                "{\"version\":1,\"groups\":[{\"regi",
+                "not a kubeanon checkpoint",
+            ),
             ("{\"version\":2,\"groups\":[]}", "version 2"),
             ("{\"version\":1,\"groups\":\"x\"}", "corrupt"),
-            ("{\"version\":1,\"groups\":[{\"region\":\"r\",\"log_group\":\"g\",\"watermark_ms\":-5,\"seen\":{}}]}", "corrupt"),
+            (
+                "{\"version\":1,\"groups\":[{\"region\":\"r\",\"log_group\":\"g\",\"watermark_ms\":-5,\"seen\":{}}]}",
+                "corrupt",
+            ),
             ("", "not a kubeanon checkpoint"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = format!("{:#}", Checkpoint::open(&path).err().expect("refused"));
             assert!(err.contains(says), "{text}: {err}");
-            assert!(err.contains("cp.json") && err.contains("to recover"), "{err}");
+            assert!(
+                err.contains("cp.json") && err.contains("to recover"),
+                "{err}"
+            );
         }
     }
 
@@ -282,6 +343,9 @@ mod tests {
         assert!(err.to_string().contains("another kubeanon run"), "{err}");
         drop(cp);
         let again = Checkpoint::open(&path).unwrap();
-        assert_eq!(again.state.group("us-east-1", "/aws/eks/a/cluster"), Some(&g));
+        assert_eq!(
+            again.state.group("us-east-1", "/aws/eks/a/cluster"),
+            Some(&g)
+        );
     }
 }

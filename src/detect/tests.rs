@@ -1,3 +1,1390 @@
 //! Unit tests for the detection rule, fill, grouping and counting.
+//!
+//! Every expectation here is written by hand from the spec (issue 2, "The
+//! detection"), or computed by an independent reference implementation over
+//! `serde_json::Value` (`reference` below); none is produced by the code
+//! under test.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::Value;
 
 use super::*;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The `user` object of an event that matches the rule.
+const ANON: &str = r#""user":{"username":"system:anonymous","groups":["system:unauthenticated"]}"#;
+
+/// A matching event with extra top-level `fields` (JSON members, or "").
+fn anon(fields: &str) -> String {
+    if fields.is_empty() {
+        format!("{{{ANON}}}")
+    } else {
+        format!("{{{ANON},{fields}}}")
+    }
+}
+
+/// An event with the given `user` object and extra top-level fields.
+fn with_user(user: &str, fields: &str) -> String {
+    if fields.is_empty() {
+        format!(r#"{{"user":{user}}}"#)
+    } else {
+        format!(r#"{{"user":{user},{fields}}}"#)
+    }
+}
+
+fn run(records: &[&str]) -> (Vec<Finding>, Stats) {
+    run_with(records, &[])
+}
+
+fn run_with(records: &[&str], exclude: &[&str]) -> (Vec<Finding>, Stats) {
+    let exclusions = exclude
+        .iter()
+        .map(|spec| Exclusion::parse(spec).expect("valid test exclusion"))
+        .collect();
+    let mut det = Detector::new(exclusions);
+    for r in records {
+        det.feed(r.as_bytes(), Origin::default());
+    }
+    let (agg, stats) = det.finish();
+    (agg.into_findings(), stats)
+}
+
+fn col(name: &str) -> usize {
+    COLUMNS
+        .iter()
+        .position(|c| *c == name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+}
+
+/// A row of the 13 by-fields: everything "0" except the matching user, then
+/// the given (column, value) pairs.
+fn row(set: &[(&str, &str)]) -> Vec<String> {
+    let mut r = vec![FILL.to_string(); 13];
+    r[col("user.groups{}")] = "system:unauthenticated".into();
+    r[col("user")] = "system:anonymous".into();
+    for (name, value) in set {
+        r[col(name)] = value.to_string();
+    }
+    r
+}
+
+/// Findings as (13 values, count), in output order.
+fn table(findings: &[Finding]) -> Vec<(Vec<String>, u64)> {
+    findings
+        .iter()
+        .map(|f| (f.cols.iter().map(|c| c.to_string()).collect(), f.count))
+        .collect()
+}
+
+/// One value of every finding, in order.
+fn column(findings: &[Finding], name: &str) -> Vec<String> {
+    findings
+        .iter()
+        .map(|f| f.cols[col(name)].to_string())
+        .collect()
+}
+
+fn assert_no_match(record: &str) {
+    let (findings, stats) = run(&[record]);
+    assert!(findings.is_empty(), "{record} gave {findings:?}");
+    assert_eq!(stats.matched, 0, "{record}");
+    assert_eq!(stats.malformed, 0, "{record}");
+    assert_eq!(stats.events, 1, "{record}");
+}
+
+fn assert_single_match(record: &str) -> Finding {
+    let (findings, stats) = run(&[record]);
+    assert_eq!(stats.matched, 1, "{record}");
+    assert_eq!(findings.len(), 1, "{record} gave {findings:?}");
+    findings.into_iter().next().expect("one finding")
+}
+
+// ---------------------------------------------------------------------------
+// Match
+
+#[test]
+fn column_names_are_fixed() {
+    assert_eq!(
+        COLUMNS,
+        [
+            "objectRef.name",
+            "objectRef.namespace",
+            "objectRef.resource",
+            "requestReceivedTimestamp",
+            "requestURI",
+            "responseStatus.code",
+            "src_ip",
+            "stage",
+            "user.groups{}",
+            "user.uid",
+            "user",
+            "userAgent",
+            "verb",
+            "count",
+        ]
+    );
+}
+
+#[test]
+fn anonymous_unauthenticated_event_matches() {
+    let f = assert_single_match(&anon(""));
+    assert_eq!(table(&[f]), vec![(row(&[]), 1)]);
+}
+
+#[test]
+fn username_and_group_compare_ignoring_ascii_case() {
+    let f = assert_single_match(&with_user(
+        r#"{"username":"SYSTEM:Anonymous","groups":["System:UNAUTHENTICATED"]}"#,
+        "",
+    ));
+    // Shown verbatim, not case-folded.
+    assert_eq!(f.cols[col("user")].as_ref(), "SYSTEM:Anonymous");
+    assert_eq!(
+        f.cols[col("user.groups{}")].as_ref(),
+        "System:UNAUTHENTICATED"
+    );
+}
+
+#[test]
+fn only_ascii_case_is_ignored() {
+    // U+017F LATIN SMALL LETTER LONG S upper-cases to 'S' under Unicode
+    // rules, and U+0130 lower-cases to 'i': neither is an ASCII case change.
+    assert_no_match(&with_user(
+        r#"{"username":"ſystem:anonymous","groups":["system:unauthenticated"]}"#,
+        "",
+    ));
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymous","groups":["system:unauthentİcated"]}"#,
+        "",
+    ));
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymou\u017f","groups":["system:unauthenticated"]}"#,
+        "",
+    ));
+}
+
+#[test]
+fn values_are_compared_after_json_unescaping() {
+    let f = assert_single_match(&with_user(
+        r#"{"username":"system\u003aanonymous","groups":["system\u003Aunauthenticated"]}"#,
+        "",
+    ));
+    assert_eq!(table(&[f]), vec![(row(&[]), 1)]);
+
+    let f = assert_single_match(&with_user(
+        r#"{"username":"\u0053YSTEM:\u0061NONYMOU\u0073","groups":["\u0073ystem:unauthenticate\u0044"]}"#,
+        "",
+    ));
+    assert_eq!(f.cols[col("user")].as_ref(), "SYSTEM:aNONYMOUs");
+    assert_eq!(
+        f.cols[col("user.groups{}")].as_ref(),
+        "system:unauthenticateD"
+    );
+
+    // Escaped keys are the same keys.
+    assert_single_match(
+        r#"{"us\u0065r":{"user\u006eame":"system:anonymous","groups":["system:unauthenticated"]}}"#,
+    );
+}
+
+#[test]
+fn groups_must_be_an_array_holding_the_string() {
+    for groups in [
+        r#""groups":"system:unauthenticated""#,
+        r#""groups":null"#,
+        r#""groups":[]"#,
+        r#""groups":{"0":"system:unauthenticated"}"#,
+        r#""groups":[["system:unauthenticated"]]"#,
+        r#""groups":[{"name":"system:unauthenticated"}]"#,
+        r#""groups":["system:authenticated"]"#,
+        r#""groups":["system:masters","system:authenticated"]"#,
+        r#""groups":["system:unauthenticated "]"#,
+        r#""groups":[" system:unauthenticated"]"#,
+        r#""groups":["system:unauthenticated\n"]"#,
+        r#""groups":["system:unauthenticated,system:authenticated"]"#,
+        r#""groups":["unauthenticated"]"#,
+    ] {
+        assert_no_match(&with_user(
+            &format!(r#"{{"username":"system:anonymous",{groups}}}"#),
+            "",
+        ));
+    }
+    // No groups at all.
+    assert_no_match(&with_user(r#"{"username":"system:anonymous"}"#, ""));
+}
+
+#[test]
+fn username_must_be_exactly_the_anonymous_string() {
+    for username in [
+        r#""system:anonymous ""#,
+        r#"" system:anonymous""#,
+        r#""system:anonymous\t""#,
+        r#""system:anonymou""#,
+        r#""system:anonymouss""#,
+        r#""anonymous""#,
+        r#""system:anonymous:x""#,
+        r#""system:unauthenticated""#,
+        r#""""#,
+        // Not a string.
+        r#"["system:anonymous"]"#,
+        r#"{"name":"system:anonymous"}"#,
+        "null",
+        "0",
+        "true",
+    ] {
+        assert_no_match(&with_user(
+            &format!(r#"{{"username":{username},"groups":["system:unauthenticated"]}}"#),
+            "",
+        ));
+    }
+    // No username, or a `user` that is not an object.
+    assert_no_match(&with_user(r#"{"groups":["system:unauthenticated"]}"#, ""));
+    assert_no_match(r#"{"user":"system:anonymous","sourceIPs":["1.2.3.4"]}"#);
+    assert_no_match(r#"{"user":["system:anonymous","system:unauthenticated"]}"#);
+    assert_no_match(r#"{"user":null}"#);
+}
+
+#[test]
+fn other_users_do_not_match() {
+    // The falco sample's first event: anonymous, but authenticated groups.
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymous","groups":["system:masters","system:authenticated"]}"#,
+        r#""sourceIPs":["192.168.99.1"]"#,
+    ));
+    // An authenticated user impersonating the anonymous user: the rule
+    // reads `user`, not `impersonatedUser`.
+    assert_no_match(
+        r#"{"user":{"username":"admin","groups":["system:masters"]},"impersonatedUser":{"username":"system:anonymous","groups":["system:unauthenticated"]}}"#,
+    );
+    // The words elsewhere in the event do not matter.
+    assert_no_match(
+        r#"{"user":{"username":"kube-probe","groups":["system:authenticated"]},"requestURI":"/system:anonymous","userAgent":"system:unauthenticated"}"#,
+    );
+}
+
+#[test]
+fn matching_group_among_others_matches_and_every_group_is_a_row() {
+    let (findings, stats) = run(&[&with_user(
+        r#"{"username":"system:anonymous","groups":["system:authenticated","system:unauthenticated"]}"#,
+        "",
+    )]);
+    assert_eq!(stats.matched, 1);
+    // `stats ... by user.groups{}` splits the multi-value field: each group
+    // is a row, including the one that did not make the event match.
+    assert_eq!(
+        table(&findings),
+        vec![
+            (row(&[("user.groups{}", "system:authenticated")]), 1),
+            (row(&[("user.groups{}", "system:unauthenticated")]), 1),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Fill and values
+
+#[test]
+fn absent_fields_are_filled_with_zero() {
+    let f = assert_single_match(&anon(""));
+    let cols: Vec<&str> = f.cols.iter().map(|c| c.as_ref()).collect();
+    assert_eq!(
+        cols,
+        [
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "system:unauthenticated",
+            "0",
+            "system:anonymous",
+            "0",
+            "0"
+        ]
+    );
+    assert_eq!(f.count, 1);
+}
+
+#[test]
+fn null_empty_and_structured_values_are_filled_with_zero() {
+    for v in [
+        "null",
+        r#""""#,
+        "[]",
+        "{}",
+        r#"{"a":"b"}"#,
+        r#"["x"]"#,
+        "[null]",
+    ] {
+        let event = format!(
+            r#"{{"user":{{"username":"system:anonymous","groups":["system:unauthenticated"],"uid":{v}}},"objectRef":{{"name":{v},"namespace":{v},"resource":{v}}},"requestReceivedTimestamp":{v},"requestURI":{v},"responseStatus":{{"code":{v}}},"stage":{v},"userAgent":{v},"verb":{v}}}"#
+        );
+        let f = assert_single_match(&event);
+        assert_eq!(table(&[f]), vec![(row(&[]), 1)], "value {v}");
+    }
+}
+
+#[test]
+fn nested_objects_of_the_wrong_type_fill_their_fields() {
+    for v in [
+        "null",
+        r#""""#,
+        "[]",
+        r#""pods""#,
+        "403",
+        r#"["pods"]"#,
+        "true",
+    ] {
+        let f = assert_single_match(&anon(&format!(r#""objectRef":{v},"responseStatus":{v}"#)));
+        assert_eq!(table(&[f]), vec![(row(&[]), 1)], "value {v}");
+    }
+}
+
+#[test]
+fn values_are_shown_as_written() {
+    let f = assert_single_match(&format!(
+        r#"{{"user":{{"username":"system:anonymous","groups":["system:unauthenticated"],"uid":1001}},"responseStatus":{{"code":403,"status":"Failure"}},"stage":true,"verb":false,"requestReceivedTimestamp":1.5e3,"objectRef":{{"name":-7,"namespace":12345678901234567890123,"resource":"pods"}},"userAgent":"curl\/8 \"x\" \u00e9\\","requestURI":"/api?a=1\u0026b=2"}}"#
+    ));
+    assert_eq!(
+        table(&[f]),
+        vec![(
+            row(&[
+                ("objectRef.name", "-7"),
+                ("objectRef.namespace", "12345678901234567890123"),
+                ("objectRef.resource", "pods"),
+                ("requestReceivedTimestamp", "1.5e3"),
+                ("requestURI", "/api?a=1&b=2"),
+                ("responseStatus.code", "403"),
+                ("stage", "true"),
+                ("user.uid", "1001"),
+                ("userAgent", "curl/8 \"x\" é\\"),
+                ("verb", "false"),
+            ]),
+            1
+        )]
+    );
+}
+
+#[test]
+fn strings_keep_their_spaces_and_controls() {
+    let f = assert_single_match(&anon(r#""userAgent":" a\tb\u001b[2J ","verb":" ""#));
+    assert_eq!(f.cols[col("userAgent")].as_ref(), " a\tb\u{1b}[2J ");
+    assert_eq!(f.cols[col("verb")].as_ref(), " ");
+}
+
+// ---------------------------------------------------------------------------
+// Multi-valued fields
+
+#[test]
+fn source_ips_and_groups_give_the_cartesian_product() {
+    let (findings, stats) = run(&[&with_user(
+        r#"{"username":"system:anonymous","groups":["system:unauthenticated","custom"]}"#,
+        r#""sourceIPs":["2.2.2.2","1.1.1.1"]"#,
+    )]);
+    assert_eq!(stats.matched, 1);
+    assert_eq!(
+        table(&findings),
+        vec![
+            (
+                row(&[("src_ip", "1.1.1.1"), ("user.groups{}", "custom")]),
+                1
+            ),
+            (row(&[("src_ip", "1.1.1.1")]), 1),
+            (
+                row(&[("src_ip", "2.2.2.2"), ("user.groups{}", "custom")]),
+                1
+            ),
+            (row(&[("src_ip", "2.2.2.2")]), 1),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_values_are_counted() {
+    let (findings, stats) = run(&[&anon(r#""sourceIPs":["1.2.3.4","1.2.3.4"]"#)]);
+    assert_eq!(stats.matched, 1);
+    assert_eq!(table(&findings), vec![(row(&[("src_ip", "1.2.3.4")]), 2)]);
+
+    // Duplicates in both fields multiply.
+    let (findings, _) = run(&[&with_user(
+        r#"{"username":"system:anonymous","groups":["system:unauthenticated","system:unauthenticated"]}"#,
+        r#""sourceIPs":["1.2.3.4","1.2.3.4"]"#,
+    )]);
+    assert_eq!(table(&findings), vec![(row(&[("src_ip", "1.2.3.4")]), 4)]);
+
+    // Two identical events: count 2.
+    let e = anon(r#""sourceIPs":["1.2.3.4"],"verb":"get""#);
+    let (findings, stats) = run(&[&e, &e]);
+    assert_eq!(stats.matched, 2);
+    assert_eq!(
+        table(&findings),
+        vec![(row(&[("src_ip", "1.2.3.4"), ("verb", "get")]), 2)]
+    );
+}
+
+#[test]
+fn unusable_elements_are_skipped() {
+    let (findings, _) = run(&[&anon(
+        r#""sourceIPs":[null,"",{},[],["9.9.9.9"],{"ip":"8.8.8.8"},"1.2.3.4"]"#,
+    )]);
+    assert_eq!(table(&findings), vec![(row(&[("src_ip", "1.2.3.4")]), 1)]);
+
+    let (findings, _) = run(&[&with_user(
+        r#"{"username":"system:anonymous","groups":[null,"",{},[],["x"],"system:unauthenticated"]}"#,
+        "",
+    )]);
+    assert_eq!(table(&findings), vec![(row(&[]), 1)]);
+}
+
+#[test]
+fn scalar_elements_are_shown_as_written() {
+    let (findings, _) = run(&[&anon(r#""sourceIPs":[7,true]"#)]);
+    assert_eq!(
+        table(&findings),
+        vec![
+            (row(&[("src_ip", "7")]), 1),
+            (row(&[("src_ip", "true")]), 1),
+        ]
+    );
+}
+
+#[test]
+fn non_array_or_empty_multi_value_is_zero() {
+    for ips in [
+        r#""sourceIPs":"1.2.3.4""#,
+        r#""sourceIPs":{"0":"1.2.3.4"}"#,
+        r#""sourceIPs":7"#,
+        r#""sourceIPs":null"#,
+        r#""sourceIPs":[]"#,
+        r#""sourceIPs":[null,"",{},[]]"#,
+        r#""other":1"#,
+    ] {
+        let (findings, _) = run(&[&anon(ips)]);
+        assert_eq!(table(&findings), vec![(row(&[]), 1)], "{ips}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Grouping and order
+
+#[test]
+fn rows_are_sorted_by_the_columns_in_order() {
+    let events = [
+        anon(r#""objectRef":{"name":"b"},"requestURI":"/a","verb":"get""#),
+        anon(r#""objectRef":{"name":"a"},"requestURI":"/z","verb":"get""#),
+        anon(r#""objectRef":{"name":"a"},"requestURI":"/b","verb":"list""#),
+        anon(r#""objectRef":{"name":"a"},"requestURI":"/b","verb":"get""#),
+        anon(r#""requestURI":"/zzz""#),
+        anon(r#""objectRef":{"name":"a"},"requestURI":"/z","verb":"get""#),
+    ];
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    let (findings, stats) = run(&refs);
+    assert_eq!(stats.matched, 6);
+    let got: Vec<(String, String, String, u64)> = findings
+        .iter()
+        .map(|f| {
+            (
+                f.cols[col("objectRef.name")].to_string(),
+                f.cols[col("requestURI")].to_string(),
+                f.cols[col("verb")].to_string(),
+                f.count,
+            )
+        })
+        .collect();
+    let want = [
+        ("0", "/zzz", "0", 1),
+        ("a", "/b", "get", 1),
+        ("a", "/b", "list", 1),
+        ("a", "/z", "get", 2),
+        ("b", "/a", "get", 1),
+    ];
+    let want: Vec<(String, String, String, u64)> = want
+        .iter()
+        .map(|(a, b, c, n)| (a.to_string(), b.to_string(), c.to_string(), *n))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn earlier_columns_take_precedence_in_the_order() {
+    // requestReceivedTimestamp (column 4) sorts before src_ip (column 7)
+    // and userAgent (column 12), whatever the feed order.
+    let events = [
+        anon(r#""requestReceivedTimestamp":"2024-01-02","sourceIPs":["1.1.1.1"],"userAgent":"a""#),
+        anon(r#""requestReceivedTimestamp":"2024-01-01","sourceIPs":["9.9.9.9"],"userAgent":"z""#),
+        anon(r#""requestReceivedTimestamp":"2024-01-01","sourceIPs":["9.9.9.9"],"userAgent":"b""#),
+        anon(r#""requestReceivedTimestamp":"2024-01-01","sourceIPs":["2.2.2.2"],"userAgent":"z""#),
+    ];
+    for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+        let refs: Vec<&str> = order.iter().map(|&i| events[i].as_str()).collect();
+        let (findings, _) = run(&refs);
+        assert_eq!(
+            column(&findings, "userAgent"),
+            ["z", "b", "z", "a"],
+            "feed order {order:?}"
+        );
+        assert_eq!(
+            column(&findings, "src_ip"),
+            ["2.2.2.2", "9.9.9.9", "9.9.9.9", "1.1.1.1"]
+        );
+    }
+}
+
+#[test]
+fn scopes_are_kept_apart() {
+    let e = anon(r#""verb":"get""#);
+    let mut det = Detector::new(Vec::new());
+    det.feed(
+        e.as_bytes(),
+        Origin {
+            scope: 2,
+            event_id: None,
+        },
+    );
+    det.feed(
+        e.as_bytes(),
+        Origin {
+            scope: 1,
+            event_id: None,
+        },
+    );
+    det.feed(
+        e.as_bytes(),
+        Origin {
+            scope: 2,
+            event_id: None,
+        },
+    );
+    let findings = det.finish().0.into_findings();
+    let got: Vec<(u32, u64)> = findings.iter().map(|f| (f.scope, f.count)).collect();
+    assert_eq!(got, [(1, 1), (2, 2)]);
+    assert_eq!(findings[0].cols, findings[1].cols);
+}
+
+// ---------------------------------------------------------------------------
+// --exclude
+
+#[test]
+fn exclude_glob_drops_matching_rows() {
+    let probe = anon(r#""userAgent":"kube-probe/1.29","sourceIPs":["10.0.0.5"]"#);
+    let curl = anon(r#""userAgent":"curl/8.5.0","sourceIPs":["203.0.113.9"]"#);
+    let (findings, stats) = run_with(&[&probe, &curl], &["userAgent=kube-probe/*"]);
+    assert_eq!(column(&findings, "userAgent"), ["curl/8.5.0"]);
+    assert_eq!(stats.matched, 2);
+    assert_eq!(stats.excluded, 1);
+
+    // ASCII case-insensitive; whole value.
+    let (findings, _) = run_with(&[&probe, &curl], &["userAgent=KUBE-PROBE/*"]);
+    assert_eq!(column(&findings, "userAgent"), ["curl/8.5.0"]);
+    let (findings, stats) = run_with(&[&probe, &curl], &["userAgent=kube-probe"]);
+    assert_eq!(findings.len(), 2);
+    assert_eq!(stats.excluded, 0);
+
+    // Several exclusions: a row matching any one is dropped.
+    let (findings, stats) = run_with(
+        &[&probe, &curl],
+        &["userAgent=kube-probe/*", "src_ip=203.0.113.*"],
+    );
+    assert!(findings.is_empty());
+    assert_eq!(stats.excluded, 2);
+}
+
+#[test]
+fn exclude_cidr_drops_only_the_addresses_inside() {
+    let e = anon(r#""sourceIPs":["10.1.2.3","8.8.8.8","fd00::1"]"#);
+    let (findings, stats) = run_with(&[&e], &["src_ip=10.0.0.0/8"]);
+    assert_eq!(column(&findings, "src_ip"), ["8.8.8.8", "fd00::1"]);
+    assert_eq!(stats.excluded, 1);
+    let (findings, _) = run_with(&[&e], &["src_ip=10.0.0.0/8", "src_ip=fc00::/7"]);
+    assert_eq!(column(&findings, "src_ip"), ["8.8.8.8"]);
+    // A filled "0" is not an address.
+    let (findings, _) = run_with(&[&anon("")], &["src_ip=0.0.0.0/0"]);
+    assert_eq!(column(&findings, "src_ip"), ["0"]);
+}
+
+#[test]
+fn exclude_applies_to_the_shown_values() {
+    // Filled values are "0", groups are split, values are unescaped.
+    let e = with_user(
+        r#"{"username":"system:anonymous","groups":["system:unauthenticated","extra"]}"#,
+        r#""requestURI":"/healthz?x=1\u0026y=2""#,
+    );
+    let (findings, _) = run_with(&[&e], &["user.groups{}=extra"]);
+    assert_eq!(
+        column(&findings, "user.groups{}"),
+        ["system:unauthenticated"]
+    );
+    let (findings, _) = run_with(&[&e], &["requestURI=/healthz?x=1&y=*"]);
+    assert!(findings.is_empty());
+    let (findings, _) = run_with(
+        &[&e, &anon(r#""objectRef":{"name":"x"}"#)],
+        &["objectRef.name=0"],
+    );
+    assert_eq!(column(&findings, "objectRef.name"), ["x"]);
+}
+
+// ---------------------------------------------------------------------------
+// Malformed input
+
+#[test]
+fn malformed_records_are_counted_and_never_fatal() {
+    let good = anon(r#""verb":"get""#);
+    let bad: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        b"[1,2]".to_vec(),
+        b"42".to_vec(),
+        b"\"system:anonymous\"".to_vec(),
+        // An array of events is not an object.
+        format!("[{good}]").into_bytes(),
+        // CloudWatch truncates events over 256 KB like this.
+        br#"{"kind":"Event","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"requestURI":"/aaaa[Truncated...]"#.to_vec(),
+        br#"{"kind":"Event","verb":"get","requestURI":"/x[Truncated...]"#.to_vec(),
+        // Cut lines, two objects on one line.
+        br#"{"kind":"Event","user":{"username":"system:anonymous""#.to_vec(),
+        format!("{good}{good}").into_bytes(),
+        // Invalid UTF-8 and NUL bytes.
+        b"\xff\xfe\x00\x00 system:anonymous \x00".to_vec(),
+        b"\x00\x00\x00\x00".to_vec(),
+        [
+            br#"{"user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"userAgent":""#.as_slice(),
+            b"\xff\xc0",
+            br#""}"#.as_slice(),
+        ]
+        .concat(),
+    ];
+    let mut det = Detector::new(Vec::new());
+    det.feed(good.as_bytes(), Origin::default());
+    for b in &bad {
+        assert_eq!(det.feed(b, Origin::default()), Fed::Nothing, "{b:?}");
+        det.feed(good.as_bytes(), Origin::default());
+    }
+    let (agg, stats) = det.finish();
+    assert_eq!(stats.malformed, bad.len() as u64);
+    assert_eq!(stats.matched, bad.len() as u64 + 1);
+    assert_eq!(stats.events, bad.len() as u64 + 1);
+    assert_eq!(
+        table(&agg.into_findings()),
+        vec![(row(&[("verb", "get")]), bad.len() as u64 + 1)]
+    );
+}
+
+#[test]
+fn truncated_cloudwatch_message_is_malformed() {
+    let inner = r#"{"kind":"Event","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"requestURI":"/x[Truncated...]"#;
+    let cw = serde_json::json!({"message": inner, "eventId": "1", "logStreamName": "kube-apiserver-audit-1"})
+        .to_string();
+    let (findings, stats) = run(&[&cw]);
+    assert!(findings.is_empty());
+    assert_eq!(stats.malformed, 1);
+    assert_eq!(stats.matched, 0);
+}
+
+#[test]
+fn deep_nesting_does_not_panic() {
+    let mut rec = anon("");
+    for i in 0..40 {
+        rec = if i % 2 == 0 {
+            serde_json::json!({ "message": rec, "eventId": i.to_string() }).to_string()
+        } else {
+            format!(r#"{{"events":[{rec}]}}"#)
+        };
+    }
+    let (findings, _) = run(&[&rec]);
+    assert!(findings.is_empty());
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (_, stats) = run(&[&deep, &format!("{{\"a\":{}", "[".repeat(100_000))]);
+    assert_eq!(stats.malformed, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Wrappers the core unpacks
+
+/// A CloudWatch log event as `aws logs filter-log-events` prints it.
+fn cloudwatch(event: &str, id: &str) -> String {
+    serde_json::json!({
+        "logStreamName": "kube-apiserver-audit-0123456789abcdef",
+        "timestamp": 1_714_564_800_000u64,
+        "message": event,
+        "ingestionTime": 1_714_564_801_000u64,
+        "eventId": id,
+    })
+    .to_string()
+}
+
+#[test]
+fn cloudwatch_events_are_unwrapped_and_their_ids_kept() {
+    let e = anon(r#""requestURI":"/version\u0026x""#);
+    let (findings, stats) = run(&[&cloudwatch(&e, "111"), &cloudwatch(&e, "222")]);
+    assert_eq!(stats.matched, 2);
+    assert_eq!(
+        table(&findings),
+        vec![(row(&[("requestURI", "/version&x")]), 2)]
+    );
+    assert_eq!(
+        findings[0].ids,
+        event_hash("111").wrapping_add(event_hash("222"))
+    );
+    // Plain events carry no id.
+    let (findings, _) = run(&[&e]);
+    assert_eq!(findings[0].ids, 0);
+}
+
+#[test]
+fn lists_of_events_are_unpacked() {
+    let a = anon(r#""verb":"get""#);
+    let other = r#"{"user":{"username":"admin","groups":["system:masters"]},"verb":"get"}"#;
+    let doc = format!(
+        r#"{{"events":[{},{},{{"message":"not json","eventId":"3"}}],"searchedLogStreams":[]}}"#,
+        cloudwatch(&a, "1"),
+        cloudwatch(other, "2")
+    );
+    let mut det = Detector::new(Vec::new());
+    assert_eq!(det.feed(doc.as_bytes(), Origin::default()), Fed::Matched);
+    let (agg, stats) = det.finish();
+    assert_eq!(stats.matched, 1);
+    assert_eq!(stats.malformed, 1);
+    assert_eq!(
+        table(&agg.into_findings()),
+        vec![(row(&[("verb", "get")]), 1)]
+    );
+
+    let list = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{a},{other},{a}]}}"#
+    );
+    let (findings, stats) = run(&[&list]);
+    assert_eq!(stats.matched, 2);
+    assert_eq!(stats.events, 3);
+    assert_eq!(table(&findings), vec![(row(&[("verb", "get")]), 2)]);
+
+    // `items` without kind EventList is an ordinary object, not a list.
+    let (findings, stats) = run(&[&format!(r#"{{"items":[{a}]}}"#)]);
+    assert!(findings.is_empty());
+    assert_eq!(stats.matched, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Aggregator::merge
+
+#[test]
+fn merged_aggregates_equal_one_pass() {
+    let e1 = anon(r#""verb":"get","sourceIPs":["1.1.1.1","2.2.2.2"]"#);
+    let e2 = anon(r#""verb":"list""#);
+    let e3 = cloudwatch(&anon(r#""verb":"get","sourceIPs":["1.1.1.1"]"#), "7");
+    let feed = |records: &[&str]| {
+        let mut det = Detector::new(Vec::new());
+        for r in records {
+            det.feed(r.as_bytes(), Origin::default());
+        }
+        det.finish()
+    };
+    let (mut a, mut sa) = feed(&[&e1, &e2, "junk"]);
+    let (b, sb) = feed(&[&e1, &e3]);
+    let (whole, sw) = feed(&[&e1, &e2, "junk", &e1, &e3]);
+    a.merge(b);
+    sa.merge(&sb);
+    assert_eq!(sa, sw);
+    assert_eq!(a.len(), 3);
+    let merged = a.into_findings();
+    assert_eq!(merged, whole.into_findings());
+    assert_eq!(
+        table(&merged),
+        vec![
+            (row(&[("src_ip", "1.1.1.1"), ("verb", "get")]), 3),
+            (row(&[("src_ip", "2.2.2.2"), ("verb", "get")]), 2),
+            (row(&[("verb", "list")]), 1),
+        ]
+    );
+    assert_eq!(merged[0].ids, event_hash("7"));
+
+    // Merging an empty aggregate changes nothing, either way round.
+    let (x, _) = feed(&[&e2]);
+    let mut empty = Aggregator::default();
+    assert!(empty.is_empty());
+    empty.merge(x.clone());
+    let mut y = x.clone();
+    y.merge(Aggregator::default());
+    assert_eq!(empty.into_findings(), x.clone().into_findings());
+    assert_eq!(y.into_findings(), x.into_findings());
+}
+
+// ---------------------------------------------------------------------------
+// Property: chunked feeding + merge == one pass
+
+fn line_strategy() -> impl Strategy<Value = String> {
+    let username = prop::sample::select(vec![
+        r#""system:anonymous""#,
+        r#""SYSTEM:Anonymous""#,
+        r#""system\u003aanonymous""#,
+        r#""system:anonymous ""#,
+        r#""admin""#,
+        r#"["system:anonymous"]"#,
+    ]);
+    let groups = prop::sample::select(vec![
+        r#","groups":["system:unauthenticated"]"#,
+        r#","groups":["system:unauthenticated","system:unauthenticated"]"#,
+        r#","groups":["system:authenticated","System:Unauthenticated"]"#,
+        r#","groups":[null,"system:unauthenticated",""]"#,
+        r#","groups":"system:unauthenticated""#,
+        r#","groups":[]"#,
+        "",
+    ]);
+    let ips = prop::sample::select(vec![
+        r#","sourceIPs":["1.1.1.1"]"#,
+        r#","sourceIPs":["1.1.1.1","1.1.1.1"]"#,
+        r#","sourceIPs":["1.1.1.1","2.2.2.2",null]"#,
+        r#","sourceIPs":["10.0.0.1",{}]"#,
+        r#","sourceIPs":"1.1.1.1""#,
+        r#","sourceIPs":[]"#,
+        "",
+    ]);
+    let verb = prop::sample::select(vec![r#","verb":"get""#, r#","verb":"list""#, ""]);
+    let agent = prop::sample::select(vec![
+        r#","userAgent":"kube-probe/1.29""#,
+        r#","userAgent":"curl/8""#,
+        "",
+    ]);
+    let code = prop::sample::select(vec![
+        r#","responseStatus":{"code":403}"#,
+        r#","responseStatus":{"code":200}"#,
+        "",
+    ]);
+    let event = (username, groups, ips, verb, agent, code).prop_map(|(u, g, i, v, a, c)| {
+        format!(r#"{{"kind":"Event","user":{{"username":{u}{g}}}{i}{v}{a}{c}}}"#)
+    });
+    prop_oneof![
+        6 => event.clone(),
+        2 => (event.clone(), 0u32..4).prop_map(|(e, id)| cloudwatch(&e, &id.to_string())),
+        1 => prop::collection::vec(event, 0..4)
+            .prop_map(|es| format!(r#"{{"events":[{}]}}"#, es.join(","))),
+        1 => prop::sample::select(vec![
+            "garbage".to_string(),
+            r#"{"user":{"username":"system:anonymous"[Truncated...]"#.to_string(),
+            "[]".to_string(),
+        ]),
+    ]
+}
+
+fn detect_chunk(lines: &[String]) -> (Aggregator, Stats) {
+    let exclusions = vec![Exclusion::parse("userAgent=kube-probe/*").expect("valid")];
+    let mut det = Detector::new(exclusions);
+    for line in lines {
+        det.feed(line.as_bytes(), Origin::default());
+    }
+    det.finish()
+}
+
+proptest! {
+    #[test]
+    fn chunked_and_merged_equals_one_pass(
+        lines in prop::collection::vec(line_strategy(), 0..40),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let (whole, whole_stats) = detect_chunk(&lines);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(lines.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(lines.len());
+        cuts.sort_unstable();
+        let mut merged = Aggregator::default();
+        let mut merged_stats = Stats::default();
+        for w in cuts.windows(2) {
+            let (agg, stats) = detect_chunk(&lines[w[0]..w[1]]);
+            merged.merge(agg);
+            merged_stats.merge(&stats);
+        }
+        prop_assert_eq!(merged_stats, whole_stats);
+        prop_assert_eq!(merged.into_findings(), whole.into_findings());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Property: the fast path (prefilter) agrees with a full parse
+
+/// splitmix64: a tiny deterministic generator, seeded by proptest.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// True with probability `p` percent.
+    fn pct(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// A `\uXXXX` escape with each hex digit randomly upper or lower case.
+fn escape_unit(rng: &mut Rng, unit: u16, out: &mut String) {
+    out.push_str("\\u");
+    for c in format!("{unit:04x}").chars() {
+        out.push(if rng.pct(50) {
+            c.to_ascii_uppercase()
+        } else {
+            c
+        });
+    }
+}
+
+/// Encodes `s` as a JSON string literal, writing each character as a
+/// `\uXXXX` escape with probability `p` percent (surrogate pairs beyond the
+/// BMP). Quotes, backslashes and controls are always escaped, one of the
+/// valid ways at random.
+fn json_string(rng: &mut Rng, s: &str, p: u64) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        let must = c == '"' || c == '\\' || c < ' ';
+        if rng.pct(p) || (must && rng.pct(30)) || (c < ' ' && c != '\n' && c != '\t') {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                escape_unit(rng, *unit, &mut out);
+            }
+        } else if c == '"' {
+            out.push_str("\\\"");
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else if c == '\n' {
+            out.push_str("\\n");
+        } else if c == '\t' {
+            out.push_str("\\t");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Flips the ASCII case of each letter with probability `p` percent.
+fn vary_case(rng: &mut Rng, s: &str, p: u64) -> String {
+    s.chars()
+        .map(|c| {
+            if rng.pct(p) {
+                if c.is_ascii_lowercase() {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A random string literal built from `base`: case-varied and escaped.
+fn fuzzed(rng: &mut Rng, base: &str) -> String {
+    let case = [0, 0, 20, 50, 100][rng.below(5)];
+    let esc = [0, 0, 10, 30, 100][rng.below(5)];
+    let text = vary_case(rng, base, case);
+    json_string(rng, &text, esc)
+}
+
+/// One audit event as JSON text, fields in random order.
+fn gen_event(rng: &mut Rng) -> String {
+    let username = match rng.below(12) {
+        0..=5 => fuzzed(rng, "system:anonymous"),
+        6 => fuzzed(
+            rng,
+            rng.pick(&[
+                "system:anonymou",
+                "system:anonymous ",
+                "anonymous",
+                "system:anonymous:x",
+                "system:anonymouſ",
+                "system:unauthenticated",
+            ]),
+        ),
+        7 => fuzzed(rng, "system:serviceaccount:kube-system:anonymous-probe"),
+        8 => r#"["system:anonymous"]"#.to_string(),
+        9 => "null".to_string(),
+        _ => fuzzed(
+            rng,
+            rng.pick(&["kubernetes-admin", "system:node:ip-10-0-0-1"]),
+        ),
+    };
+    let group_pool = [
+        "system:unauthenticated",
+        "system:unauthenticated",
+        "system:authenticated",
+        "system:masters",
+        "system:unauthenticated ",
+    ];
+    let groups = match rng.below(8) {
+        0 => None,
+        1 => Some(fuzzed(rng, "system:unauthenticated")), // a plain string
+        2 => Some("[]".to_string()),
+        _ => {
+            let n = 1 + rng.below(3);
+            let items: Vec<String> = (0..n)
+                .map(|_| match rng.below(8) {
+                    0 => "null".to_string(),
+                    1 => "{}".to_string(),
+                    2 => r#""""#.to_string(),
+                    _ => fuzzed(rng, rng.pick(&group_pool)),
+                })
+                .collect();
+            Some(format!("[{}]", items.join(",")))
+        }
+    };
+    let mut user = vec![format!(r#""username":{username}"#)];
+    if let Some(g) = groups {
+        user.push(format!(r#""groups":{g}"#));
+    }
+    if rng.pct(20) {
+        user.push(format!(
+            r#""uid":{}"#,
+            fuzzed(rng, "aws-iam-authenticator:1")
+        ));
+    }
+    if rng.pct(10) {
+        user.swap(0, user.len() - 1);
+    }
+    let ip_pool = ["10.0.0.1", "10.0.0.1", "203.0.113.7", "::1", ""];
+    let ips = match rng.below(6) {
+        0 => None,
+        1 => Some(format!(r#""{}""#, rng.pick(&ip_pool))),
+        _ => {
+            let n = rng.below(4);
+            let items: Vec<String> = (0..n)
+                .map(|_| match rng.below(8) {
+                    0 => "null".to_string(),
+                    1 => "[]".to_string(),
+                    _ => fuzzed(rng, rng.pick(&ip_pool)),
+                })
+                .collect();
+            Some(format!("[{}]", items.join(",")))
+        }
+    };
+    let mut fields = vec![
+        r#""kind":"Event""#.to_string(),
+        r#""apiVersion":"audit.k8s.io/v1""#.to_string(),
+        format!(r#""user":{{{}}}"#, user.join(",")),
+    ];
+    if let Some(ips) = ips {
+        fields.push(format!(r#""sourceIPs":{ips}"#));
+    }
+    if rng.pct(80) {
+        let verb = rng.pick(&["get", "list", "head", "watch"]);
+        fields.push(format!(r#""verb":{}"#, fuzzed(rng, verb)));
+    }
+    if rng.pct(80) {
+        let uri = rng.pick(&[
+            "/version",
+            "/healthz?timeout=1s&x=<y>",
+            "/api/v1/namespaces/anonymous/pods",
+            "/vendor/phpunit/src/Util/PHP/eval-stdin.php",
+            "/",
+        ]);
+        fields.push(format!(r#""requestURI":{}"#, fuzzed(rng, uri)));
+    }
+    if rng.pct(70) {
+        let agent = rng.pick(&[
+            "curl/8.5.0",
+            "kube-probe/1.29",
+            "Go-http-client/1.1",
+            "a\"b\\c\u{1b}é😀",
+        ]);
+        fields.push(format!(r#""userAgent":{}"#, fuzzed(rng, agent)));
+    }
+    if rng.pct(70) {
+        let code = rng.pick(&["403", "200", "401", "null", r#""x""#, "{}"]);
+        fields.push(format!(
+            r#""responseStatus":{{"metadata":{{}},"code":{code}}}"#
+        ));
+    }
+    if rng.pct(60) {
+        fields.push(format!(
+            r#""stage":{}"#,
+            fuzzed(rng, rng.pick(&["ResponseComplete", "RequestReceived"]))
+        ));
+    }
+    if rng.pct(40) {
+        fields.push(format!(
+            r#""objectRef":{{"resource":{},"namespace":"default","name":{}}}"#,
+            fuzzed(rng, "pods"),
+            rng.pick(&[r#""x""#, "null", r#""""#, "5"])
+        ));
+    }
+    if rng.pct(60) {
+        let ts = rng.pick(&["2024-05-01T12:00:00.000000Z", "2024-05-01T12:00:01.000000Z"]);
+        fields.push(format!(r#""requestReceivedTimestamp":"{ts}""#));
+    }
+    if rng.pct(10) {
+        // Another principal, not read by the rule.
+        fields.push(
+            r#""impersonatedUser":{"username":"system:anonymous","groups":["system:unauthenticated"]}"#
+                .to_string(),
+        );
+    }
+    // Shuffle (Fisher-Yates).
+    for i in (1..fields.len()).rev() {
+        let j = rng.below(i + 1);
+        fields.swap(i, j);
+    }
+    format!("{{{}}}", fields.join(","))
+}
+
+/// One input record: an event, maybe wrapped as a CloudWatch event (its
+/// text escaped once more, at random), maybe in a filter-log-events
+/// document or an EventList.
+fn gen_record(rng: &mut Rng) -> String {
+    let wrap = |rng: &mut Rng, event: String| -> String {
+        let esc = [0, 0, 5, 30][rng.below(4)];
+        let message = json_string(rng, &event, esc);
+        format!(
+            r#"{{"logStreamName":"kube-apiserver-audit-1","timestamp":1714564800000,"message":{message},"ingestionTime":1714564801000,"eventId":"{}"}}"#,
+            rng.next() % 1000
+        )
+    };
+    match rng.below(10) {
+        0..=4 => gen_event(rng),
+        5..=7 => {
+            let e = gen_event(rng);
+            wrap(rng, e)
+        }
+        8 => {
+            let n = rng.below(4);
+            let items: Vec<String> = (0..n)
+                .map(|_| {
+                    let e = gen_event(rng);
+                    wrap(rng, e)
+                })
+                .collect();
+            format!(
+                r#"{{"events":[{}],"searchedLogStreams":[]}}"#,
+                items.join(",")
+            )
+        }
+        _ => {
+            let n = rng.below(4);
+            let items: Vec<String> = (0..n).map(|_| gen_event(rng)).collect();
+            format!(
+                r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+                items.join(",")
+            )
+        }
+    }
+}
+
+/// The reference: the spec, over `serde_json::Value`, sharing no code with
+/// the crate. Returns the matched events and the rows.
+#[derive(Default)]
+struct Reference {
+    matched: u64,
+    rows: BTreeMap<Vec<String>, u64>,
+}
+
+fn ref_scalar(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn ref_multi(v: Option<&Value>) -> Vec<String> {
+    let values: Vec<String> = match v {
+        Some(Value::Array(items)) => items.iter().filter_map(|i| ref_scalar(Some(i))).collect(),
+        _ => Vec::new(),
+    };
+    if values.is_empty() {
+        vec!["0".to_string()]
+    } else {
+        values
+    }
+}
+
+fn ref_matches(event: &Value) -> bool {
+    let is = |v: &Value, want: &str| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(want));
+    let user_ok = event
+        .pointer("/user/username")
+        .is_some_and(|u| is(u, "system:anonymous"));
+    let group_ok = event
+        .pointer("/user/groups")
+        .and_then(Value::as_array)
+        .is_some_and(|gs| gs.iter().any(|g| is(g, "system:unauthenticated")));
+    user_ok && group_ok
+}
+
+/// Whether any event in this record (unwrapping as needed) matches.
+fn ref_record_matches(v: &Value) -> bool {
+    if let Some(m) = v.get("message").and_then(Value::as_str) {
+        return serde_json::from_str::<Value>(m).is_ok_and(|inner| ref_record_matches(&inner));
+    }
+    let list = v
+        .get("events")
+        .or_else(|| (v.get("kind") == Some(&Value::from("EventList"))).then(|| v.get("items"))?);
+    if let Some(Value::Array(items)) = list {
+        return items.iter().any(ref_record_matches);
+    }
+    ref_matches(v)
+}
+
+impl Reference {
+    fn record(&mut self, v: &Value) {
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            if let Ok(inner) = serde_json::from_str::<Value>(m) {
+                self.record(&inner);
+            }
+            return;
+        }
+        let list = v.get("events").or_else(|| {
+            (v.get("kind") == Some(&Value::from("EventList"))).then(|| v.get("items"))?
+        });
+        if let Some(Value::Array(items)) = list {
+            items.iter().for_each(|i| self.record(i));
+            return;
+        }
+        if !ref_matches(v) {
+            return;
+        }
+        self.matched += 1;
+        let s = |p: &str| ref_scalar(v.pointer(p)).unwrap_or_else(|| "0".to_string());
+        for ip in ref_multi(v.get("sourceIPs")) {
+            for group in ref_multi(v.pointer("/user/groups")) {
+                let key = vec![
+                    s("/objectRef/name"),
+                    s("/objectRef/namespace"),
+                    s("/objectRef/resource"),
+                    s("/requestReceivedTimestamp"),
+                    s("/requestURI"),
+                    s("/responseStatus/code"),
+                    ip.clone(),
+                    s("/stage"),
+                    group,
+                    s("/user/uid"),
+                    s("/user/username"),
+                    s("/userAgent"),
+                    s("/verb"),
+                ];
+                *self.rows.entry(key).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn corpus(seed: u64, n: usize) -> Vec<String> {
+    let mut rng = Rng(seed);
+    (0..n).map(|_| gen_record(&mut rng)).collect()
+}
+
+fn check_fast_path(records: &[String]) -> Result<(), TestCaseError> {
+    let prefilter = Prefilter::new();
+    let mut reference = Reference::default();
+    let mut det = Detector::new(Vec::new());
+    for r in records {
+        let v: Value = serde_json::from_str(r).expect("generated records are valid JSON");
+        if ref_record_matches(&v) {
+            prop_assert!(
+                prefilter.could_match(r.as_bytes()),
+                "prefilter rejected {}",
+                r
+            );
+        }
+        reference.record(&v);
+        det.feed(r.as_bytes(), Origin::default());
+    }
+    let (agg, stats) = det.finish();
+    prop_assert_eq!(stats.matched, reference.matched);
+    let got = table(&agg.into_findings());
+    let want: Vec<(Vec<String>, u64)> = reference.rows.into_iter().collect();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn fast_path_agrees_with_full_parse(seed in any::<u64>()) {
+        check_fast_path(&corpus(seed, 64))?;
+    }
+}
+
+/// The generator makes the cases the property is about: without this, a
+/// generator bug could make the property above pass vacuously.
+#[test]
+fn fast_path_corpus_covers_escaped_and_case_varied_names() {
+    let records = corpus(42, 3000);
+    let mut matched = 0;
+    let mut escaped = 0;
+    let mut double_escaped = 0;
+    let mut case_varied = 0;
+    let mut rejected = 0;
+    let prefilter = Prefilter::new();
+    for r in &records {
+        let v: Value = serde_json::from_str(r).expect("valid JSON");
+        if !prefilter.could_match(r.as_bytes()) {
+            rejected += 1;
+        }
+        if !ref_record_matches(&v) {
+            continue;
+        }
+        matched += 1;
+        let lower = r.to_ascii_lowercase();
+        if !lower.contains("system:anonymous") {
+            escaped += 1; // the name is spelled with escapes
+        }
+        if v.get("message").is_some() && r.contains(r"\\u") || r.contains(r"\u005c") {
+            double_escaped += 1;
+        }
+        if !r.contains("system:anonymous") && lower.contains("system:anonymous") {
+            case_varied += 1;
+        }
+    }
+    assert!(matched > 300, "{matched}");
+    assert!(escaped > 50, "{escaped}");
+    assert!(double_escaped > 20, "{double_escaped}");
+    assert!(case_varied > 50, "{case_varied}");
+    // And the fast path does reject some records.
+    assert!(rejected > 100, "{rejected}");
+    check_fast_path(&records).expect("fast path agrees on the fixed corpus");
+}
+
+#[test]
+fn fast_path_handles_hand_written_escapes() {
+    // The event's own escape, escaped once more by CloudWatch, in the ways
+    // a JSON encoder may choose.
+    let inner =
+        r#"{"user":{"username":"system:\u0061NONYMOU\u0053","groups":["system:unauthenticated"]}}"#;
+    for record in [
+        inner.to_string(),
+        cloudwatch(inner, "1"),
+        format!(
+            r#"{{"message":"{}","eventId":"1"}}"#,
+            inner
+                .replace('"', "\\u0022")
+                .replace("\\u0061", "\\u005Cu0061")
+        ),
+        format!(
+            r#"{{"message":"{}","eventId":"1"}}"#,
+            inner
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace("\\\\u0061", "\\\\\\u00750061")
+        ),
+    ] {
+        let v: Value = serde_json::from_str(&record).expect("valid");
+        assert!(ref_record_matches(&v), "{record}");
+        assert!(Prefilter::new().could_match(record.as_bytes()), "{record}");
+        let (findings, stats) = run(&[&record]);
+        assert_eq!(stats.matched, 1, "{record}");
+        assert_eq!(column(&findings, "user"), ["system:aNONYMOUS"], "{record}");
+    }
+}

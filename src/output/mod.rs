@@ -91,7 +91,13 @@ pub fn write(format: Format, target: &Target, rows: &Rows<'_>) -> Result<()> {
     }
 }
 
-fn render(format: Format, rows: &Rows<'_>, out: &mut dyn Write, header: bool) -> io::Result<()> {
+/// Renders `rows` into `out`; `header` says whether CSV gets its header.
+pub fn render(
+    format: Format,
+    rows: &Rows<'_>,
+    out: &mut dyn Write,
+    header: bool,
+) -> io::Result<()> {
     match format {
         Format::Table => table::write(rows, out),
         Format::Ndjson => json::write_lines(rows, out),

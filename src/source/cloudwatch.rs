@@ -1,1 +1,397 @@
-//! CloudWatch Logs source.
+//! CloudWatch Logs: `FilterLogEvents` over a log group's audit streams.
+//!
+//! FilterLogEvents is the only read API that returns eventIds, which the
+//! checkpoint needs. Its quota (5-25 requests/s per account and region) is
+//! shared with every other tool in the account, so every attempt, retries
+//! included, goes through one [`Pacer`] per region. Retries are done here
+//! rather than by the SDK (whose retries are switched off) for that reason,
+//! and so they can be counted.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatchlogs::operation::filter_log_events::{
+    FilterLogEventsError, FilterLogEventsOutput,
+};
+use tokio::time::Instant;
+
+/// The server-side filter: cuts transfer to (case-sensitively, valid JSON
+/// only) anonymous events. The detector re-checks every event in full.
+pub const SERVER_FILTER: &str = r#"{ $.user.username = "system:anonymous" }"#;
+
+/// `--cluster NAME` reads this log group.
+pub fn cluster_log_group(cluster: &str) -> String {
+    format!("/aws/eks/{cluster}/cluster")
+}
+
+/// The cluster name of an EKS log group, or the log group itself.
+pub fn cluster_name(log_group: &str) -> &str {
+    log_group
+        .strip_prefix("/aws/eks/")
+        .and_then(|rest| rest.strip_suffix("/cluster"))
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .unwrap_or(log_group)
+}
+
+/// How to reach CloudWatch Logs.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub attempt_timeout: Duration,
+}
+
+/// A client from the standard credential chain (env, profile/SSO, web
+/// identity, container/Pod Identity, IMDS), and the region it talks to.
+pub async fn client(s: &ClientSettings) -> Result<(Client, String)> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .operation_attempt_timeout(s.attempt_timeout)
+                .build(),
+        );
+    if let Some(region) = &s.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &s.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(url) = &s.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
+        anyhow!("no AWS region: pass --region, or set AWS_REGION or a profile's region")
+    })?;
+    Ok((Client::new(&config), region))
+}
+
+/// Spaces request starts at least `1 / max_rps` apart, across every task
+/// that shares it, so no window of time sees more than `max_rps` per second.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    pub fn new(max_rps: f64) -> Self {
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / max_rps),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.interval);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// Retry budget and backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: a random delay up to base * 2^retry, capped.
+    fn delay(&self, retry: u32, throttled: bool) -> Duration {
+        let base = if throttled { self.base * 4 } else { self.base };
+        let ceiling = base.saturating_mul(1 << retry.min(16)).min(self.cap);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// Request counters, shared by the tasks of a run.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// Pages received.
+    pub pages: AtomicU64,
+    /// HTTP attempts made (pages plus retries).
+    pub attempts: AtomicU64,
+    /// Attempts that were retried.
+    pub retries: AtomicU64,
+    /// Of those, how many were throttled.
+    pub throttled: AtomicU64,
+}
+
+/// A FilterLogEvents caller: the client, the region's pacer, the policy.
+pub struct Api<'a> {
+    pub client: &'a Client,
+    pub pacer: &'a Pacer,
+    pub retry: RetryPolicy,
+    pub stats: &'a ApiStats,
+}
+
+/// One log group over one window.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub log_group: String,
+    pub stream_prefix: String,
+    pub filter_pattern: Option<String>,
+    pub page_size: i32,
+    /// Window [start_ms, end_ms), ms since the epoch.
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// One event as the detector's caller needs it.
+pub struct LogEvent<'e> {
+    pub timestamp: i64,
+    pub event_id: Option<&'e str>,
+    pub message: &'e str,
+}
+
+/// Events returned that the query did not ask for (an emulator that
+/// ignores the prefix or window): counted, never fed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Skipped {
+    pub other_streams: u64,
+    pub outside_window: u64,
+}
+
+/// Reads every page of `q`, calling `each` for each event of an audit
+/// stream inside the window, and `progress` with the latest event time
+/// after each page. A page that fails past the retry budget fails the read.
+pub async fn read_group(
+    api: &Api<'_>,
+    q: &Query,
+    mut each: impl FnMut(LogEvent<'_>),
+    mut progress: impl FnMut(i64),
+) -> Result<Skipped> {
+    let mut skipped = Skipped::default();
+    let mut token: Option<String> = None;
+    let mut latest = q.start_ms;
+    loop {
+        let page = fetch_page(api, q, token.take()).await?;
+        api.stats.pages.fetch_add(1, Ordering::Relaxed);
+        for ev in page.events() {
+            let stream = ev.log_stream_name().unwrap_or_default();
+            let ts = ev.timestamp().unwrap_or(i64::MIN);
+            if !stream.starts_with(&q.stream_prefix) {
+                skipped.other_streams += 1;
+            } else if ts < q.start_ms || ts >= q.end_ms {
+                skipped.outside_window += 1;
+            } else {
+                latest = latest.max(ts);
+                each(LogEvent {
+                    timestamp: ts,
+                    event_id: ev.event_id(),
+                    message: ev.message().unwrap_or_default(),
+                });
+            }
+        }
+        progress(latest);
+        // Pages may be empty and still carry a token: only its absence ends.
+        match page.next_token {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return Ok(skipped),
+        }
+    }
+}
+
+/// One page, paced and retried.
+async fn fetch_page(
+    api: &Api<'_>,
+    q: &Query,
+    token: Option<String>,
+) -> Result<FilterLogEventsOutput> {
+    let mut attempt = 1;
+    loop {
+        api.pacer.wait().await;
+        api.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let mut req = api
+            .client
+            .filter_log_events()
+            .log_group_name(&q.log_group)
+            .log_stream_name_prefix(&q.stream_prefix)
+            .start_time(q.start_ms)
+            // Windows are half-open; endTime is inclusive on some servers.
+            .end_time(q.end_ms - 1)
+            .limit(q.page_size)
+            .set_next_token(token.clone());
+        if let Some(p) = &q.filter_pattern {
+            req = req.filter_pattern(p);
+        }
+        let err = match req.send().await {
+            Ok(page) => return Ok(page),
+            Err(err) => err,
+        };
+        let class = classify(&err);
+        if class == Class::Fatal || attempt >= api.retry.max_attempts {
+            return Err(describe(&err, q, attempt));
+        }
+        api.stats.retries.fetch_add(1, Ordering::Relaxed);
+        if class == Class::Throttled {
+            api.stats.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        let delay = api.retry.delay(attempt - 1, class == Class::Throttled);
+        tracing::debug!(log_group = %q.log_group, attempt, ?delay, kind = ?class, "retrying FilterLogEvents");
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Throttled,
+    Transient,
+    Fatal,
+}
+
+fn classify(err: &SdkError<FilterLogEventsError>) -> Class {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Class::Transient,
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => Class::Transient,
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().unwrap_or_default();
+            let status = e.raw().status().as_u16();
+            if matches!(
+                code,
+                "ThrottlingException"
+                    | "Throttling"
+                    | "TooManyRequestsException"
+                    | "RequestLimitExceeded"
+            ) || status == 429
+            {
+                Class::Throttled
+            } else if status >= 500 || code == "ServiceUnavailableException" {
+                Class::Transient
+            } else {
+                Class::Fatal
+            }
+        }
+        _ => Class::Fatal,
+    }
+}
+
+/// An error message that says what to do about the common cases.
+fn describe(err: &SdkError<FilterLogEventsError>, q: &Query, attempts: u32) -> anyhow::Error {
+    let detail = DisplayErrorContext(err).to_string();
+    let hint = match err.code() {
+        Some("ResourceNotFoundException") => format!(
+            ": log group {} does not exist in this region; is control-plane audit logging on? \
+             (aws eks update-cluster-config --name {} --logging '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}')",
+            q.log_group,
+            cluster_name(&q.log_group)
+        ),
+        Some("AccessDeniedException") => {
+            ": the credentials may not call logs:FilterLogEvents on this log group (see iam-policy.json)".to_string()
+        }
+        _ => String::new(),
+    };
+    anyhow!("{detail}").context(format!(
+        "FilterLogEvents on {} failed after {attempts} attempt(s){hint}",
+        q.log_group
+    ))
+}
+
+/// Checks used by `kubeanon doctor`.
+pub mod checks {
+    use super::*;
+    use aws_sdk_cloudwatchlogs::types::LogStream;
+
+    /// Does the log group exist?
+    pub async fn log_group_exists(client: &Client, log_group: &str) -> Result<bool> {
+        let out = client
+            .describe_log_groups()
+            .log_group_name_prefix(log_group)
+            .send()
+            .await
+            .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
+            .context("DescribeLogGroups failed")?;
+        Ok(out
+            .log_groups()
+            .iter()
+            .any(|g| g.log_group_name() == Some(log_group)))
+    }
+
+    /// The most recently written audit stream, if any.
+    pub async fn latest_stream(
+        client: &Client,
+        log_group: &str,
+        prefix: &str,
+    ) -> Result<Option<LogStream>> {
+        // Ordering by time and filtering by prefix cannot be combined:
+        // list by prefix and pick the latest.
+        let out = client
+            .describe_log_streams()
+            .log_group_name(log_group)
+            .log_stream_name_prefix(prefix)
+            .send()
+            .await
+            .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
+            .context("DescribeLogStreams failed")?;
+        Ok(out
+            .log_streams()
+            .iter()
+            .filter(|s| s.log_stream_name().is_some_and(|n| n.starts_with(prefix)))
+            .max_by_key(|s| s.last_event_timestamp().unwrap_or(0))
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names() {
+        assert_eq!(cluster_log_group("prod"), "/aws/eks/prod/cluster");
+        assert_eq!(cluster_name("/aws/eks/prod/cluster"), "prod");
+        assert_eq!(cluster_name("/custom/group"), "/custom/group");
+        assert_eq!(cluster_name("/aws/eks//cluster"), "/aws/eks//cluster");
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let p = RetryPolicy::default();
+        for retry in 0..40 {
+            let d = p.delay(retry, true);
+            assert!(d <= p.cap, "{d:?}");
+        }
+        assert!(p.delay(0, false) <= p.base);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spaces_requests() {
+        let pacer = Pacer::new(4.0);
+        let start = Instant::now();
+        for _ in 0..9 {
+            pacer.wait().await;
+        }
+        // 9 starts at 4/s: the last one 2 s after the first.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+}
