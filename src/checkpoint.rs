@@ -231,11 +231,24 @@ pub fn complete_delivery(p: &Pending) -> Result<Recovery> {
         None => (data, Recovery::AppendedAfterChange),
     };
     if !rest.is_empty() {
+        if fault_point("mid-append") {
+            let _ = file
+                .write_all(&rest[..rest.len() / 2])
+                .and_then(|()| file.sync_all());
+            std::process::abort();
+        }
         file.write_all(rest)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("cannot append to {}", p.file.display()))?;
     }
     Ok(outcome)
+}
+
+/// Crash-test hook: with `KUBEANON_FAULT=<point>` in the environment the
+/// process aborts at that point (callers abort on `true`), as a crash or
+/// `kill -9` would. Points: `after-pending`, `mid-append`, `after-output`.
+pub fn fault_point(point: &str) -> bool {
+    std::env::var_os("KUBEANON_FAULT").is_some_and(|v| v == point)
 }
 
 #[cfg(test)]

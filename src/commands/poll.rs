@@ -427,11 +427,17 @@ fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) 
                 groups: outcome.groups.clone(),
             });
             cp.save()?;
+            if checkpoint::fault_point("after-pending") {
+                std::process::abort();
+            }
             checkpoint::complete_delivery(cp.state.pending.as_ref().expect("just set"))?;
             cp.state.pending = None;
         }
     } else {
         output::write(plan.out.format, &plan.out.target, &rows)?;
+    }
+    if checkpoint::fault_point("after-output") {
+        std::process::abort();
     }
     cp.state.update(outcome.groups.clone());
     cp.save()
