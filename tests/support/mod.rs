@@ -37,7 +37,11 @@ fn python() -> PathBuf {
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_server.py");
         let child = Command::new(python())
             .arg(script)
@@ -48,10 +52,16 @@ pub fn moto() -> &'static Moto {
             .expect("start moto's server");
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto's server did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "moto's server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto { endpoint: format!("http://127.0.0.1:{port}"), _child: child }
+        Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
     })
 }
 
@@ -72,19 +82,32 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
 pub fn poll(log_group: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
     aws_env(&mut cmd);
-    cmd.args(["poll", "--log-group", log_group, "--endpoint-url", &moto().endpoint, "--max-rps", "200"]);
+    cmd.args([
+        "poll",
+        "--log-group",
+        log_group,
+        "--endpoint-url",
+        &moto().endpoint,
+        "--max-rps",
+        "200",
+    ]);
     cmd
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn client() -> Client {
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&moto().endpoint)
-        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new("testing", "testing", None, None, "test"))
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
         .load()
         .await;
     Client::new(&conf)
@@ -94,9 +117,18 @@ async fn client() -> Client {
 pub fn create(log_group: &str, streams: &[&str]) {
     runtime().block_on(async {
         let c = client().await;
-        c.create_log_group().log_group_name(log_group).send().await.expect("create log group");
+        c.create_log_group()
+            .log_group_name(log_group)
+            .send()
+            .await
+            .expect("create log group");
         for s in streams {
-            c.create_log_stream().log_group_name(log_group).log_stream_name(*s).send().await.expect("create stream");
+            c.create_log_stream()
+                .log_group_name(log_group)
+                .log_stream_name(*s)
+                .send()
+                .await
+                .expect("create stream");
         }
     })
 }
@@ -110,7 +142,13 @@ pub fn put(log_group: &str, stream: &str, events: &[(i64, String)]) {
         for batch in events.chunks(1000) {
             let list: Vec<InputLogEvent> = batch
                 .iter()
-                .map(|(ts, m)| InputLogEvent::builder().timestamp(*ts).message(m).build().unwrap())
+                .map(|(ts, m)| {
+                    InputLogEvent::builder()
+                        .timestamp(*ts)
+                        .message(m)
+                        .build()
+                        .unwrap()
+                })
                 .collect();
             c.put_log_events()
                 .log_group_name(log_group)
@@ -139,7 +177,7 @@ pub fn audit_event(n: u64, anonymous: bool) -> String {
     } else {
         (
             r#"{"username":"system:serviceaccount:kube-system:coredns","uid":"5a1c","groups":["system:serviceaccounts","system:authenticated"]}"#.to_string(),
-            "/api/v1/namespaces/kube-system/endpoints?limit=500\u0026resourceVersion=0",
+            r"/api/v1/namespaces/kube-system/endpoints?limit=500\u0026resourceVersion=0",
             "coredns/v1.11.1 (linux/amd64) kubernetes/$Format",
             200,
         )
@@ -155,7 +193,10 @@ pub fn audit_event(n: u64, anonymous: bool) -> String {
 
 /// Now, in ms since the epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// ndjson output -> rows as JSON objects.
@@ -172,7 +213,10 @@ pub fn rows(stdout: &[u8]) -> Vec<serde_json::Value> {
 pub fn totals(rows: &[serde_json::Value]) -> std::collections::BTreeMap<Vec<String>, u64> {
     let mut out = std::collections::BTreeMap::new();
     for r in rows {
-        let key: Vec<String> = kubeanon::detect::COLUMNS[..13].iter().map(|c| r[*c].as_str().unwrap().to_string()).collect();
+        let key: Vec<String> = kubeanon::detect::COLUMNS[..13]
+            .iter()
+            .map(|c| r[*c].as_str().unwrap().to_string())
+            .collect();
         *out.entry(key).or_default() += r["count"].as_u64().unwrap();
     }
     out
@@ -181,7 +225,9 @@ pub fn totals(rows: &[serde_json::Value]) -> std::collections::BTreeMap<Vec<Stri
 /// A number from the summary line, e.g. `summary_number(stderr, "late")`.
 pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
     let text = String::from_utf8_lossy(stderr);
-    let words: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ';').collect();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ';')
+        .collect();
     words
         .windows(2)
         .find(|w| w[1] == label)
