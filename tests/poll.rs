@@ -356,3 +356,41 @@ fn a_missing_log_group_fails_with_the_command_that_enables_audit_logs() {
         "{err}"
     );
 }
+
+fn doctor(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    cmd.args(["doctor", "--endpoint-url", &moto().endpoint])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn doctor_passes_a_good_cluster_and_explains_audit_logging_off() {
+    let good = setup("doctor-good");
+    put(
+        &good,
+        AUDIT_STREAM,
+        &[(now_ms() - 60_000, audit_event(90, false))],
+    );
+    let out = doctor(&["--cluster", "doctor-good"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("logs:FilterLogEvents is allowed"), "{text}");
+    assert!(
+        !text.contains("testing"),
+        "credentials are never printed: {text}"
+    );
+
+    // Only the API server's own stream: audit logging is off.
+    create("/aws/eks/doctor-off/cluster", &[APISERVER_STREAM]);
+    let out = doctor(&["--cluster", "doctor-off"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("audit logging is off")
+            && text.contains("update-cluster-config --name doctor-off"),
+        "{text}"
+    );
+}

@@ -52,6 +52,12 @@ pub struct ClientSettings {
 /// A client from the standard credential chain (env, profile/SSO, web
 /// identity, container/Pod Identity, IMDS), and the region it talks to.
 pub async fn client(s: &ClientSettings) -> Result<(Client, String)> {
+    let (config, region) = sdk_config(s).await?;
+    Ok((Client::new(&config), region))
+}
+
+/// The SDK configuration behind [`client`], and its region.
+pub async fn sdk_config(s: &ClientSettings) -> Result<(aws_config::SdkConfig, String)> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -73,7 +79,7 @@ pub async fn client(s: &ClientSettings) -> Result<(Client, String)> {
     let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
         anyhow!("no AWS region: pass --region, or set AWS_REGION or a profile's region")
     })?;
-    Ok((Client::new(&config), region))
+    Ok((config, region))
 }
 
 /// Spaces request starts at least `1 / max_rps` apart, across every task
@@ -219,6 +225,12 @@ pub async fn read_group(
             _ => return Ok(skipped),
         }
     }
+}
+
+/// Fetches the first page of `q` and drops it: proves the call is allowed
+/// (`kubeanon doctor`).
+pub async fn read_page_once(api: &Api<'_>, q: &Query) -> Result<()> {
+    fetch_page(api, q, None).await.map(|_| ())
 }
 
 /// One page, paced and retried.
