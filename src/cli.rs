@@ -20,6 +20,10 @@ use crate::output::{Format, Target};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log what kubeanon does (pages, retries, recoveries) to stderr. Never
+    /// logs credentials or event contents.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]

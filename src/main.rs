@@ -6,9 +6,21 @@ use std::process::ExitCode;
 use clap::Parser;
 use kubeanon::cli::Cli;
 use kubeanon::exit::{Exit, UsageError};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.verbose {
+        // Only kubeanon's own events: the SDK's debug logs carry request
+        // details that have no place in a scheduled job's log.
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_target("kubeanon", tracing::Level::DEBUG);
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .init();
+    }
     match kubeanon::commands::run(cli) {
         Ok(exit) => exit.into(),
         Err(err) => {

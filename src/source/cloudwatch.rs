@@ -202,6 +202,12 @@ pub async fn read_group(
     loop {
         let page = fetch_page(api, q, token.take()).await?;
         api.stats.pages.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            log_group = %q.log_group,
+            events = page.events().len(),
+            more = page.next_token.is_some(),
+            "FilterLogEvents page"
+        );
         for ev in page.events() {
             let stream = ev.log_stream_name().unwrap_or_default();
             let ts = ev.timestamp().unwrap_or(i64::MIN);

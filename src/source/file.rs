@@ -132,8 +132,11 @@ impl Lines {
         }
         if self.end == self.buf.len() {
             if self.buf.len() >= MAX_RECORD {
-                // The tail is one line longer than any record we keep.
-                self.overlong += 1;
+                // The tail is one line longer than any record we keep
+                // (counted once, however many buffers it spans).
+                if !self.skipping {
+                    self.overlong += 1;
+                }
                 self.skipping = true;
                 self.end = 0;
             } else {
