@@ -20,7 +20,10 @@ fn main() {
         detector.feed(event.as_bytes(), Origin::default());
     }
     let (findings, stats) = detector.finish();
-    println!("{} events, {} matched, {} rows excluded", stats.events, stats.matched, stats.excluded);
+    println!(
+        "{} events, {} matched, {} rows excluded",
+        stats.events, stats.matched, stats.excluded
+    );
     for finding in findings.into_findings() {
         for (name, value) in COLUMNS.iter().zip(finding.cols.iter()) {
             println!("{name:>26}: {value}");

@@ -128,9 +128,6 @@ pub struct PollArgs {
     /// Timeout for one request attempt.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub attempt_timeout: String,
-    /// Show a progress bar on stderr (default: when stderr is a terminal).
-    #[arg(long)]
-    pub progress: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
