@@ -349,9 +349,9 @@ fn nested_objects_of_the_wrong_type_fill_their_fields() {
 
 #[test]
 fn values_are_shown_as_written() {
-    let f = assert_single_match(&format!(
-        r#"{{"user":{{"username":"system:anonymous","groups":["system:unauthenticated"],"uid":1001}},"responseStatus":{{"code":403,"status":"Failure"}},"stage":true,"verb":false,"requestReceivedTimestamp":1.5e3,"objectRef":{{"name":-7,"namespace":12345678901234567890123,"resource":"pods"}},"userAgent":"curl\/8 \"x\" \u00e9\\","requestURI":"/api?a=1\u0026b=2"}}"#
-    ));
+    let f = assert_single_match(
+        r#"{"user":{"username":"system:anonymous","groups":["system:unauthenticated"],"uid":1001},"responseStatus":{"code":403,"status":"Failure"},"stage":true,"verb":false,"requestReceivedTimestamp":1.5e3,"objectRef":{"name":-7,"namespace":12345678901234567890123,"resource":"pods"},"userAgent":"curl\/8 \"x\" \u00e9\\","requestURI":"/api?a=1\u0026b=2"}"#,
+    );
     assert_eq!(
         table(&[f]),
         vec![(
