@@ -28,11 +28,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    // A flag given twice takes the last value, so wrappers can append overrides.
     /// Scan audit log files (or stdin) for anonymous requests.
+    #[command(args_override_self = true)]
     Scan(ScanArgs),
     /// Page through EKS audit logs in CloudWatch Logs and report anonymous requests.
-    Poll(PollArgs),
+    #[command(args_override_self = true)]
+    Poll(Box<PollArgs>),
     /// Check that kubeanon can read a cluster's audit logs.
+    #[command(args_override_self = true)]
     Doctor(DoctorArgs),
 }
 

@@ -15,7 +15,7 @@ use crate::output::{self, Row, Rows};
 pub fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Scan(args) => scan::run(args),
-        Command::Poll(args) => poll::run(args),
+        Command::Poll(args) => poll::run(*args),
         Command::Doctor(args) => doctor::run(args),
     }
 }

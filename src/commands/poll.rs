@@ -430,8 +430,11 @@ fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) 
             if checkpoint::fault_point("after-pending") {
                 std::process::abort();
             }
-            checkpoint::complete_delivery(cp.state.pending.as_ref().expect("just set"))?;
-            cp.state.pending = None;
+            let pending = cp.state.pending.take().expect("just set");
+            if let Err(err) = checkpoint::complete_delivery(&pending) {
+                roll_back(cp, &pending);
+                return Err(err);
+            }
         }
     } else {
         output::write(plan.out.format, &plan.out.target, &rows)?;
@@ -441,6 +444,24 @@ fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) 
     }
     cp.state.update(outcome.groups.clone());
     cp.save()
+}
+
+/// A failed append (disk full, say) that did not crash: cut the file back
+/// to where it was and forget the pending delivery, so both are as before
+/// the run. If that fails too, the recorded delivery stays and the next
+/// run completes it.
+fn roll_back(cp: &Checkpoint, pending: &Pending) {
+    let truncated = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pending.file)
+        .and_then(|f| f.set_len(pending.offset).and_then(|()| f.sync_all()));
+    if truncated.is_ok() && cp.save().is_ok() {
+        return;
+    }
+    eprintln!(
+        "kubeanon poll: could not roll back the failed delivery to {}; the next run will complete it",
+        pending.file.display()
+    );
 }
 
 fn ms(d: Duration) -> i64 {

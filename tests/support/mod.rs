@@ -80,6 +80,11 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
 
 /// `kubeanon poll` against moto for one log group, with fast test pacing.
 pub fn poll(log_group: &str) -> Command {
+    poll_at(&moto().endpoint, log_group)
+}
+
+/// `kubeanon poll` against `endpoint` (moto, or a proxy in front of it).
+pub fn poll_at(endpoint: &str, log_group: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
     aws_env(&mut cmd);
     cmd.args([
@@ -87,7 +92,7 @@ pub fn poll(log_group: &str) -> Command {
         "--log-group",
         log_group,
         "--endpoint-url",
-        &moto().endpoint,
+        endpoint,
         "--max-rps",
         "200",
     ]);
@@ -234,3 +239,4 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
         .and_then(|w| w[0].parse().ok())
         .unwrap_or_else(|| panic!("no '{label}' in summary: {text}"))
 }
+pub mod proxy;

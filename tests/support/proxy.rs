@@ -1,0 +1,214 @@
+//! A fault-injecting HTTP proxy between `kubeanon` and moto's server.
+//!
+//! For each request it asks the test's plan what to do: forward it, answer
+//! `400 ThrottlingException`, answer a 5xx, hold it past the client's
+//! timeout, or forward it and cut the response off half way. Nothing else
+//! is changed. It records every request (arrival time, operation, fault)
+//! so a test can count calls and measure the request rate.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Forward,
+    Throttle,
+    Status(u16),
+    /// Wait this long, then forward (the client has given up by then).
+    Delay(Duration),
+    /// Forward, but send only half of the response and close.
+    CutResponse,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub at: Instant,
+    /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`).
+    pub target: String,
+    pub fault: Fault,
+}
+
+type Plan = dyn FnMut(usize, &str) -> Fault + Send;
+
+pub struct Proxy {
+    pub endpoint: String,
+    log: Arc<Mutex<Vec<Request>>>,
+    plan: Arc<Mutex<Box<Plan>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`http://host:port`) on a free port.
+    pub fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
+        let (l, p) = (log.clone(), plan.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (l, p, up) = (l.clone(), p.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &l, &p));
+            }
+        });
+        Proxy {
+            endpoint,
+            log,
+            plan,
+        }
+    }
+
+    /// Sets what happens to each following request: `plan(index, target)`,
+    /// where index counts FilterLogEvents requests from 0.
+    pub fn set_plan(&self, plan: impl FnMut(usize, &str) -> Fault + Send + 'static) {
+        *self.plan.lock().unwrap() = Box::new(plan);
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
+    /// The most FilterLogEvents requests that arrived in any one-second
+    /// window [t, t + 1 s).
+    pub fn max_per_second(&self) -> usize {
+        let times: Vec<Instant> = self
+            .requests()
+            .iter()
+            .filter(|r| r.target.ends_with("FilterLogEvents"))
+            .map(|r| r.at)
+            .collect();
+        let mut best = 0;
+        for (i, t) in times.iter().enumerate() {
+            let n = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count();
+            best = best.max(n);
+        }
+        best
+    }
+}
+
+fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mutex<Box<Plan>>) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut client = client;
+    while let Some((head, body)) = read_request(&mut reader) {
+        let target = header(&head, "x-amz-target").unwrap_or_default();
+        let fault = {
+            let mut log = log.lock().unwrap();
+            let index = log
+                .iter()
+                .filter(|r| r.target.ends_with("FilterLogEvents"))
+                .count();
+            let fault = if target.ends_with("FilterLogEvents") {
+                (plan.lock().unwrap())(index, &target)
+            } else {
+                Fault::Forward
+            };
+            log.push(Request {
+                at: Instant::now(),
+                target: target.clone(),
+                fault,
+            });
+            fault
+        };
+        let ok = match fault {
+            Fault::Forward => {
+                forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
+            }
+            Fault::Throttle => client
+                .write_all(&error(400, "ThrottlingException", "Rate exceeded"))
+                .is_ok(),
+            Fault::Status(code) => {
+                let kind = if code == 503 {
+                    "ServiceUnavailableException"
+                } else {
+                    "InternalFailure"
+                };
+                client.write_all(&error(code, kind, "injected")).is_ok()
+            }
+            Fault::Delay(d) => {
+                std::thread::sleep(d);
+                forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
+            }
+            Fault::CutResponse => {
+                if let Some(r) = forward(&head, &body, upstream) {
+                    let _ = client.write_all(&r[..r.len() / 2]);
+                }
+                false
+            }
+        };
+        if !ok {
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// One HTTP/1.1 request with a Content-Length body; None at end of stream.
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len: usize = header(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Sends the request upstream on a fresh connection and returns the whole
+/// response, rewritten to close nothing on the client side.
+fn forward(head: &str, body: &[u8], upstream: &str) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(upstream).ok()?;
+    let head: String = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    up.write_all(head.as_bytes()).ok()?;
+    up.write_all(b"Connection: close\r\n\r\n").ok()?;
+    up.write_all(body).ok()?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response).ok()?;
+    // Upstream closes after one response; tell the client the connection
+    // stays usable so that it keeps one connection like against AWS.
+    let text_end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&response[..text_end]).replace("Connection: close\r\n", "");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&response[text_end..]);
+    Some(out)
+}
+
+fn error(status: u16, kind: &str, message: &str) -> Vec<u8> {
+    let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-RequestId: injected\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
