@@ -33,24 +33,48 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Reads one input to its end, feeding every record to `det`. Returns the
 /// number of (decompressed) bytes read. Errors are I/O errors only: bad
 /// content is counted, never fatal.
-pub fn read_input(input: impl Read, det: &mut Detector) -> io::Result<u64> {
-    let mut input = io::BufReader::with_capacity(CHUNK, input);
-    let head = io::BufRead::fill_buf(&mut input)?;
-    if head.starts_with(&GZIP_MAGIC) {
-        read_plain(MultiGzDecoder::new(input), det)
+pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
+    // A pipe may hand over a single byte first: read the magic whole.
+    let mut magic = [0u8; 2];
+    let n = read_up_to(&mut input, &mut magic)?;
+    let input = io::Cursor::new(magic).take(n as u64).chain(input);
+    if magic[..n] == GZIP_MAGIC {
+        read_plain(
+            MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, input)),
+            det,
+        )
     } else {
         read_plain(input, det)
     }
 }
 
+/// Fills `buf` unless the input ends first; returns how much was read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn read_plain(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
     let mut lines = Lines::new();
-    let n = lines.fill(&mut input)?;
-    if n > 0 && is_document_start(lines.pending()) {
+    let mut n = lines.fill(&mut input)?;
+    let mut total = n as u64;
+    // The format is decided on the first line: make sure it is all here.
+    while n > 0 && !has_first_line(lines.pending()) && lines.pending().len() < CHUNK {
+        n = lines.fill(&mut input)?;
+        total += n as u64;
+    }
+    if total > 0 && is_document_start(lines.pending()) {
         let head = io::Cursor::new(lines.pending().to_vec());
         return read_document(head.chain(input), det);
     }
-    let mut total = n as u64;
     loop {
         lines.drain(|line| feed_line(line, det));
         let n = lines.fill(&mut input)?;
@@ -84,6 +108,13 @@ fn strip_s3_export_prefix(line: &[u8]) -> Option<&[u8]> {
     let stamp = std::str::from_utf8(&line[..space]).ok()?;
     chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
     Some(line[space + 1..].trim_ascii_start())
+}
+
+/// Whether the first non-blank line has its newline.
+fn has_first_line(head: &[u8]) -> bool {
+    head.iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|start| memchr::memchr(b'\n', &head[start..]).is_some())
 }
 
 /// A lone `{` or `[` on the first non-blank line: a pretty-printed document.
@@ -347,4 +378,57 @@ fn reassemble(fields: &[(String, Box<RawValue>)]) -> String {
     }
     out.push('}');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A reader that hands over one byte per call, as a slow pipe may.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            if buf.is_empty() {
+                return Ok(0);
+            }
+            buf[0] = *first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    const ANON: &str = r#"{"kind":"Event","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"sourceIPs":["1.2.3.4"]}"#;
+
+    fn matched(input: impl Read) -> u64 {
+        let mut det = Detector::default();
+        read_input(input, &mut det).unwrap();
+        det.finish().1.matched
+    }
+
+    #[test]
+    fn formats_are_recognised_when_bytes_arrive_one_at_a_time() {
+        let pretty = format!(
+            "{{\n  \"events\": [\n    {{\"message\": {}}}\n  ]\n}}\n",
+            serde_json::to_string(ANON).unwrap()
+        );
+        assert_eq!(matched(Trickle(pretty.as_bytes())), 1);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(format!("{ANON}\n{ANON}\n").as_bytes())
+            .unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(matched(Trickle(&gz)), 2);
+        assert_eq!(matched(Trickle(format!("{ANON}\n").as_bytes())), 1);
+    }
+
+    #[test]
+    fn tiny_and_empty_inputs() {
+        assert_eq!(matched(&b""[..]), 0);
+        assert_eq!(matched(&b"\x1f"[..]), 0);
+        assert_eq!(matched(ANON.as_bytes()), 1, "no trailing newline");
+    }
 }
