@@ -1,0 +1,165 @@
+//! Hostile input: random and mutated bytes, huge lines, deep nesting,
+//! invalid UTF-8, NUL bytes, and a 2 GB stream with no newline. Nothing
+//! panics, memory stays bounded, and what cannot be read is counted.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kubeanon::audit::{Record, Shape};
+use kubeanon::detect::{Detector, Origin, Prefilter, matches};
+use kubeanon::source::file::read_input;
+use proptest::prelude::*;
+
+const ANON: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","stage":"ResponseComplete","requestURI":"/api?a=1\u0026b=2","verb":"get","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"sourceIPs":["198.51.100.1","10.0.0.1"],"userAgent":"curl/8","responseStatus":{"metadata":{},"code":403},"requestReceivedTimestamp":"2026-11-29T01:00:00.000001Z"}"#;
+
+/// The full rule on bytes, without the fast path.
+fn full_parse_matches(bytes: &[u8]) -> bool {
+    match Record::parse(bytes) {
+        Ok(r) => matches!(r.shape(), Shape::Event(e) if matches(&e)),
+        Err(_) => false,
+    }
+}
+
+/// Bytes that are close to real events: a valid one with random edits.
+fn mutated_event() -> impl Strategy<Value = Vec<u8>> {
+    let edits = prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 0..8);
+    edits.prop_map(|edits| {
+        let mut bytes = ANON.as_bytes().to_vec();
+        for (at, kind, byte) in edits {
+            let i = at.index(bytes.len().max(1));
+            let special = [b'"', b'\\', b'{', b'[', b'}', b'\n', 0, 0xff][byte as usize % 8];
+            match kind {
+                0 if i < bytes.len() => bytes[i] = byte,
+                1 if i < bytes.len() => {
+                    bytes.remove(i);
+                }
+                2 => bytes.insert(i.min(bytes.len()), special),
+                _ => bytes.truncate(i),
+            }
+        }
+        bytes
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let mut det = Detector::default();
+        det.feed(&bytes, Origin::default());
+        read_input(&bytes[..], &mut det).unwrap();
+        let stats = det.finish().1;
+        prop_assert!(stats.matched <= stats.events);
+    }
+
+    #[test]
+    fn mutated_events_never_panic_and_the_fast_path_is_never_narrower(bytes in mutated_event()) {
+        let mut det = Detector::default();
+        det.feed(&bytes, Origin::default());
+        if full_parse_matches(&bytes) {
+            prop_assert!(Prefilter::new().could_match(&bytes));
+            prop_assert_eq!(det.finish().1.matched, 1);
+        }
+        let mut lines = Detector::default();
+        read_input(&bytes[..], &mut lines).unwrap();
+    }
+}
+
+fn scan(input: &[u8]) -> (kubeanon::detect::Stats, usize) {
+    let mut det = Detector::default();
+    read_input(input, &mut det).unwrap();
+    let (agg, stats) = det.finish();
+    (stats, agg.len())
+}
+
+#[test]
+fn a_one_megabyte_event_is_read_and_matched() {
+    let big = ANON.replacen(
+        r#""verb":"get""#,
+        &format!(
+            r#""verb":"get","requestObject":{{"data":"{}"}}"#,
+            "x".repeat(1 << 20)
+        ),
+        1,
+    );
+    assert!(big.len() > 1 << 20);
+    let input = format!("{big}\n{ANON}\n");
+    let (stats, rows) = scan(input.as_bytes());
+    assert_eq!((stats.events, stats.matched, stats.malformed), (2, 2, 0));
+    assert_eq!(rows, 2, "one row per source IP; both events share them");
+}
+
+#[test]
+fn deep_nesting_is_malformed_not_a_stack_overflow() {
+    for depth in [1_000, 100_000] {
+        let line = format!("{}{}\n", r#"{"user":"#.repeat(depth), "1");
+        let array = format!("[\n{}\n", "[".repeat(depth));
+        assert_eq!(scan(line.as_bytes()).0.malformed, 1);
+        assert_eq!(scan(array.as_bytes()).0.malformed, 1, "document mode too");
+        let anon = format!(
+            r#"{{"user":{{"username":"system:anonymous","groups":{}}}}}"#,
+            "[".repeat(depth)
+        );
+        assert_eq!(scan(anon.as_bytes()).0.malformed, 1);
+    }
+}
+
+#[test]
+fn invalid_utf8_and_nul_bytes_are_counted_not_fatal() {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"\xff\xfe\x00\x00garbage\n");
+    input.extend_from_slice(b"{\"user\":{\"username\":\"system:anonymous\xff\"}}\n");
+    input.extend_from_slice(b"\x00\x00\x00\n");
+    input.extend_from_slice(ANON.as_bytes());
+    input.push(b'\n');
+    let (stats, _) = scan(&input);
+    assert_eq!(stats.matched, 1);
+    assert_eq!(stats.malformed, 3);
+}
+
+/// Peak resident memory of a running process, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn a_two_gigabyte_stream_without_a_newline_runs_in_bounded_memory() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubeanon"))
+        .args(["scan", "-", "--format", "ndjson"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut peak = 0;
+    for i in 0..2048 {
+        stdin.write_all(&chunk).unwrap();
+        if i % 64 == 0 {
+            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        }
+    }
+    // Then one good line, which must still be found.
+    stdin.write_all(format!("\n{ANON}\n").as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("1 malformed") && summary.contains("1 matched"),
+        "{summary}"
+    );
+    eprintln!("2 GiB line-free stream: peak RSS {} MiB", peak / 1024);
+    assert!(peak > 0, "peak RSS was read");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
