@@ -251,6 +251,15 @@ pub fn fault_point(point: &str) -> bool {
     std::env::var_os("KUBEANON_FAULT").is_some_and(|v| v == point)
 }
 
+/// Crash-test hook: `KUBEANON_FAULT=slow-delivery` pauses between the
+/// steps of a delivery, so that a test killing the process at random
+/// moments lands inside them often, not once in a thousand runs.
+pub fn fault_pause() {
+    if fault_point("slow-delivery") {
+        std::thread::sleep(std::time::Duration::from_millis(40));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,15 +254,24 @@ fn schedule_with_kills(
             "--overlap",
             "60s",
             "--page-size",
-            "2",
+            "10",
             "-q",
         ])
+        // Widen the delivery steps so random kills land inside them too.
+        .env("KUBEANON_FAULT", "slow-delivery")
         .arg("--checkpoint")
         .arg(&cp);
         if append {
             cmd.arg("--append").arg(&file);
         }
     };
+    // A first, timed run: kill moments are spread over a run's length.
+    let timer = Instant::now();
+    let mut cmd = poll(&group);
+    args(&mut cmd);
+    ok(cmd.output().unwrap());
+    let mut run_ms = (timer.elapsed().as_millis() as u64).max(20);
+    let mut late_kills = 0;
     let mut runs = 0;
     while killed < kills_wanted {
         runs += 1;
@@ -289,7 +298,10 @@ fn schedule_with_kills(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_millis(rng.below(600));
+        // Up to 1.5 run lengths: most runs die somewhere inside, some
+        // finish and update the estimate of how long a run takes.
+        let began = Instant::now();
+        let deadline = began + Duration::from_millis(rng.below(run_ms * 3 / 2));
         let mut was_killed = false;
         while Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
@@ -303,7 +315,19 @@ fn schedule_with_kills(
         }
         let out = child.wait_with_output().unwrap();
         if was_killed {
+            // Runs grow as events pile up in the overlap: stretch the
+            // estimate until some finish again.
+            run_ms = run_ms * 11 / 10;
+        } else {
+            run_ms = (began.elapsed().as_millis() as u64).max(20);
+        }
+        if was_killed {
             killed += 1;
+            // Killed after the findings were out (or recorded as pending)?
+            let pending = std::fs::read_to_string(&cp).is_ok_and(|t| t.contains("\"pending\""));
+            if !out.stdout.is_empty() || pending {
+                late_kills += 1;
+            }
         }
         // A killed run's stdout may end in a cut line: keep whole lines.
         let text = String::from_utf8_lossy(&out.stdout);
@@ -324,7 +348,9 @@ fn schedule_with_kills(
     } else {
         stdout_rows
     };
-    eprintln!("{name}: {runs} runs, {killed} killed with SIGKILL, {written} anonymous events");
+    eprintln!(
+        "{name}: {runs} runs of ~{run_ms} ms, {killed} killed with SIGKILL ({late_kills} during delivery), {written} anonymous events"
+    );
     (delivered, group, start, killed, written)
 }
 

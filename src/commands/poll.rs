@@ -430,6 +430,7 @@ fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) 
             if checkpoint::fault_point("after-pending") {
                 std::process::abort();
             }
+            checkpoint::fault_pause();
             let pending = cp.state.pending.take().expect("just set");
             if let Err(err) = checkpoint::complete_delivery(&pending) {
                 roll_back(cp, &pending);
@@ -442,6 +443,7 @@ fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) 
     if checkpoint::fault_point("after-output") {
         std::process::abort();
     }
+    checkpoint::fault_pause();
     cp.state.update(outcome.groups.clone());
     cp.save()
 }
