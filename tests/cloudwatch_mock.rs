@@ -72,7 +72,7 @@ async fn read(client: &Client, retry: RetryPolicy) -> (anyhow::Result<()>, Vec<S
         &api,
         &query(),
         |ev| ids.push(ev.event_id.unwrap().to_string()),
-        |_| {},
+        |_, _| {},
     )
     .await;
     (result.map(|_| ()), ids, stats)

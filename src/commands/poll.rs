@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -247,11 +247,12 @@ async fn read_all(plan: &Plan, state: &checkpoint::State) -> Result<Outcome> {
         plan.end_ms,
     );
     let bar = progress_bar(&runs, plan.out.quiet);
+    let bar_events = AtomicU64::new(0);
     // The log groups are read concurrently on this task; they share the
     // pacer, so concurrency never raises the request rate.
     let reads = runs.into_iter().enumerate().map(|(scope, mut run)| {
         let api = &api;
-        let bar = &bar;
+        let bar = (&bar, &bar_events);
         async move {
             read_one(api, &mut run, scope as u32, bar).await?;
             Ok::<_, anyhow::Error>(run)
@@ -263,7 +264,12 @@ async fn read_all(plan: &Plan, state: &checkpoint::State) -> Result<Outcome> {
     Ok(assemble(plan, region, runs, api_stats, window))
 }
 
-async fn read_one(api: &Api<'_>, run: &mut GroupRun, scope: u32, bar: &ProgressBar) -> Result<()> {
+async fn read_one(
+    api: &Api<'_>,
+    run: &mut GroupRun,
+    scope: u32,
+    (bar, bar_events): (&ProgressBar, &AtomicU64),
+) -> Result<()> {
     if run.query.start_ms >= run.query.end_ms {
         return Ok(()); // nothing new since the last run
     }
@@ -298,11 +304,15 @@ async fn read_one(api: &Api<'_>, run: &mut GroupRun, scope: u32, bar: &ProgressB
                 }
             }
         },
-        |latest| {
+        |latest, page_events| {
             if latest > shown {
                 bar.inc((latest - shown) as u64);
                 shown = latest;
             }
+            let events =
+                bar_events.fetch_add(page_events as u64, Ordering::Relaxed) + page_events as u64;
+            let pages = api.stats.pages.load(Ordering::Relaxed);
+            bar.set_message(format!("{events} events, {pages} pages"));
         },
     )
     .await?;
@@ -321,7 +331,7 @@ fn progress_bar(runs: &[GroupRun], quiet: bool) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}",
+            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {msg}, {elapsed}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

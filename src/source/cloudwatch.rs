@@ -188,13 +188,14 @@ pub struct Skipped {
 }
 
 /// Reads every page of `q`, calling `each` for each event of an audit
-/// stream inside the window, and `progress` with the latest event time
-/// after each page. A page that fails past the retry budget fails the read.
+/// stream inside the window, and `progress` with the latest event time and
+/// the page's event count after each page. A page that fails past the
+/// retry budget fails the read.
 pub async fn read_group(
     api: &Api<'_>,
     q: &Query,
     mut each: impl FnMut(LogEvent<'_>),
-    mut progress: impl FnMut(i64),
+    mut progress: impl FnMut(i64, usize),
 ) -> Result<Skipped> {
     let mut skipped = Skipped::default();
     let mut token: Option<String> = None;
@@ -224,7 +225,7 @@ pub async fn read_group(
                 });
             }
         }
-        progress(latest);
+        progress(latest, page.events().len());
         // Pages may be empty and still carry a token: only its absence ends.
         match page.next_token {
             Some(t) if !t.is_empty() => token = Some(t),
