@@ -10,7 +10,7 @@
 //!
 //!     cargo run --example gen_audit -- --sample > examples/eks-audit-sample.jsonl
 //!
-//! (`--sample` is seed 2025, 440 generated events at a 6% anonymous share,
+//! (`--sample` is seed 2025, 440 generated events at a 5% anonymous share,
 //! plus hand-written events: a phpunit exploit probe, an anonymous read of
 //! secrets that RBAC allowed, kube-probe health checks from 10.0.x, a request
 //! with two sourceIPs, an anonymous user without `system:unauthenticated`
@@ -46,8 +46,8 @@ use std::process::exit;
 const ACCOUNT: &str = "123456789012";
 /// 2025-03-14T00:00:00Z in microseconds since the Unix epoch.
 const START_US: i64 = 1_741_910_400 * 1_000_000;
-const K8S: &str = "v1.30.9";
-const K8S_COMMIT: &str = "kubernetes/a6d1a5a";
+const K8S: &str = "v1.29.10";
+const K8S_COMMIT: &str = "kubernetes/0fb0e3c";
 
 // ---------------------------------------------------------------- PRNG
 
@@ -63,7 +63,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
@@ -357,7 +357,6 @@ fn timestamp(b: &mut String, us: i64) {
 struct Node {
     name: String,
     ip: String,
-    uid: String,
     instance: String,
     access_key: String,
 }
@@ -597,8 +596,17 @@ const CONTROLLERS: &[(&str, &[Op])] = &[
     ),
 ];
 
-/// Control-plane users: (username, groups, user agent, binding, ops, weight).
-const CONTROL_PLANE: &[(&str, &str, &str, &str, &[Op], u32)] = &[
+/// A control-plane user: (username, group, user agent, binding, ops, weight).
+type ControlPlaneUser = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [Op],
+    u32,
+);
+
+const CONTROL_PLANE: &[ControlPlaneUser] = &[
     (
         "system:kube-controller-manager",
         "system:authenticated",
@@ -1045,6 +1053,8 @@ struct World {
     scanners: Vec<String>,
     apiserver_lease: String,
     now_us: i64,
+    /// Largest gap between two events (microseconds).
+    max_step_us: u64,
     rv: u64,
 }
 
@@ -1059,7 +1069,6 @@ impl World {
                 Node {
                     name: format!("ip-10-0-{c}-{d}.{REGIONS_NODE_DOMAIN}"),
                     ip: format!("10.0.{c}.{d}"),
-                    uid: rng.uuid(),
                     instance: format!("i-0{}", rng.hex(16)),
                     access_key: format!("ASIA{}", rng.upper(16)),
                 }
@@ -1118,13 +1127,14 @@ impl World {
             scanners,
             apiserver_lease: format!("apiserver-{}", rng.lower(26)),
             now_us: START_US,
+            max_step_us: 1300,
             rv: 48_213_077,
         }
     }
 
     /// Advance the clock (about 1,500 events a second) and start an event.
     fn base(&mut self, rng: &mut Rng) -> Ev {
-        self.now_us += rng.range(0, 1300) as i64;
+        self.now_us += rng.range(0, self.max_step_us) as i64;
         self.rv += rng.range(0, 9);
         Ev {
             level: "Metadata",
@@ -1152,7 +1162,7 @@ impl World {
         let mut ev = self.base(rng);
         let node = rng.below(self.nodes.len());
         let pick = rng.below(1000);
-        let (op, reason): (Op, String) = if pick < 260 {
+        let (op, reason): (Op, String) = if pick < 230 {
             // kubelet, via aws-iam-authenticator and the node instance role
             let n = &self.nodes[node];
             let role = "eks-prod-ng-general-NodeInstanceRole-7Q2WD5Y1ZK3M";
@@ -1184,9 +1194,9 @@ impl World {
                 ..User::default()
             };
             ev.source_ips = vec![n.ip.clone()];
-            ev.user_agent = version(&format!("kubelet/{{v}} (linux/amd64) {{c}}"));
+            ev.user_agent = version("kubelet/{v} (linux/amd64) {c}");
             (*rng.weighted(KUBELET_OPS), String::new())
-        } else if pick < 560 {
+        } else if pick < 450 {
             // workload service accounts
             let i = rng.below(self.sas.len());
             let sa = &self.sas[i];
@@ -1205,14 +1215,14 @@ impl World {
                         "authentication.kubernetes.io/credential-id",
                         format!("JTI={}", rng.uuid()),
                     ),
-                    ("authentication.kubernetes.io/node-name", n.name.clone()),
-                    ("authentication.kubernetes.io/node-uid", n.uid.clone()),
                     ("authentication.kubernetes.io/pod-name", pod.clone()),
                     ("authentication.kubernetes.io/pod-uid", pod_uid),
                 ],
                 ..User::default()
             };
-            ev.source_ips = vec![format!("10.0.{}.{}", rng.range(16, 95), rng.range(2, 254))];
+            // VPC CNI: pod IPs come from the node's subnet.
+            let subnet = n.ip.rsplit_once('.').map_or("10.0.16", |(s, _)| s);
+            ev.source_ips = vec![format!("{subnet}.{}", rng.range(2, 254))];
             ev.user_agent = version(sa.agent);
             let op = *rng.pick(sa.ops);
             let reason = format!(
@@ -1224,7 +1234,7 @@ impl World {
                 op.4 = leak(pod);
             }
             (op, reason)
-        } else if pick < 720 {
+        } else if pick < 580 {
             // kube-controller-manager's per-controller service accounts
             let i = rng.below(CONTROLLERS.len());
             let (name, ops) = CONTROLLERS[i];
@@ -1452,7 +1462,7 @@ impl World {
                     ev.received_us -= t as i64 * 1_000_000;
                 }
             }
-            "list" => uri.push_str(rng.pick(&[
+            "list" => uri.push_str(rng.pick::<&str>(&[
                 "?limit=500&resourceVersion=0",
                 "?resourceVersion=0",
                 "?limit=500",
@@ -1558,8 +1568,8 @@ impl World {
         if rng.chance(0.3) {
             // health checks from inside the VPC
             let (agent, path) = *rng.weighted(&[
-                (6, ("kube-probe/1.30", "/livez")),
-                (3, ("kube-probe/1.30", "/readyz")),
+                (6, ("kube-probe/1.29", "/livez")),
+                (3, ("kube-probe/1.29", "/readyz")),
                 (2, ("ELB-HealthChecker/2.0", "/healthz")),
                 (1, ("Go-http-client/1.1", "/healthz?timeout=5s")),
             ]);
@@ -1572,15 +1582,30 @@ impl World {
         }
         let ip = rng.pick(&self.scanners).clone();
         ev.source_ips = vec![ip];
-        ev.user_agent = (*rng.pick(SCANNER_AGENTS)).into();
         let (method, uri) = *rng.weighted(SCANNER_PATHS);
+        // kubectl only for API paths; web scanners for everything.
+        let agent = loop {
+            let a = *rng.pick(SCANNER_AGENTS);
+            if !a.starts_with("kubectl") || uri.starts_with("/api") {
+                break a;
+            }
+        };
+        ev.user_agent = agent.into();
         ev.uri = uri.into();
-        self.anonymous_outcome(rng, &mut ev, method);
+        self.anonymous_outcome(&mut ev, method);
+        if rng.chance(0.03) {
+            // a bearer token the authenticator rejected
+            ev.status = Some(Status {
+                code: 401,
+                failure: Some(("Unauthorized".into(), "Unauthorized", "{}".into())),
+            });
+            ev.annotations.clear();
+        }
         ev
     }
 
     /// Verb, objectRef and response for an anonymous request to `ev.uri`.
-    fn anonymous_outcome(&mut self, rng: &mut Rng, ev: &mut Ev, method: &str) {
+    fn anonymous_outcome(&mut self, ev: &mut Ev, method: &str) {
         let path = ev.uri.split('?').next().unwrap_or("").to_owned();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let resource_path = match segs.as_slice() {
@@ -1675,14 +1700,6 @@ impl World {
                 });
                 ev.annotations = forbid();
             }
-        }
-        if rng.chance(0.03) {
-            // a bearer token the authenticator rejected
-            ev.status = Some(Status {
-                code: 401,
-                failure: Some(("Unauthorized".into(), "Unauthorized", "{}".into())),
-            });
-            ev.annotations.clear();
         }
     }
 
@@ -2031,7 +2048,7 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let n: f64 = num.parse().ok()?;
-    (n >= 0.0).then(|| (n * mul as f64) as u64)
+    (n >= 0.0).then_some((n * mul as f64) as u64)
 }
 
 fn parse_args() -> Opts {
@@ -2130,13 +2147,15 @@ fn main() {
 
 // ---------------------------------------------------------------- the sample
 
-/// The bundled sample: generated traffic with a 6% anonymous share, and
+/// The bundled sample: generated traffic with a 5% anonymous share, and
 /// hand-written events placed through it.
 fn sample(out: &mut Out) {
     let mut rng = Rng(2025);
     let mut world = World::new(&mut rng);
+    // A sample spans a few minutes, not a fraction of a second.
+    world.max_step_us = 1_500_000;
     for i in 0..440 {
-        let ev = if rng.chance(0.06) {
+        let ev = if rng.chance(0.05) {
             world.anonymous(&mut rng)
         } else {
             world.authenticated(&mut rng)
@@ -2152,7 +2171,7 @@ fn sample(out: &mut Out) {
                 ev.source_ips = vec!["8.216.81.10".into()];
                 ev.user_agent = "Custom-AsyncHttpClient".into();
                 ev.uri = "/vendor/phpunit/phpunit/src/Util/PHP/eval-stdin.php".into();
-                world.anonymous_outcome(&mut rng, &mut ev, "POST");
+                world.anonymous_outcome(&mut ev, "POST");
                 request(out, &mut rng, ev, 1.0);
             }
             90 | 91 | 250 => {
@@ -2162,7 +2181,7 @@ fn sample(out: &mut Out) {
                 ev.user = anonymous_user();
                 ev.matches = true;
                 ev.source_ips = vec!["10.0.17.203".into()];
-                ev.user_agent = "kube-probe/1.30".into();
+                ev.user_agent = "kube-probe/1.29".into();
                 ev.uri = if i == 91 { "/readyz" } else { "/livez" }.into();
                 ev.verb = "get".into();
                 ev.annotations = allow(PUBLIC_INFO);
@@ -2176,7 +2195,7 @@ fn sample(out: &mut Out) {
                 ev.source_ips = vec!["45.148.10.95".into(), "10.0.48.12".into()];
                 ev.user_agent = "python-requests/2.31.0".into();
                 ev.uri = "/api/v1/namespaces/kube-system/secrets".into();
-                world.anonymous_outcome(&mut rng, &mut ev, "GET");
+                world.anonymous_outcome(&mut ev, "GET");
                 out.event(&ev);
             }
             200 => {
@@ -2212,7 +2231,7 @@ fn sample(out: &mut Out) {
                 ev.source_ips = vec!["10.0.81.44".into()];
                 ev.user_agent = "curl/8.5.0".into();
                 ev.uri = "/api/v1/namespaces/default/pods".into();
-                world.anonymous_outcome(&mut rng, &mut ev, "GET");
+                world.anonymous_outcome(&mut ev, "GET");
                 out.event(&ev);
             }
             380 => {
@@ -2225,7 +2244,7 @@ fn sample(out: &mut Out) {
                 ev.source_ips = vec!["103.145.13.66".into()];
                 ev.user_agent = "Go-http-client/1.1".into();
                 ev.uri = "/api/v1/namespaces/kube-system/configmaps/aws-auth".into();
-                world.anonymous_outcome(&mut rng, &mut ev, "GET");
+                world.anonymous_outcome(&mut ev, "GET");
                 let mut line = String::new();
                 ev.write(&mut line);
                 let cut = line.find(r#""responseStatus""#).unwrap_or(line.len() / 2) + 60;
