@@ -21,11 +21,11 @@ pub fn run(cli: Cli) -> Result<Exit> {
 }
 
 /// Findings as output rows, with the command's extra columns.
-fn to_rows(findings: &[Finding], extra: impl Fn(&Finding) -> Vec<String>) -> Vec<Row> {
+fn to_rows(findings: &[Finding], extra: impl Fn(&Finding) -> Vec<String>) -> Vec<Row<'_>> {
     findings
         .iter()
         .map(|f| Row {
-            cols: f.cols.clone(),
+            cols: f.cols(),
             count: f.count,
             extra: extra(f),
         })

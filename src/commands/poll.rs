@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{describe, to_rows};
 use crate::checkpoint::{self, Checkpoint, GroupState, Pending, Recovery};
 use crate::cli::{OutputConfig, PollArgs, parse_duration};
-use crate::detect::{Aggregator, Detector, Fed, Origin, Stats};
+use crate::detect::{Aggregator, Detector, Fed, Finding, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::{self, Row, Rows, Target};
 use crate::source::cloudwatch::{self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy};
@@ -130,7 +130,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         eprintln!("kubeanon poll: {}", outcome.summary());
     }
     Ok(Exit::for_findings(
-        outcome.rows.len(),
+        outcome.findings.len(),
         plan.out.fail_on_findings,
     ))
 }
@@ -163,7 +163,10 @@ fn recover(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
 struct Outcome {
     region: String,
     groups: Vec<GroupState>,
-    rows: Vec<Row>,
+    findings: Vec<Finding>,
+    /// Log group of each scope, and the label its row ids hash.
+    names: Vec<String>,
+    labels: Vec<String>,
     stats: Stats,
     late: u64,
     api: ApiStats,
@@ -173,6 +176,19 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The findings as rows, with poll's extra columns.
+    fn rows(&self) -> Vec<Row<'_>> {
+        to_rows(&self.findings, |f| {
+            let lg = &self.names[f.scope as usize];
+            vec![
+                cloudwatch::cluster_name(lg).to_string(),
+                lg.clone(),
+                self.region.clone(),
+                f.id(&self.labels[f.scope as usize]),
+            ]
+        })
+    }
+
     fn summary(&self) -> String {
         let api_calls = self.api.attempts.load(Ordering::Relaxed);
         format!(
@@ -185,7 +201,7 @@ impl Outcome {
             api_calls,
             self.api.retries.load(Ordering::Relaxed),
             self.api.throttled.load(Ordering::Relaxed),
-            describe(&self.stats, self.rows.len()),
+            describe(&self.stats, self.findings.len()),
             self.late,
             self.stats.duplicates,
             self.skipped_streams,
@@ -365,20 +381,13 @@ fn assemble(
         stats.merge(&s);
     }
     let findings = agg.into_findings();
-    let rows = to_rows(&findings, |f| {
-        let lg = &names[f.scope as usize];
-        vec![
-            cloudwatch::cluster_name(lg).to_string(),
-            lg.clone(),
-            region.clone(),
-            f.id(&labels[f.scope as usize]),
-        ]
-    });
     let group_count = names.len();
     Outcome {
         region,
         groups,
-        rows,
+        findings,
+        names,
+        labels,
         stats,
         late,
         api,
@@ -413,9 +422,10 @@ fn next_state(region: &str, run: &GroupRun, plan: &Plan) -> GroupState {
 /// append file with a checkpoint, the delivery is recorded first so that a
 /// crash at any point is completed by the next run: exactly once.
 fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) -> Result<()> {
+    let rows = outcome.rows();
     let rows = Rows {
         extra_columns: &EXTRA,
-        rows: &outcome.rows,
+        rows: &rows,
     };
     let Some(cp) = checkpoint else {
         return output::write(plan.out.format, &plan.out.target, &rows);

@@ -93,8 +93,9 @@ impl Stats {
 pub struct Finding {
     /// Opaque tag the source chose (poll: which region and log group).
     pub scope: u32,
-    /// The 13 by-field values, in [`COLUMNS`] order.
-    pub cols: [Box<str>; 13],
+    /// The 13 by-field values, in [`COLUMNS`] order, in the aggregate's
+    /// key encoding (see [`Key`]); read them with [`Finding::cols`].
+    key: Box<[u8]>,
     pub count: u64,
     /// Order-independent combination (wrapping sum) of the hashes of the
     /// CloudWatch eventIds counted here; 0 when events carry no id.
@@ -102,12 +103,17 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The 13 by-field values, in [`COLUMNS`] order.
+    pub fn cols(&self) -> [Cow<'_, str>; 13] {
+        Key::decode(&self.key)
+    }
+
     /// A stable id for this row: same log group, values and events give the
     /// same id, so a row delivered twice can be recognised downstream.
     pub fn id(&self, scope_label: &str) -> String {
         let mut h = Sha256::new();
         h.update(scope_label.as_bytes());
-        for col in &self.cols {
+        for col in &self.cols() {
             h.update([0]);
             h.update(col.as_bytes());
         }
@@ -117,6 +123,68 @@ impl Finding {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+/// The aggregate's key: the 13 values and the scope in one byte string, so
+/// that a row costs one allocation, an existing row none, and rows sort
+/// with a byte comparison. Each value is written with its NUL bytes
+/// escaped as `00 FF` and ended by `00 00`, which keeps byte order equal
+/// to value-by-value order (a value sorts before its extensions); the
+/// scope follows as 4 big-endian bytes, so it sorts last.
+struct Key;
+
+impl Key {
+    fn push_value(buf: &mut Vec<u8>, value: &str) {
+        let bytes = value.as_bytes();
+        if memchr::memchr(0, bytes).is_none() {
+            buf.extend_from_slice(bytes);
+        } else {
+            for &b in bytes {
+                buf.push(b);
+                if b == 0 {
+                    buf.push(0xff);
+                }
+            }
+        }
+        buf.extend_from_slice(&[0, 0]);
+    }
+
+    fn decode(key: &[u8]) -> [Cow<'_, str>; 13] {
+        let mut rest = key;
+        std::array::from_fn(|_| {
+            let (value, tail) = Self::split_value(rest);
+            rest = tail;
+            value
+        })
+    }
+
+    /// The first value of `key` and what follows it.
+    fn split_value(key: &[u8]) -> (Cow<'_, str>, &[u8]) {
+        let mut i = 0;
+        let mut escaped = false;
+        while let Some(nul) = memchr::memchr(0, &key[i..]) {
+            let at = i + nul;
+            if key.get(at + 1) == Some(&0xff) {
+                escaped = true;
+                i = at + 2;
+                continue;
+            }
+            let raw = &key[..at];
+            let value = if escaped {
+                let mut v = Vec::with_capacity(raw.len());
+                let mut j = 0;
+                while j < raw.len() {
+                    v.push(raw[j]);
+                    j += if raw[j] == 0 { 2 } else { 1 };
+                }
+                Cow::Owned(String::from_utf8_lossy(&v).into_owned())
+            } else {
+                String::from_utf8_lossy(raw)
+            };
+            return (value, &key[(at + 2).min(key.len())..]);
+        }
+        (Cow::Borrowed(""), &[])
     }
 }
 
@@ -133,16 +201,20 @@ struct Tally {
 }
 
 /// `stats count by` the 13 fields, plus the source's scope tag. Memory grows
-/// with the number of distinct rows, not with the input.
+/// with the number of distinct rows, not with the input. The hasher is
+/// seeded per process: the keys are attacker-chosen.
 #[derive(Debug, Default, Clone)]
 pub struct Aggregator {
-    rows: HashMap<(u32, [Box<str>; 13]), Tally>,
+    rows: HashMap<Box<[u8]>, Tally, foldhash::fast::RandomState>,
 }
 
 impl Aggregator {
-    fn add(&mut self, scope: u32, cols: [&str; 13], ids: u128) {
-        let key = (scope, cols.map(Box::from));
-        let tally = self.rows.entry(key).or_default();
+    /// Counts one event in the row with this encoded key.
+    fn add(&mut self, key: &[u8], ids: u128) {
+        let tally = match self.rows.get_mut(key) {
+            Some(t) => t,
+            None => self.rows.entry(key.into()).or_default(),
+        };
         tally.count += 1;
         tally.ids = tally.ids.wrapping_add(ids);
     }
@@ -170,14 +242,19 @@ impl Aggregator {
         let mut out: Vec<Finding> = self
             .rows
             .into_iter()
-            .map(|((scope, cols), t)| Finding {
-                scope,
-                cols,
-                count: t.count,
-                ids: t.ids,
+            .map(|(key, t)| {
+                let split = key.len().saturating_sub(4);
+                let scope = key[split..].try_into().map_or(0, u32::from_be_bytes);
+                Finding {
+                    scope,
+                    key,
+                    count: t.count,
+                    ids: t.ids,
+                }
             })
             .collect();
-        out.sort_unstable_by(|a, b| a.cols.cmp(&b.cols).then(a.scope.cmp(&b.scope)));
+        // The key encoding makes byte order the column order.
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         out
     }
 }
@@ -197,6 +274,8 @@ pub struct Detector {
     prefilter: Prefilter,
     exclusions: Vec<Exclusion>,
     agg: Aggregator,
+    /// Reused for building row keys.
+    key: Vec<u8>,
     pub stats: Stats,
 }
 
@@ -273,9 +352,7 @@ impl Detector {
         self.stats.matched += 1;
         let ids = origin.event_id.map_or(0, event_hash);
         let s = event.scalars();
-        let fill =
-            |v: &Option<Cow<'_, str>>| -> String { v.as_deref().unwrap_or(FILL).to_string() };
-        let scalars: [String; 11] = std::array::from_fn(|i| fill(&s[i]));
+        let scalar = |i: usize| s[i].as_deref().unwrap_or(FILL);
         let ips = or_fill(event.source_ips());
         let groups = or_fill(event.groups());
         for ip in &ips {
@@ -283,15 +360,20 @@ impl Detector {
                 let cols: [&str; 13] = std::array::from_fn(|i| match i {
                     SRC_IP => ip.as_ref(),
                     GROUPS => group.as_ref(),
-                    i if i < SRC_IP => scalars[i].as_str(),
-                    i if i < GROUPS => scalars[i - 1].as_str(),
-                    i => scalars[i - 2].as_str(),
+                    i if i < SRC_IP => scalar(i),
+                    i if i < GROUPS => scalar(i - 1),
+                    i => scalar(i - 2),
                 });
                 if self.exclusions.iter().any(|x| x.matches(&cols)) {
                     self.stats.excluded += 1;
-                } else {
-                    self.agg.add(origin.scope, cols, ids);
+                    continue;
                 }
+                self.key.clear();
+                for col in cols {
+                    Key::push_value(&mut self.key, col);
+                }
+                self.key.extend_from_slice(&origin.scope.to_be_bytes());
+                self.agg.add(&self.key, ids);
             }
         }
         Fed::Matched

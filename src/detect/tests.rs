@@ -76,7 +76,7 @@ fn row(set: &[(&str, &str)]) -> Vec<String> {
 fn table(findings: &[Finding]) -> Vec<(Vec<String>, u64)> {
     findings
         .iter()
-        .map(|f| (f.cols.iter().map(|c| c.to_string()).collect(), f.count))
+        .map(|f| (f.cols().iter().map(|c| c.to_string()).collect(), f.count))
         .collect()
 }
 
@@ -84,7 +84,7 @@ fn table(findings: &[Finding]) -> Vec<(Vec<String>, u64)> {
 fn column(findings: &[Finding], name: &str) -> Vec<String> {
     findings
         .iter()
-        .map(|f| f.cols[col(name)].to_string())
+        .map(|f| f.cols()[col(name)].to_string())
         .collect()
 }
 
@@ -142,9 +142,9 @@ fn username_and_group_compare_ignoring_ascii_case() {
         "",
     ));
     // Shown verbatim, not case-folded.
-    assert_eq!(f.cols[col("user")].as_ref(), "SYSTEM:Anonymous");
+    assert_eq!(f.cols()[col("user")].as_ref(), "SYSTEM:Anonymous");
     assert_eq!(
-        f.cols[col("user.groups{}")].as_ref(),
+        f.cols()[col("user.groups{}")].as_ref(),
         "System:UNAUTHENTICATED"
     );
 }
@@ -179,9 +179,9 @@ fn values_are_compared_after_json_unescaping() {
         r#"{"username":"\u0053YSTEM:\u0061NONYMOU\u0073","groups":["\u0073ystem:unauthenticate\u0044"]}"#,
         "",
     ));
-    assert_eq!(f.cols[col("user")].as_ref(), "SYSTEM:aNONYMOUs");
+    assert_eq!(f.cols()[col("user")].as_ref(), "SYSTEM:aNONYMOUs");
     assert_eq!(
-        f.cols[col("user.groups{}")].as_ref(),
+        f.cols()[col("user.groups{}")].as_ref(),
         "system:unauthenticateD"
     );
 
@@ -290,7 +290,8 @@ fn matching_group_among_others_matches_and_every_group_is_a_row() {
 #[test]
 fn absent_fields_are_filled_with_zero() {
     let f = assert_single_match(&anon(""));
-    let cols: Vec<&str> = f.cols.iter().map(|c| c.as_ref()).collect();
+    let owned = f.cols();
+    let cols: Vec<&str> = owned.iter().map(|c| c.as_ref()).collect();
     assert_eq!(
         cols,
         [
@@ -375,8 +376,8 @@ fn values_are_shown_as_written() {
 #[test]
 fn strings_keep_their_spaces_and_controls() {
     let f = assert_single_match(&anon(r#""userAgent":" a\tb\u001b[2J ","verb":" ""#));
-    assert_eq!(f.cols[col("userAgent")].as_ref(), " a\tb\u{1b}[2J ");
-    assert_eq!(f.cols[col("verb")].as_ref(), " ");
+    assert_eq!(f.cols()[col("userAgent")].as_ref(), " a\tb\u{1b}[2J ");
+    assert_eq!(f.cols()[col("verb")].as_ref(), " ");
 }
 
 // ---------------------------------------------------------------------------
@@ -491,9 +492,9 @@ fn rows_are_sorted_by_the_columns_in_order() {
         .iter()
         .map(|f| {
             (
-                f.cols[col("objectRef.name")].to_string(),
-                f.cols[col("requestURI")].to_string(),
-                f.cols[col("verb")].to_string(),
+                f.cols()[col("objectRef.name")].to_string(),
+                f.cols()[col("requestURI")].to_string(),
+                f.cols()[col("verb")].to_string(),
                 f.count,
             )
         })
@@ -565,7 +566,7 @@ fn scopes_are_kept_apart() {
     let findings = det.finish().0.into_findings();
     let got: Vec<(u32, u64)> = findings.iter().map(|f| (f.scope, f.count)).collect();
     assert_eq!(got, [(1, 1), (2, 2)]);
-    assert_eq!(findings[0].cols, findings[1].cols);
+    assert_eq!(findings[0].cols(), findings[1].cols());
 }
 
 // ---------------------------------------------------------------------------
@@ -1409,5 +1410,29 @@ fn fast_path_handles_hand_written_escapes() {
         let (findings, stats) = run(&[&record]);
         assert_eq!(stats.matched, 1, "{record}");
         assert_eq!(column(&findings, "user"), ["system:aNONYMOUS"], "{record}");
+    }
+}
+
+fn encode(cols: &[String]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for c in cols {
+        Key::push_value(&mut key, c);
+    }
+    key.extend_from_slice(&7u32.to_be_bytes());
+    key
+}
+
+proptest! {
+    /// The row key keeps every value (NUL bytes included) and sorts exactly
+    /// as the values do, column by column.
+    #[test]
+    fn row_keys_round_trip_and_sort_like_their_values(
+        a in prop::collection::vec("[a\\x00\\x01\\xff-]{0,4}", 13),
+        b in prop::collection::vec("[a\\x00\\x01\\xff-]{0,4}", 13),
+    ) {
+        let (ka, kb) = (encode(&a), encode(&b));
+        let decoded: Vec<String> = Key::decode(&ka).iter().map(|c| c.to_string()).collect();
+        prop_assert_eq!(&decoded, &a);
+        prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
     }
 }

@@ -10,6 +10,7 @@ mod csv;
 mod json;
 mod table;
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -43,8 +44,8 @@ pub enum Target {
 /// One result row: the 13 by-field values, the count, and any extra
 /// columns the command adds (poll: cluster, region, id).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub cols: [Box<str>; 13],
+pub struct Row<'a> {
+    pub cols: [Cow<'a, str>; 13],
     pub count: u64,
     pub extra: Vec<String>,
 }
@@ -52,7 +53,7 @@ pub struct Row {
 /// The rows of one run with their column names.
 pub struct Rows<'a> {
     pub extra_columns: &'a [&'a str],
-    pub rows: &'a [Row],
+    pub rows: &'a [Row<'a>],
 }
 
 impl Rows<'_> {
