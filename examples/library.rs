@@ -25,7 +25,7 @@ fn main() {
         stats.events, stats.matched, stats.excluded
     );
     for finding in findings.into_findings() {
-        for (name, value) in COLUMNS.iter().zip(finding.cols.iter()) {
+        for (name, value) in COLUMNS.iter().zip(finding.cols()) {
             println!("{name:>26}: {value}");
         }
         println!("{:>26}: {}", "count", finding.count);
