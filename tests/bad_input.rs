@@ -67,6 +67,33 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The file source runs the prefilter over whole buffers of lines; the
+    /// result must equal feeding each line on its own (full per-record path).
+    #[test]
+    fn buffer_prefilter_equals_per_record_feeding(records in prop::collection::vec(mutated_event(), 1..40)) {
+        // A first line that keeps the input in line mode (a lone `{` would
+        // start document mode, which is another test's business).
+        let mut input = b"{}\n".to_vec();
+        input.extend(records.join(&b"\n"[..]));
+        let mut whole = Detector::default();
+        read_input(&input[..], &mut whole).unwrap();
+        let mut each = Detector::default();
+        for line in input.split(|&b| b == b'\n') {
+            let line = line.trim_ascii();
+            if !line.is_empty() {
+                each.feed(line, Origin::default());
+            }
+        }
+        let (a, sa) = whole.finish();
+        let (b, sb) = each.finish();
+        prop_assert_eq!(sa.matched, sb.matched);
+        prop_assert_eq!(a.into_findings(), b.into_findings());
+    }
+}
+
 fn scan(input: &[u8]) -> (kubeanon::detect::Stats, usize) {
     let mut det = Detector::default();
     read_input(input, &mut det).unwrap();

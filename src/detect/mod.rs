@@ -300,11 +300,30 @@ impl Detector {
     /// a document listing either. Never fails: what is not a JSON object is
     /// counted as malformed.
     pub fn feed(&mut self, bytes: &[u8], origin: Origin<'_>) -> Fed {
-        self.feed_at(bytes, origin, 0)
+        let could_match = self.prefilter.could_match(bytes);
+        self.feed_judged(bytes, origin, could_match, 0)
+    }
+
+    /// Feeds a record whose [`Prefilter`] verdict the caller already has: a
+    /// source that runs the prefilter over a whole buffer of records at
+    /// once. `could_match` must be the prefilter's verdict, or `true`.
+    pub fn feed_prejudged(&mut self, bytes: &[u8], origin: Origin<'_>, could_match: bool) -> Fed {
+        self.feed_judged(bytes, origin, could_match, 0)
     }
 
     fn feed_at(&mut self, bytes: &[u8], origin: Origin<'_>, depth: u8) -> Fed {
-        if !self.prefilter.could_match(bytes) {
+        let could_match = self.prefilter.could_match(bytes);
+        self.feed_judged(bytes, origin, could_match, depth)
+    }
+
+    fn feed_judged(
+        &mut self,
+        bytes: &[u8],
+        origin: Origin<'_>,
+        could_match: bool,
+        depth: u8,
+    ) -> Fed {
+        if !could_match {
             // No anonymous event can be in here: judge the framing only,
             // which keeps the common case at memory speed.
             if looks_like_object(bytes) {

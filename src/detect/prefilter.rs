@@ -11,10 +11,16 @@
 //! Records the test rejects cannot match; records it passes get a full
 //! parse. That keeps the common case (no anonymous traffic) at memory speed.
 
-use regex::bytes::Regex;
+use memchr::memmem::Finder;
 
+/// Finds candidate positions. Searching a lowercased copy with two SIMD
+/// substring finders is several times faster than a case-insensitive
+/// regex, and a source can run it over a whole buffer of lines at once.
 pub struct Prefilter {
-    re: Regex,
+    anonymous: Finder<'static>,
+    escape: Finder<'static>,
+    lower: Vec<u8>,
+    hits: Vec<usize>,
 }
 
 impl Default for Prefilter {
@@ -23,19 +29,49 @@ impl Default for Prefilter {
     }
 }
 
+impl Clone for Prefilter {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
 impl Prefilter {
     pub fn new() -> Self {
-        // `-u`: match bytes, ASCII case folding only, as the rule does.
-        let re = Regex::new(r"(?i-u)anonymous|\\u").expect("static pattern");
-        Prefilter { re }
+        Prefilter {
+            anonymous: Finder::new(b"anonymous"),
+            escape: Finder::new(br"\u"),
+            lower: Vec::new(),
+            hits: Vec::new(),
+        }
     }
 
     /// True when `bytes` may hold a matching event (never false for one
     /// that does).
-    pub fn could_match(&self, bytes: &[u8]) -> bool {
-        self.re
-            .find_iter(bytes)
-            .any(|m| m.len() != 2 || escape_may_matter(bytes.get(m.end()..m.end() + 4)))
+    pub fn could_match(&mut self, bytes: &[u8]) -> bool {
+        !self.candidates(bytes).is_empty()
+    }
+
+    /// The positions in `buf`, ascending, where a matching event may be: a
+    /// record (line) of `buf` that contains none of them cannot match.
+    pub fn candidates(&mut self, buf: &[u8]) -> &[usize] {
+        self.lower.clear();
+        self.lower.extend_from_slice(buf);
+        // ASCII folding only, as the rule does; `\U` folds to `\u`, which
+        // only adds candidates.
+        self.lower.make_ascii_lowercase();
+        self.hits.clear();
+        let lower = &self.lower;
+        self.hits.extend(self.anonymous.find_iter(lower));
+        let before = self.hits.len();
+        self.hits.extend(
+            self.escape
+                .find_iter(lower)
+                .filter(|&at| escape_may_matter(lower.get(at + 2..at + 6))),
+        );
+        if before > 0 && before < self.hits.len() {
+            self.hits.sort_unstable();
+        }
+        &self.hits
     }
 }
 
@@ -43,19 +79,14 @@ impl Prefilter {
 /// unescaped (at any nesting depth).
 fn escape_may_matter(hex: Option<&[u8]>) -> bool {
     let Some(hex) = hex else { return true };
-    let Some(code) = std::str::from_utf8(hex)
-        .ok()
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-    else {
-        return true;
-    };
-    if hex.iter().any(|b| !b.is_ascii_hexdigit()) {
-        return true; // from_str_radix accepts a leading '+'
+    let mut code = 0;
+    for &b in hex {
+        let Some(digit) = char::from(b).to_digit(16) else {
+            return true; // not an escape we can read: keep the record
+        };
+        code = code * 16 + digit;
     }
-    match char::from_u32(code) {
-        Some(c) => c == '\\' || "anonymousANONYMOUS".contains(c),
-        None => false,
-    }
+    char::from_u32(code).is_some_and(|c| c == '\\' || "anonymousANONYMOUS".contains(c))
 }
 
 #[cfg(test)]
@@ -64,6 +95,18 @@ mod tests {
 
     fn may(s: &str) -> bool {
         Prefilter::new().could_match(s.as_bytes())
+    }
+
+    #[test]
+    fn candidates_in_a_buffer_point_into_the_right_lines() {
+        let buf = b"{\"a\":1}\n{\"u\":\"System:ANONYMOUS\"}\n{\"q\":\"a\\u0026b\"}\n{\"n\":\"x\\u0061nonymous\"}\n";
+        let mut p = Prefilter::new();
+        let hits = p.candidates(buf).to_vec();
+        let lines: Vec<usize> = hits
+            .iter()
+            .map(|&h| buf[..h].iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        assert_eq!(lines, vec![1, 3], "line 2's \\u0026 is not a candidate");
     }
 
     #[test]

@@ -1310,7 +1310,7 @@ fn corpus(seed: u64, n: usize) -> Vec<String> {
 }
 
 fn check_fast_path(records: &[String]) -> Result<(), TestCaseError> {
-    let prefilter = Prefilter::new();
+    let mut prefilter = Prefilter::new();
     let mut reference = Reference::default();
     let mut det = Detector::new(Vec::new());
     for r in records {
@@ -1351,7 +1351,7 @@ fn fast_path_corpus_covers_escaped_and_case_varied_names() {
     let mut double_escaped = 0;
     let mut case_varied = 0;
     let mut rejected = 0;
-    let prefilter = Prefilter::new();
+    let mut prefilter = Prefilter::new();
     for r in &records {
         let v: Value = serde_json::from_str(r).expect("valid JSON");
         if !prefilter.could_match(r.as_bytes()) {

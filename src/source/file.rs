@@ -22,7 +22,7 @@ use flate2::read::MultiGzDecoder;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::detect::{Detector, Origin};
+use crate::detect::{Detector, Origin, Prefilter};
 
 /// The largest record kept: CloudWatch events are at most 1 MiB, and an
 /// apiserver audit line with a big RequestResponse body rarely exceeds a few.
@@ -75,27 +75,42 @@ fn read_plain(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
         let head = io::Cursor::new(lines.pending().to_vec());
         return read_document(head.chain(input), det);
     }
+    let mut prefilter = Prefilter::new();
     loop {
-        lines.drain(|line| feed_line(line, det));
+        // The prefilter runs once over every complete line in the buffer;
+        // each line then only looks up whether a candidate falls inside it.
+        let hits = prefilter.candidates(lines.complete());
+        let mut next = 0;
+        lines.drain(|offset, line| {
+            while next < hits.len() && hits[next] < offset {
+                next += 1;
+            }
+            let could_match = next < hits.len() && hits[next] < offset + line.len();
+            feed_line(line, det, Some(could_match));
+        });
         let n = lines.fill(&mut input)?;
         if n == 0 {
             break;
         }
         total += n as u64;
     }
-    lines.finish(|line| feed_line(line, det));
+    lines.finish(|line| feed_line(line, det, None));
     det.stats.malformed += lines.overlong;
     Ok(total)
 }
 
-/// One line of any accepted line format.
-fn feed_line(line: &[u8], det: &mut Detector) {
+/// One line of any accepted line format, with the prefilter's verdict on
+/// it when the caller has one.
+fn feed_line(line: &[u8], det: &mut Detector, could_match: Option<bool>) {
     let line = line.trim_ascii();
     if line.is_empty() {
         return;
     }
     let record = strip_s3_export_prefix(line).unwrap_or(line);
-    det.feed(record, Origin::default());
+    match could_match {
+        Some(verdict) => det.feed_prejudged(record, Origin::default(), verdict),
+        None => det.feed(record, Origin::default()),
+    };
 }
 
 /// `2024-05-01T12:00:00.000Z {...}` -> `{...}`, when the prefix is an
@@ -186,15 +201,24 @@ impl Lines {
         }
     }
 
-    /// Hands out every complete line in the buffer.
-    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+    /// The complete lines in the buffer, as one slice.
+    fn complete(&self) -> &[u8] {
+        let pending = self.pending();
+        let end = memchr::memrchr(b'\n', pending).map_or(0, |nl| nl + 1);
+        &pending[..end]
+    }
+
+    /// Hands out every complete line in the buffer, with its offset from
+    /// the start of [`Lines::complete`].
+    fn drain(&mut self, mut each: impl FnMut(usize, &[u8])) {
+        let base = self.start;
         while let Some(nl) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
             let line = self.start..self.start + nl;
             self.start += nl + 1;
             if std::mem::take(&mut self.skipping) {
                 continue;
             }
-            each(&self.buf[line]);
+            each(line.start - base, &self.buf[line]);
         }
     }
 
