@@ -1022,3 +1022,34 @@ fn bad_flags_are_usage_errors() {
         .assert()
         .code(2);
 }
+
+/// `-o /dev/null` (as root, especially) must write into the device, not
+/// rename a regular file over it; a symlink's target is replaced, not the
+/// link.
+#[test]
+fn output_to_a_device_or_through_a_symlink_keeps_them() {
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeanon"))
+        .args(["scan", "-q", "-o", "/dev/null"])
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.ndjson");
+    let link = dir.path().join("link.ndjson");
+    std::fs::write(&real, "old\n").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeanon"))
+        .args(["scan", "-q", "-o"])
+        .arg(&link)
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(&real).unwrap().contains("system:anonymous"));
+}

@@ -45,6 +45,15 @@ fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {
     if path.as_os_str() == "-" {
         return file::read_input(io::stdin().lock(), det).context("cannot read stdin");
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let split = file::read_file_parallel(path, threads, || det.fresh())
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some((parts, bytes)) = split {
+        for part in parts {
+            det.absorb(part);
+        }
+        return Ok(bytes);
+    }
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     file::read_input(f, det).with_context(|| format!("cannot read {}", path.display()))
 }

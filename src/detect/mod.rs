@@ -398,6 +398,19 @@ impl Detector {
         Fed::Matched
     }
 
+    /// A new, empty detector with the same exclusions (for another thread).
+    pub fn fresh(&self) -> Detector {
+        Detector::new(self.exclusions.clone())
+    }
+
+    /// Takes in another detector's rows and counters (one that read another
+    /// part of the same input).
+    pub fn absorb(&mut self, other: Detector) {
+        let (agg, stats) = other.finish();
+        self.agg.merge(agg);
+        self.stats.merge(&stats);
+    }
+
     /// Number of distinct rows so far.
     pub fn rows(&self) -> usize {
         self.agg.len()

@@ -87,7 +87,23 @@ pub fn write(format: Format, target: &Target, rows: &Rows<'_>) -> Result<()> {
             out.flush()?;
             Ok(())
         }
-        Target::Replace(path) => replace(path, |f| render(format, rows, f, true)),
+        Target::Replace(path) => match std::fs::metadata(path) {
+            // `-o /dev/null`, a FIFO, `/dev/stdout`: write into it. A rename
+            // would put a regular file in the device's place.
+            Ok(m) if !m.is_file() && !m.is_dir() => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                let mut w = io::BufWriter::new(f);
+                render(format, rows, &mut w, true)
+                    .and_then(|()| w.flush())
+                    .with_context(|| format!("cannot write {}", path.display()))
+            }
+            // Through a symlink, replace the file it points to.
+            Ok(_) => replace(&std::fs::canonicalize(path)?, |f| render(format, rows, f, true)),
+            Err(_) => replace(path, |f| render(format, rows, f, true)),
+        },
         Target::Append(path) => append(path, |f, empty| render(format, rows, f, empty)),
     }
 }

@@ -15,7 +15,10 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
@@ -39,13 +42,109 @@ pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
     let n = read_up_to(&mut input, &mut magic)?;
     let input = io::Cursor::new(magic).take(n as u64).chain(input);
     if magic[..n] == GZIP_MAGIC {
-        read_plain(
-            MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, input)),
-            det,
-        )
+        let input = MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, input));
+        read_plain(input, det, true)
     } else {
-        read_plain(input, det)
+        read_plain(input, det, true)
     }
+}
+
+/// Below this a file is read by one thread: splitting costs more than it
+/// saves.
+const PARALLEL_MIN: u64 = 32 << 20;
+
+/// Reads a large plain file with `threads` workers, each over its own run
+/// of whole lines with its own detector from `new_detector`; the caller
+/// merges them (the aggregate is a sum, so the split does not change the
+/// findings). `None` when the file is better read in one piece: small,
+/// gzip, a pretty-printed document, or no line break near a split point.
+pub fn read_file_parallel(
+    path: &Path,
+    threads: usize,
+    new_detector: impl Fn() -> Detector + Sync,
+) -> io::Result<Option<(Vec<Detector>, u64)>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    let len = meta.len();
+    if threads < 2 || !meta.is_file() || len < PARALLEL_MIN {
+        return Ok(None);
+    }
+    let mut head = vec![0; 64 << 10];
+    let n = read_at_most(&file, 0, &mut head)?;
+    head.truncate(n);
+    if head.starts_with(&GZIP_MAGIC) || is_document_start(&head) {
+        return Ok(None);
+    }
+    let mut bounds = vec![0];
+    for k in 1..threads as u64 {
+        let Some(at) = next_line_start(&file, k * len / threads as u64)? else {
+            return Ok(None);
+        };
+        if at > *bounds.last().expect("not empty") && at < len {
+            bounds.push(at);
+        }
+    }
+    bounds.push(len);
+    let new_detector = &new_detector;
+    let results: Vec<io::Result<(Detector, u64)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let (start, end) = (w[0], w[1]);
+                scope.spawn(move || {
+                    let mut f = File::open(path)?;
+                    f.seek(io::SeekFrom::Start(start))?;
+                    let mut det = new_detector();
+                    let n = read_plain(f.take(end - start), &mut det, false)?;
+                    Ok((det, n))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("a reader thread panicked"))))
+            .collect()
+    });
+    let mut dets = Vec::new();
+    let mut total = 0;
+    for r in results {
+        let (det, n) = r?;
+        dets.push(det);
+        total += n;
+    }
+    Ok(Some((dets, total)))
+}
+
+/// Reads into `buf` from `offset`; short only at the end of the file.
+fn read_at_most(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The offset just after the first newline at or after `from`, looking no
+/// further than one record's length.
+fn next_line_start(file: &File, from: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0; 64 << 10];
+    let mut at = from;
+    while at - from <= MAX_RECORD as u64 {
+        let n = read_at_most(file, at, &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(nl) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(Some(at + nl as u64 + 1));
+        }
+        at += n as u64;
+    }
+    Ok(None)
 }
 
 /// Fills `buf` unless the input ends first; returns how much was read.
@@ -62,7 +161,9 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn read_plain(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
+/// Reads lines; with `detect_document`, an input whose first line is a lone
+/// `{` or `[` is streamed as a document instead.
+fn read_plain(mut input: impl Read, det: &mut Detector, detect_document: bool) -> io::Result<u64> {
     let mut lines = Lines::new();
     let mut n = lines.fill(&mut input)?;
     let mut total = n as u64;
@@ -71,7 +172,7 @@ fn read_plain(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
         n = lines.fill(&mut input)?;
         total += n as u64;
     }
-    if total > 0 && is_document_start(lines.pending()) {
+    if detect_document && total > 0 && is_document_start(lines.pending()) {
         let head = io::Cursor::new(lines.pending().to_vec());
         return read_document(head.chain(input), det);
     }
