@@ -190,3 +190,55 @@ fn a_two_gigabyte_stream_without_a_newline_runs_in_bounded_memory() {
     assert!(peak > 0, "peak RSS was read");
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
 }
+
+/// Large files are read by one worker per core over runs of whole lines:
+/// the findings and counters must equal one sequential read, whatever sits
+/// at the split points (a lone `{`, gzip magic, CRLF, blank lines).
+#[test]
+fn parallel_reading_of_a_large_file_equals_one_sequential_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let tricky: [&[u8]; 5] = [b"{\n", b"\x1f\x8b garbage\n", b"\r\n", b"[\n", b"\n"];
+    let mut i = 0u64;
+    let mut written = 0;
+    while written < 40 << 20 {
+        let line = if i % 7 == 0 {
+            ANON.replacen(
+                "198.51.100.1",
+                &format!("198.51.{}.{}", i % 200, i % 250),
+                1,
+            )
+        } else {
+            ANON.replacen("system:anonymous", "system:serviceaccount:kube-system:x", 1)
+        };
+        f.write_all(line.as_bytes()).unwrap();
+        f.write_all(if i % 3 == 0 { b"\r\n" } else { b"\n" })
+            .unwrap();
+        if i % 5000 == 0 {
+            f.write_all(tricky[(i / 5000) as usize % tricky.len()])
+                .unwrap();
+        }
+        written += line.len() + 2;
+        i += 1;
+    }
+    drop(f);
+    for threads in [2, 3, 8] {
+        let (parts, bytes) =
+            kubeanon::source::file::read_file_parallel(&path, threads, Detector::default)
+                .unwrap()
+                .expect("a 40 MiB line file is split");
+        assert_eq!(parts.len(), threads);
+        let mut merged = Detector::default();
+        for p in parts {
+            merged.absorb(p);
+        }
+        let mut one = Detector::default();
+        let one_bytes = read_input(std::fs::File::open(&path).unwrap(), &mut one).unwrap();
+        assert_eq!(bytes, one_bytes);
+        let ((a, sa), (b, sb)) = (merged.finish(), one.finish());
+        assert_eq!(sa, sb, "{threads} threads");
+        assert!(sa.matched > 1000);
+        assert_eq!(a.into_findings(), b.into_findings());
+    }
+}

@@ -1028,7 +1028,8 @@ fn bad_flags_are_usage_errors() {
 /// link.
 #[test]
 fn output_to_a_device_or_through_a_symlink_keeps_them() {
-    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl");
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeanon"))
         .args(["scan", "-q", "-o", "/dev/null"])
         .arg(&sample)
@@ -1036,7 +1037,12 @@ fn output_to_a_device_or_through_a_symlink_keeps_them() {
         .unwrap();
     assert!(out.status.success());
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real.ndjson");
@@ -1050,6 +1056,15 @@ fn output_to_a_device_or_through_a_symlink_keeps_them() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert!(std::fs::read_to_string(&real).unwrap().contains("system:anonymous"));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("system:anonymous")
+    );
 }

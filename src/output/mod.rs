@@ -101,7 +101,9 @@ pub fn write(format: Format, target: &Target, rows: &Rows<'_>) -> Result<()> {
                     .with_context(|| format!("cannot write {}", path.display()))
             }
             // Through a symlink, replace the file it points to.
-            Ok(_) => replace(&std::fs::canonicalize(path)?, |f| render(format, rows, f, true)),
+            Ok(_) => replace(&std::fs::canonicalize(path)?, |f| {
+                render(format, rows, f, true)
+            }),
             Err(_) => replace(path, |f| render(format, rows, f, true)),
         },
         Target::Append(path) => append(path, |f, empty| render(format, rows, f, empty)),

@@ -102,7 +102,10 @@ pub fn read_file_parallel(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("a reader thread panicked"))))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a reader thread panicked")))
+            })
             .collect()
     });
     let mut dets = Vec::new();
