@@ -203,7 +203,7 @@ fn parallel_reading_of_a_large_file_equals_one_sequential_read() {
     let mut i = 0u64;
     let mut written = 0;
     while written < 40 << 20 {
-        let line = if i % 7 == 0 {
+        let line = if i.is_multiple_of(7) {
             ANON.replacen(
                 "198.51.100.1",
                 &format!("198.51.{}.{}", i % 200, i % 250),
@@ -213,9 +213,9 @@ fn parallel_reading_of_a_large_file_equals_one_sequential_read() {
             ANON.replacen("system:anonymous", "system:serviceaccount:kube-system:x", 1)
         };
         f.write_all(line.as_bytes()).unwrap();
-        f.write_all(if i % 3 == 0 { b"\r\n" } else { b"\n" })
+        f.write_all(if i.is_multiple_of(3) { b"\r\n" } else { b"\n" })
             .unwrap();
-        if i % 5000 == 0 {
+        if i.is_multiple_of(5000) {
             f.write_all(tricky[(i / 5000) as usize % tricky.len()])
                 .unwrap();
         }
