@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::detect::Exclusion;
 use crate::exit::UsageError;
 use crate::output::{Format, Target};
+use crate::source::cloudwatch::cluster_log_group;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +143,23 @@ pub struct DoctorArgs {
     pub aws: AwsArgs,
 }
 
+impl AwsArgs {
+    /// The log groups to read: `--cluster` ones first, each once.
+    pub fn log_groups(&self) -> Result<Vec<String>, UsageError> {
+        let mut groups: Vec<String> = self.clusters.iter().map(|c| cluster_log_group(c)).collect();
+        groups.extend(self.log_groups.iter().cloned());
+        // The same group named twice (as --cluster and --log-group) is read once.
+        let mut named = std::collections::HashSet::new();
+        groups.retain(|g| named.insert(g.clone()));
+        if groups.is_empty() {
+            return Err(UsageError(
+                "name at least one --cluster or --log-group".into(),
+            ));
+        }
+        Ok(groups)
+    }
+}
+
 /// Output settings, checked.
 #[derive(Debug)]
 pub struct OutputConfig {
@@ -230,6 +248,31 @@ mod tests {
     #[test]
     fn bad_exclusion_is_a_usage_error() {
         assert!(output_args(&["--exclude", "nope=1"]).resolve().is_err());
+    }
+
+    #[test]
+    fn log_groups_come_once_clusters_first() {
+        let parse = |argv: &[&str]| match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Doctor(d) => d.aws.log_groups(),
+            _ => unreachable!(),
+        };
+        let groups = parse(&[
+            "kubeanon",
+            "doctor",
+            "--log-group",
+            "/x",
+            "--cluster",
+            "a",
+            "--log-group",
+            "/aws/eks/a/cluster",
+        ]);
+        assert_eq!(groups.unwrap(), ["/aws/eks/a/cluster", "/x"]);
+        assert!(
+            parse(&["kubeanon", "doctor"])
+                .unwrap_err()
+                .0
+                .contains("--cluster")
+        );
     }
 
     #[test]

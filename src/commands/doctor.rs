@@ -9,7 +9,7 @@ use aws_sdk_cloudwatchlogs::config::ProvideCredentials;
 use chrono::Utc;
 
 use crate::cli::{DoctorArgs, parse_duration};
-use crate::exit::{Exit, UsageError};
+use crate::exit::Exit;
 use crate::source::cloudwatch::{
     self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy, checks,
 };
@@ -18,16 +18,7 @@ use crate::source::cloudwatch::{
 const QUIET_AFTER: Duration = Duration::from_secs(3600);
 
 pub fn run(args: DoctorArgs) -> Result<Exit> {
-    let mut groups: Vec<String> = args
-        .aws
-        .clusters
-        .iter()
-        .map(|c| cloudwatch::cluster_log_group(c))
-        .collect();
-    groups.extend(args.aws.log_groups.iter().cloned());
-    if groups.is_empty() {
-        return Err(UsageError("name at least one --cluster or --log-group".into()).into());
-    }
+    let groups = args.aws.log_groups()?;
     let settings = ClientSettings {
         region: args.aws.region.clone(),
         profile: args.aws.profile.clone(),

@@ -44,19 +44,7 @@ struct Plan {
 }
 
 fn plan(args: PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
-    let mut log_groups: Vec<String> = args
-        .aws
-        .clusters
-        .iter()
-        .map(|c| cloudwatch::cluster_log_group(c))
-        .collect();
-    log_groups.extend(args.aws.log_groups.iter().cloned());
-    log_groups.dedup();
-    if log_groups.is_empty() {
-        return Err(UsageError(
-            "name at least one --cluster or --log-group".into(),
-        ));
-    }
+    let log_groups = args.aws.log_groups()?;
     if !(args.max_rps > 0.0 && args.max_rps.is_finite()) {
         return Err(UsageError("--max-rps must be a positive number".into()));
     }

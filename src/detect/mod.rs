@@ -300,8 +300,7 @@ impl Detector {
     /// a document listing either. Never fails: what is not a JSON object is
     /// counted as malformed.
     pub fn feed(&mut self, bytes: &[u8], origin: Origin<'_>) -> Fed {
-        let could_match = self.prefilter.could_match(bytes);
-        self.feed_judged(bytes, origin, could_match, 0)
+        self.feed_at(bytes, origin, 0)
     }
 
     /// Feeds a record whose [`Prefilter`] verdict the caller already has: a
@@ -409,11 +408,6 @@ impl Detector {
         let (agg, stats) = other.finish();
         self.agg.merge(agg);
         self.stats.merge(&stats);
-    }
-
-    /// Number of distinct rows so far.
-    pub fn rows(&self) -> usize {
-        self.agg.len()
     }
 
     /// Ends the run: the partial aggregate and the counters.
