@@ -180,10 +180,17 @@ fn sub<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
 
 /// The unescaped text of a JSON string; `None` for any other type.
 pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    if raw.get().starts_with('"') {
-        serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
-    } else {
-        None
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    // A RawValue is valid JSON: a string without a backslash is its bytes
+    // between the quotes. Only escaped strings need decoding.
+    match text.as_bytes().len() {
+        n if n >= 2 && memchr::memchr(b'\\', text.as_bytes()).is_none() => {
+            Some(Cow::Borrowed(&text[1..n - 1]))
+        }
+        _ => serde_json::from_str::<Cow<'_, str>>(text).ok(),
     }
 }
 
