@@ -186,7 +186,7 @@ pub fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
     // A RawValue is valid JSON: a string without a backslash is its bytes
     // between the quotes. Only escaped strings need decoding.
-    match text.as_bytes().len() {
+    match text.len() {
         n if n >= 2 && memchr::memchr(b'\\', text.as_bytes()).is_none() => {
             Some(Cow::Borrowed(&text[1..n - 1]))
         }
