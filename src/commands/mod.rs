@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command, OutputConfig};
 use crate::detect::{Finding, Stats};
 use crate::exit::Exit;
-use crate::output::{self, Row, Rows};
+use crate::output::{self, Rows};
 
 pub fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
@@ -20,28 +20,20 @@ pub fn run(cli: Cli) -> Result<Exit> {
     }
 }
 
-/// Findings as output rows, with the command's extra columns.
-fn to_rows(findings: &[Finding], extra: impl Fn(&Finding) -> Vec<String>) -> Vec<Row<'_>> {
-    findings
-        .iter()
-        .map(|f| Row {
-            cols: f.cols(),
-            count: f.count,
-            extra: extra(f),
-        })
-        .collect()
-}
-
-/// Writes the rows where the output flags say.
-fn write_rows(out: &OutputConfig, extra_columns: &[&str], rows: &[Row]) -> Result<()> {
-    output::write(
-        out.format,
-        &out.target,
-        &Rows {
-            extra_columns,
-            rows,
-        },
-    )
+/// Writes the findings where the output flags say, with the command's
+/// extra columns.
+fn write_findings(
+    out: &OutputConfig,
+    extra_columns: &[&str],
+    findings: &[Finding],
+    extra: &dyn Fn(&Finding) -> Vec<String>,
+) -> Result<()> {
+    let rows = Rows {
+        extra_columns,
+        findings,
+        extra,
+    };
+    output::write(out.format, &out.target, &rows)
 }
 
 /// The counts every summary line starts with.

@@ -15,12 +15,12 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{describe, to_rows};
+use super::describe;
 use crate::checkpoint::{self, Checkpoint, GroupState, Pending, Recovery};
 use crate::cli::{OutputConfig, PollArgs, parse_duration};
 use crate::detect::{Aggregator, Detector, Fed, Finding, Origin, Stats};
 use crate::exit::{Exit, UsageError};
-use crate::output::{self, Row, Rows, Target};
+use crate::output::{self, Rows, Target};
 use crate::source::cloudwatch::{self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy};
 
 /// Columns poll adds after the fixed 14.
@@ -164,17 +164,15 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// The findings as rows, with poll's extra columns.
-    fn rows(&self) -> Vec<Row<'_>> {
-        to_rows(&self.findings, |f| {
-            let lg = &self.names[f.scope as usize];
-            vec![
-                cloudwatch::cluster_name(lg).to_string(),
-                lg.clone(),
-                self.region.clone(),
-                f.id(&self.labels[f.scope as usize]),
-            ]
-        })
+    /// The values of poll's extra columns for a finding.
+    fn extra(&self, f: &Finding) -> Vec<String> {
+        let lg = &self.names[f.scope as usize];
+        vec![
+            cloudwatch::cluster_name(lg).to_string(),
+            lg.clone(),
+            self.region.clone(),
+            f.id(&self.labels[f.scope as usize]),
+        ]
     }
 
     fn summary(&self) -> String {
@@ -410,10 +408,11 @@ fn next_state(region: &str, run: &GroupRun, plan: &Plan) -> GroupState {
 /// append file with a checkpoint, the delivery is recorded first so that a
 /// crash at any point is completed by the next run: exactly once.
 fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) -> Result<()> {
-    let rows = outcome.rows();
+    let extra = |f: &Finding| outcome.extra(f);
     let rows = Rows {
         extra_columns: &EXTRA,
-        rows: &rows,
+        findings: &outcome.findings,
+        extra: &extra,
     };
     let Some(cp) = checkpoint else {
         return output::write(plan.out.format, &plan.out.target, &rows);

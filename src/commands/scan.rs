@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{describe, to_rows, write_rows};
+use super::{describe, write_findings};
 use crate::cli::ScanArgs;
 use crate::detect::Detector;
 use crate::exit::Exit;
@@ -29,7 +29,7 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     }
     let (agg, stats) = det.finish();
     let findings = agg.into_findings();
-    write_rows(&out, &[], &to_rows(&findings, |_| Vec::new()))?;
+    write_findings(&out, &[], &findings, &|_| Vec::new())?;
     if !out.quiet {
         eprintln!(
             "kubeanon scan: {}; {:.1} MB in {:.2} s",

@@ -12,8 +12,8 @@ pub fn write(rows: &Rows<'_>, out: &mut dyn Write, header: bool) -> io::Result<(
     if header {
         w.write_record(rows.header())?;
     }
-    for row in rows.rows {
-        w.write_record(rows.cells(row).map(|c| neutralise_formula(c).into_owned()))?;
+    for row in rows.iter() {
+        w.write_record(rows.cells(&row).map(|c| neutralise_formula(c).into_owned()))?;
     }
     w.flush()
 }

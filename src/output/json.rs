@@ -7,8 +7,8 @@ use super::{Row, Rows};
 
 pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let header = rows.header();
-    for row in rows.rows {
-        write_object(&header, rows, row, out)?;
+    for row in rows.iter() {
+        write_object(&header, rows, &row, out)?;
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -17,9 +17,9 @@ pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
 pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let header = rows.header();
     out.write_all(b"[")?;
-    for (i, row) in rows.rows.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-        write_object(&header, rows, row, out)?;
+        write_object(&header, rows, &row, out)?;
     }
     out.write_all(b"\n]\n")
 }

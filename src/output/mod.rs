@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::detect::COLUMNS;
+use crate::detect::{COLUMNS, Finding};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -50,16 +50,28 @@ pub struct Row<'a> {
     pub extra: Vec<String>,
 }
 
-/// The rows of one run with their column names.
+/// The rows of one run with their column names: the findings, and the
+/// values of the command's extra columns for each. Rows are made one at a
+/// time as they are written, so a flood of findings is held once, not twice.
 pub struct Rows<'a> {
     pub extra_columns: &'a [&'a str],
-    pub rows: &'a [Row<'a>],
+    pub findings: &'a [Finding],
+    pub extra: &'a dyn Fn(&Finding) -> Vec<String>,
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
     /// All column names, the fixed 14 first.
     pub fn header(&self) -> Vec<&str> {
         COLUMNS.iter().chain(self.extra_columns).copied().collect()
+    }
+
+    /// The rows, in order.
+    fn iter(&self) -> impl Iterator<Item = Row<'a>> + '_ {
+        self.findings.iter().map(|f| Row {
+            cols: f.cols(),
+            count: f.count,
+            extra: (self.extra)(f),
+        })
     }
 
     /// A row's cells as text, in header order.

@@ -14,10 +14,9 @@ const MAX_WIDTH: usize = 80;
 pub fn write(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let header: Vec<String> = rows.header().iter().map(|h| h.to_string()).collect();
     let body: Vec<Vec<String>> = rows
-        .rows
         .iter()
         .map(|row| {
-            rows.cells(row)
+            rows.cells(&row)
                 .map(|c| fit(&neutralise_terminal(&c)))
                 .collect()
         })
