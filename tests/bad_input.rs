@@ -94,6 +94,101 @@ proptest! {
     }
 }
 
+/// Records that exercise the fast parser's edges: every field type, nulls,
+/// duplicates, escapes in keys and values, numbers, nesting, wrappers.
+fn structured_record() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop::sample::select(vec![
+        "kind",
+        "user",
+        "sourceIPs",
+        "userAgent",
+        "verb",
+        "stage",
+        "requestURI",
+        "objectRef",
+        "responseStatus",
+        "message",
+        "eventId",
+        "events",
+        "items",
+        "other",
+        "us\\u0065r",
+        "",
+    ]);
+    let value = prop::sample::select(vec![
+        "null",
+        "true",
+        "false",
+        "0",
+        "-0",
+        "01",
+        "1.",
+        "1.5e3",
+        "-",
+        "2E+7",
+        "\"\"",
+        "\"a\\u0026b\"",
+        "\"bad\\x\"",
+        "\"\\ud800\"",
+        "{}",
+        "[]",
+        "[1,2",
+        "{\"username\":\"system:anonymous\",\"groups\":[\"system:unauthenticated\"]}",
+        "[\"1.2.3.4\",null,\"\"]",
+        "{\"a\":[{\"b\":[[]]}]}",
+        "\"tab\there\"",
+        "\"\u{e9}\"",
+        "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",
+    ]);
+    (prop::collection::vec((key, value), 0..8), any::<bool>()).prop_map(|(members, spaced)| {
+        let sep = if spaced { " , " } else { "," };
+        let body: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", body.join(sep)).into_bytes()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The fast record parser answers only where it agrees with serde_json:
+    /// same fields when both accept, and never accepting what serde rejects.
+    #[test]
+    fn fast_record_parse_agrees_with_serde(bytes in prop_oneof![
+        structured_record(),
+        mutated_event(),
+        prop::collection::vec(any::<u8>(), 0..256),
+    ]) {
+        if let Some(fast) = Record::parse_fast(&bytes) {
+            let reference = Record::parse(&bytes);
+            prop_assert!(reference.is_ok(), "fast accepted what serde rejects: {:?}", String::from_utf8_lossy(&bytes));
+            prop_assert_eq!(fast, reference.unwrap());
+        }
+    }
+}
+
+#[test]
+fn fast_record_parse_answers_for_ordinary_events() {
+    // The point of the fast path: real events do not fall back.
+    assert!(Record::parse_fast(ANON.as_bytes()).is_some());
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/eks-audit-sample.jsonl"
+    ))
+    .unwrap();
+    let answered = sample
+        .lines()
+        .filter(|l| Record::parse_fast(l.as_bytes()).is_some())
+        .count();
+    let valid = sample
+        .lines()
+        .filter(|l| Record::parse(l.as_bytes()).is_ok())
+        .count();
+    assert_eq!(answered, valid);
+}
+
 fn scan(input: &[u8]) -> (kubeanon::detect::Stats, usize) {
     let mut det = Detector::default();
     read_input(input, &mut det).unwrap();

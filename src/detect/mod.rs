@@ -332,7 +332,7 @@ impl Detector {
             }
             return Fed::Nothing;
         }
-        let Ok(record) = Record::parse(bytes) else {
+        let Some(record) = Record::parse_fast(bytes).or_else(|| Record::parse(bytes).ok()) else {
             self.stats.malformed += 1;
             return Fed::Nothing;
         };
@@ -353,7 +353,7 @@ impl Detector {
             Shape::List(items) => {
                 let mut fed = Fed::Nothing;
                 for item in items {
-                    if self.feed_at(item.get().as_bytes(), origin, depth + 1) == Fed::Matched {
+                    if self.feed_at(item.as_bytes(), origin, depth + 1) == Fed::Matched {
                         fed = Fed::Matched;
                     }
                 }

@@ -1,0 +1,309 @@
+//! A fast path for [`Record::parse`]: one validating pass over a record
+//! that keeps the spans of the fields the rule reads and skips the rest
+//! (request and response bodies, annotations), without building anything.
+//!
+//! It answers only when it is sure to answer as serde_json would; anything
+//! unusual (invalid UTF-8, an escaped key, a duplicate field, nesting past
+//! serde_json's limit, any syntax error) gives `None`, and the caller asks
+//! [`Record::parse`]. So a malformed record costs two parses, and every
+//! record gets serde_json's verdict.
+
+use super::{RECORD_FIELDS, Record};
+
+/// Bytes that end a run of plain string content: the closing quote, an
+/// escape, or a control character (not allowed inside JSON strings).
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// The first byte of `s` that ends plain string content. Eight bytes at a
+/// time: most strings are too short for a vector search to pay for its
+/// setup, and too long for a byte loop to be quick.
+fn find_stop(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Flags the bytes of `v` that are zero; the lowest flag is exact
+    // (borrows only carry upwards).
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        let stops =
+            control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
+        if stops != 0 {
+            return Some(i + (stops.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..]
+        .iter()
+        .position(|&c| STOP[usize::from(c)])
+        .map(|p| i + p)
+}
+
+/// serde_json's recursion limit.
+const MAX_DEPTH: u32 = 127;
+
+pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
+    // serde_json checks UTF-8 where it decodes; checking it all up front
+    // only sends more records to the reference parse.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut fields: [Option<&str>; 14] = [None; 14];
+    let mut seen = [false; 14];
+    let mut p = Parser {
+        b: bytes,
+        i: 0,
+        depth: 1,
+    };
+    p.ws();
+    p.eat(b'{')?;
+    p.ws();
+    if p.peek()? == b'}' {
+        p.i += 1;
+    } else {
+        loop {
+            p.ws();
+            let key = p.key()?;
+            p.ws();
+            p.eat(b':')?;
+            p.ws();
+            let start = p.i;
+            p.value()?;
+            if let Some(slot) = RECORD_FIELDS.iter().position(|f| f.as_bytes() == key) {
+                if std::mem::replace(&mut seen[slot], true) {
+                    return None; // serde: duplicate field
+                }
+                let value = &text[start..p.i];
+                // serde reads `null` into an `Option` as `None`.
+                fields[slot] = (value != "null").then_some(value);
+            }
+            p.ws();
+            match p.peek()? {
+                b',' => p.i += 1,
+                b'}' => {
+                    p.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    p.ws();
+    if p.i != bytes.len() {
+        return None;
+    }
+    let [
+        kind,
+        user,
+        source_ips,
+        user_agent,
+        verb,
+        stage,
+        request_uri,
+        request_received_timestamp,
+        object_ref,
+        response_status,
+        message,
+        event_id,
+        events,
+        items,
+    ] = fields;
+    Some(Record {
+        kind,
+        user,
+        source_ips,
+        user_agent,
+        verb,
+        stage,
+        request_uri,
+        request_received_timestamp,
+        object_ref,
+        response_status,
+        message,
+        event_id,
+        events,
+        items,
+    })
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+impl<'a> Parser<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// An object key without escapes (an escaped key is left to serde).
+    fn key(&mut self) -> Option<&'a [u8]> {
+        let start = self.i + 1;
+        let escaped = self.string()?;
+        (!escaped).then(|| &self.b[start..self.i - 1])
+    }
+
+    /// Skips a string (at its `"`); returns whether it had escapes.
+    fn string(&mut self) -> Option<bool> {
+        self.eat(b'"')?;
+        let mut escaped = false;
+        loop {
+            let n = find_stop(&self.b[self.i..])?;
+            self.i += n;
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Some(escaped);
+                }
+                b'\\' => {}
+                _ => return None, // a control character
+            }
+            escaped = true;
+            self.i += 1;
+            match self.peek()? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                b'u' => {
+                    let hex = self.b.get(self.i + 1..self.i + 5)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    self.i += 5;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        let start = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        (self.i > start).then_some(())
+    }
+
+    fn number(&mut self) -> Option<()> {
+        if self.peek()? == b'-' {
+            self.i += 1;
+        }
+        if self.peek()? == b'0' {
+            self.i += 1;
+        } else {
+            self.digits()?;
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digits()?;
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        self.b[self.i..]
+            .starts_with(word)
+            .then(|| self.i += word.len())
+    }
+
+    /// Skips one value, checking its syntax.
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => self.container(b'}', |p| {
+                p.string()?;
+                p.ws();
+                p.eat(b':')?;
+                p.ws();
+                p.value()
+            }),
+            b'[' => self.container(b']', Self::value),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    /// An object or array: `member` reads one member; separators and the
+    /// closing byte are handled here.
+    fn container(&mut self, close: u8, member: impl Fn(&mut Self) -> Option<()>) -> Option<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                member(self)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    c if c == close => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_stop_finds_the_first_stop_byte_anywhere() {
+        for len in 0..40 {
+            for at in 0..len {
+                for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut s = vec![b'a'; len];
+                    // Bytes that look close to stops must not count.
+                    for (j, b) in s.iter_mut().enumerate() {
+                        *b = [b'a', 0x20, 0x21, 0x5b, 0x5d, 0xff, 0x80, 0x23][j % 8];
+                    }
+                    s[at] = stop;
+                    if at + 1 < len {
+                        s[at + 1] = b'"';
+                    }
+                    assert_eq!(find_stop(&s), Some(at), "len {len} at {at} stop {stop}");
+                }
+            }
+            let plain = vec![b'x'; len];
+            assert_eq!(find_stop(&plain), None);
+        }
+    }
+}
