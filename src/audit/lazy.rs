@@ -27,7 +27,7 @@ static STOP: [bool; 256] = {
 /// The first byte of `s` that ends plain string content. Eight bytes at a
 /// time: most strings are too short for a vector search to pay for its
 /// setup, and too long for a byte loop to be quick.
-fn find_stop(s: &[u8]) -> Option<usize> {
+pub fn find_stop(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Flags the bytes of `v` that are zero; the lowest flag is exact

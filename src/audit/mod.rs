@@ -8,6 +8,10 @@
 
 mod lazy;
 
+/// The first byte a JSON string cannot hold as is: `"`, `\\`, or a control
+/// character.
+pub use lazy::find_stop as json_stop;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;

@@ -180,7 +180,9 @@ impl Key {
                 }
                 Cow::Owned(String::from_utf8_lossy(&v).into_owned())
             } else {
-                String::from_utf8_lossy(raw)
+                // Keys are built from `&str`s: this never goes lossy.
+                std::str::from_utf8(raw)
+                    .map_or_else(|_| String::from_utf8_lossy(raw), Cow::Borrowed)
             };
             return (value, &key[(at + 2).min(key.len())..]);
         }

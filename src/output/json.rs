@@ -4,44 +4,115 @@
 use std::io::{self, Write};
 
 use super::{Row, Rows};
+use crate::audit::json_stop;
 
 pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let header = rows.header();
+    let keys = keys(rows);
+    let mut line = Vec::new();
     for row in rows.iter() {
-        write_object(&header, rows, &row, out)?;
-        out.write_all(b"\n")?;
+        line.clear();
+        push_object(&keys, rows, &row, &mut line);
+        line.push(b'\n');
+        out.write_all(&line)?;
     }
     Ok(())
 }
 
 pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let header = rows.header();
+    let keys = keys(rows);
+    let mut line = Vec::new();
     out.write_all(b"[")?;
     for (i, row) in rows.iter().enumerate() {
-        out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-        write_object(&header, rows, &row, out)?;
+        line.clear();
+        line.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        push_object(&keys, rows, &row, &mut line);
+        out.write_all(&line)?;
     }
     out.write_all(b"\n]\n")
 }
 
-fn write_object(
-    header: &[&str],
-    rows: &Rows<'_>,
-    row: &Row,
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    out.write_all(b"{")?;
-    for (i, (name, cell)) in header.iter().zip(rows.cells(row)).enumerate() {
+/// Each column's `"name":`, made once.
+fn keys(rows: &Rows<'_>) -> Vec<(Vec<u8>, bool)> {
+    rows.header()
+        .iter()
+        .map(|name| {
+            let mut key = Vec::new();
+            push_string(&mut key, name);
+            key.push(b':');
+            (key, *name == "count")
+        })
+        .collect()
+}
+
+/// One row as a JSON object; `count` is a number, the rest strings.
+fn push_object(keys: &[(Vec<u8>, bool)], rows: &Rows<'_>, row: &Row, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, ((key, number), cell)) in keys.iter().zip(rows.cells(row)).enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            out.push(b',');
         }
-        serde_json::to_writer(&mut *out, name)?;
-        out.write_all(b":")?;
-        if *name == "count" {
-            out.write_all(cell.as_bytes())?;
+        out.extend_from_slice(key);
+        if *number {
+            out.extend_from_slice(cell.as_bytes());
         } else {
-            serde_json::to_writer(&mut *out, &*cell)?;
+            push_string(out, &cell);
         }
     }
-    out.write_all(b"}")
+    out.push(b'}');
+}
+
+/// A JSON string literal, escaped exactly as serde_json escapes: `"`, `\`
+/// and control characters; everything else (UTF-8 included) as is.
+fn push_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let mut rest = s.as_bytes();
+    while let Some(at) = json_stop(rest) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+            }
+        }
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_does() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é\u{202e}\u{2028}😀\"\\");
+        for s in [
+            all.as_str(),
+            "",
+            "plain",
+            "\"",
+            "a\\b",
+            "\u{1b}[2J",
+            "x\u{7f}y",
+        ] {
+            let mut ours = Vec::new();
+            push_string(&mut ours, s);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
+    }
 }
