@@ -18,7 +18,8 @@ mod exclude;
 mod prefilter;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+
+use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
@@ -135,9 +136,12 @@ impl Finding {
 struct Key;
 
 impl Key {
-    fn push_value(buf: &mut Vec<u8>, value: &str) {
+    /// `decoded` says whether the value went through JSON unescaping: raw
+    /// JSON text cannot hold a NUL byte, so only such a value needs the
+    /// check.
+    fn push_value(buf: &mut Vec<u8>, value: &str, decoded: bool) {
         let bytes = value.as_bytes();
-        if memchr::memchr(0, bytes).is_none() {
+        if !decoded || memchr::memchr(0, bytes).is_none() {
             buf.extend_from_slice(bytes);
         } else {
             for &b in bytes {
@@ -204,30 +208,46 @@ struct Tally {
 
 /// `stats count by` the 13 fields, plus the source's scope tag. Memory grows
 /// with the number of distinct rows, not with the input. The hasher is
-/// seeded per process: the keys are attacker-chosen.
+/// seeded per process (the keys are attacker-chosen), and each key is
+/// hashed once: the hash is kept for lookups and growth.
 #[derive(Debug, Default, Clone)]
 pub struct Aggregator {
-    rows: HashMap<Box<[u8]>, Tally, foldhash::fast::RandomState>,
+    rows: hashbrown::HashTable<Entry>,
+    hasher: foldhash::fast::RandomState,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Box<[u8]>,
+    hash: u64,
+    tally: Tally,
 }
 
 impl Aggregator {
-    /// Counts one event in the row with this encoded key.
-    fn add(&mut self, key: &[u8], ids: u128) {
-        let tally = match self.rows.get_mut(key) {
-            Some(t) => t,
-            None => self.rows.entry(key.into()).or_default(),
-        };
-        tally.count += 1;
-        tally.ids = tally.ids.wrapping_add(ids);
+    /// Counts `count` events with these `ids` in the row with this key.
+    fn add(&mut self, key: &[u8], count: u64, ids: u128) {
+        let hash = self.hasher.hash_one(key);
+        match self.rows.find_mut(hash, |e| *e.key == *key) {
+            Some(e) => {
+                e.tally.count += count;
+                e.tally.ids = e.tally.ids.wrapping_add(ids);
+            }
+            None => {
+                let entry = Entry {
+                    key: key.into(),
+                    hash,
+                    tally: Tally { count, ids },
+                };
+                self.rows.insert_unique(hash, entry, |e| e.hash);
+            }
+        }
     }
 
     /// Adds another partial aggregate into this one (same as having fed
     /// both inputs to one aggregator).
     pub fn merge(&mut self, other: Aggregator) {
-        for (key, t) in other.rows {
-            let tally = self.rows.entry(key).or_default();
-            tally.count += t.count;
-            tally.ids = tally.ids.wrapping_add(t.ids);
+        for e in other.rows {
+            self.add(&e.key, e.tally.count, e.tally.ids);
         }
     }
 
@@ -244,14 +264,14 @@ impl Aggregator {
         let mut out: Vec<Finding> = self
             .rows
             .into_iter()
-            .map(|(key, t)| {
+            .map(|Entry { key, tally, .. }| {
                 let split = key.len().saturating_sub(4);
                 let scope = key[split..].try_into().map_or(0, u32::from_be_bytes);
                 Finding {
                     scope,
                     key,
-                    count: t.count,
-                    ids: t.ids,
+                    count: tally.count,
+                    ids: tally.ids,
                 }
             })
             .collect();
@@ -373,6 +393,7 @@ impl Detector {
         let ids = origin.event_id.map_or(0, event_hash);
         let s = event.scalars();
         let scalar = |i: usize| s[i].as_deref().unwrap_or(FILL);
+        let decoded = |i: usize| matches!(s[i], Some(Cow::Owned(_)));
         let ips = or_fill(event.source_ips());
         let groups = or_fill(event.groups());
         for ip in &ips {
@@ -388,12 +409,19 @@ impl Detector {
                     self.stats.excluded += 1;
                     continue;
                 }
+                let owned: [bool; 13] = std::array::from_fn(|i| match i {
+                    SRC_IP => matches!(ip, Cow::Owned(_)),
+                    GROUPS => matches!(group, Cow::Owned(_)),
+                    i if i < SRC_IP => decoded(i),
+                    i if i < GROUPS => decoded(i - 1),
+                    i => decoded(i - 2),
+                });
                 self.key.clear();
-                for col in cols {
-                    Key::push_value(&mut self.key, col);
+                for (col, owned) in cols.into_iter().zip(owned) {
+                    Key::push_value(&mut self.key, col, owned);
                 }
                 self.key.extend_from_slice(&origin.scope.to_be_bytes());
-                self.agg.add(&self.key, ids);
+                self.agg.add(&self.key, 1, ids);
             }
         }
         Fed::Matched

@@ -1416,7 +1416,7 @@ fn fast_path_handles_hand_written_escapes() {
 fn encode(cols: &[String]) -> Vec<u8> {
     let mut key = Vec::new();
     for c in cols {
-        Key::push_value(&mut key, c);
+        Key::push_value(&mut key, c, true);
     }
     key.extend_from_slice(&7u32.to_be_bytes());
     key
