@@ -1,7 +1,7 @@
 //! The Kubernetes audit event model: just the fields the detection reads.
 //!
-//! Fields are kept as borrowed raw JSON (`&RawValue`) so that values can be
-//! shown exactly as written (`403`, `true`) and so that a field holding an
+//! Fields are kept as borrowed raw JSON text so that values can be shown
+//! exactly as written (`403`, `true`) and so that a field holding an
 //! unexpected type (an object where a string belongs, say) is data for the
 //! rule to judge, not a parse error. Input is attacker-influenced: nothing
 //! here panics, and no value is trusted to have the type the schema says.
