@@ -42,10 +42,50 @@ pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
     let n = read_up_to(&mut input, &mut magic)?;
     let input = io::Cursor::new(magic).take(n as u64).chain(input);
     if magic[..n] == GZIP_MAGIC {
-        let input = MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, input));
-        read_plain(input, det, true)
+        let gz = MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, input));
+        let mut input = StopAtBadData {
+            inner: gz,
+            broken: false,
+        };
+        let n = read_plain(&mut input, det, true)?;
+        if input.broken {
+            // A corrupt or cut gzip stream: what came before is read; the
+            // unreadable rest counts once (a line cut with it, once more).
+            det.stats.malformed += 1;
+        }
+        Ok(n)
     } else {
         read_plain(input, det, true)
+    }
+}
+
+/// Ends a decompressed stream at the first bad byte instead of failing it,
+/// remembering that it did: a truncated `.gz` (a log copied while it was
+/// written) still gives every event before the cut.
+struct StopAtBadData<R> {
+    inner: R,
+    broken: bool,
+}
+
+impl<R: Read> Read for StopAtBadData<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.broken {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidInput
+                        | io::ErrorKind::InvalidData
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                self.broken = true;
+                Ok(0)
+            }
+            other => other,
+        }
     }
 }
 
@@ -551,6 +591,24 @@ mod tests {
         let gz = gz.finish().unwrap();
         assert_eq!(matched(Trickle(&gz)), 2);
         assert_eq!(matched(Trickle(format!("{ANON}\n").as_bytes())), 1);
+    }
+
+    #[test]
+    fn a_cut_or_corrupt_gzip_stream_keeps_what_came_before() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for _ in 0..200 {
+            gz.write_all(format!("{ANON}\n").as_bytes()).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        let cut = &gz[..gz.len() - 30]; // loses the end and the trailer
+        let mut det = Detector::default();
+        read_input(cut, &mut det).unwrap();
+        let stats = det.finish().1;
+        assert!(stats.matched > 0, "events before the cut are read");
+        assert_eq!(stats.malformed, 2, "the cut line, and the unreadable rest");
+        let mut det = Detector::default();
+        read_input(&[0x1f, 0x8b, 0xff, 0x00, 0x12][..], &mut det).unwrap();
+        assert_eq!(det.finish().1.malformed, 1);
     }
 
     #[test]
