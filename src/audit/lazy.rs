@@ -101,38 +101,7 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
     if p.i != bytes.len() {
         return None;
     }
-    let [
-        kind,
-        user,
-        source_ips,
-        user_agent,
-        verb,
-        stage,
-        request_uri,
-        request_received_timestamp,
-        object_ref,
-        response_status,
-        message,
-        event_id,
-        events,
-        items,
-    ] = fields;
-    Some(Record {
-        kind,
-        user,
-        source_ips,
-        user_agent,
-        verb,
-        stage,
-        request_uri,
-        request_received_timestamp,
-        object_ref,
-        response_status,
-        message,
-        event_id,
-        events,
-        items,
-    })
+    Some(Record::from_fields(fields))
 }
 
 struct Parser<'a> {

@@ -136,23 +136,59 @@ impl<'a> Record<'a> {
     /// JSON such as a CloudWatch-truncated event) is an error.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
         let w: Wire<'a> = serde_json::from_slice(bytes)?;
-        let get = |v: Option<&'a RawValue>| v.map(RawValue::get);
-        Ok(Record {
-            kind: get(w.kind),
-            user: get(w.user),
-            source_ips: get(w.source_ips),
-            user_agent: get(w.user_agent),
-            verb: get(w.verb),
-            stage: get(w.stage),
-            request_uri: get(w.request_uri),
-            request_received_timestamp: get(w.request_received_timestamp),
-            object_ref: get(w.object_ref),
-            response_status: get(w.response_status),
-            message: get(w.message),
-            event_id: get(w.event_id),
-            events: get(w.events),
-            items: get(w.items),
-        })
+        let fields = [
+            w.kind,
+            w.user,
+            w.source_ips,
+            w.user_agent,
+            w.verb,
+            w.stage,
+            w.request_uri,
+            w.request_received_timestamp,
+            w.object_ref,
+            w.response_status,
+            w.message,
+            w.event_id,
+            w.events,
+            w.items,
+        ];
+        Ok(Record::from_fields(fields.map(|v| v.map(RawValue::get))))
+    }
+
+    /// A record from its fields' texts, in [`RECORD_FIELDS`] order.
+    fn from_fields(fields: [Option<&'a str>; 14]) -> Self {
+        let [
+            kind,
+            user,
+            source_ips,
+            user_agent,
+            verb,
+            stage,
+            request_uri,
+            request_received_timestamp,
+            object_ref,
+            response_status,
+            message,
+            event_id,
+            events,
+            items,
+        ] = fields;
+        Record {
+            kind,
+            user,
+            source_ips,
+            user_agent,
+            verb,
+            stage,
+            request_uri,
+            request_received_timestamp,
+            object_ref,
+            response_status,
+            message,
+            event_id,
+            events,
+            items,
+        }
     }
 
     /// The same as [`Record::parse`], several times faster: one validating
