@@ -57,8 +57,21 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
     // serde_json checks UTF-8 where it decodes; checking it all up front
     // only sends more records to the reference parse.
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut fields: [Option<&str>; 14] = [None; 14];
-    let mut seen = [false; 14];
+    object(text, &RECORD_FIELDS).map(Record::from_fields)
+}
+
+/// The raw JSON texts of the members of the object `text` named in
+/// `names` (blanks around it allowed), as serde_json reads them into a
+/// struct of `Option<&RawValue>`s: absent or `null` is `None`. `None` when
+/// serde_json should decide: an escaped key, a named member given twice,
+/// or anything that is not one valid JSON object.
+pub(super) fn object<'a, const N: usize>(
+    text: &'a str,
+    names: &[&str; N],
+) -> Option<[Option<&'a str>; N]> {
+    let bytes = text.as_bytes();
+    let mut fields: [Option<&str>; N] = [None; N];
+    let mut seen = [false; N];
     let mut p = Parser {
         b: bytes,
         i: 0,
@@ -78,7 +91,7 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
             p.ws();
             let start = p.i;
             p.value()?;
-            if let Some(slot) = RECORD_FIELDS.iter().position(|f| f.as_bytes() == key) {
+            if let Some(slot) = names.iter().position(|f| f.as_bytes() == key) {
                 if std::mem::replace(&mut seen[slot], true) {
                     return None; // serde: duplicate field
                 }
@@ -98,10 +111,44 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
         }
     }
     p.ws();
-    if p.i != bytes.len() {
-        return None;
+    (p.i == bytes.len()).then_some(fields)
+}
+
+/// The raw JSON texts of the elements of the array `text`, as serde_json
+/// reads it into a `Vec<&RawValue>`; `None` when serde_json should decide
+/// (anything that is not one valid JSON array).
+pub(super) fn array(text: &str) -> Option<Vec<&str>> {
+    let bytes = text.as_bytes();
+    let mut items = Vec::new();
+    let mut p = Parser {
+        b: bytes,
+        i: 0,
+        depth: 1,
+    };
+    p.ws();
+    p.eat(b'[')?;
+    p.ws();
+    if p.peek()? == b']' {
+        p.i += 1;
+    } else {
+        loop {
+            p.ws();
+            let start = p.i;
+            p.value()?;
+            items.push(&text[start..p.i]);
+            p.ws();
+            match p.peek()? {
+                b',' => p.i += 1,
+                b']' => {
+                    p.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
     }
-    Some(Record::from_fields(fields))
+    p.ws();
+    (p.i == bytes.len()).then_some(items)
 }
 
 struct Parser<'a> {
@@ -253,6 +300,92 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::UserWire;
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    /// JSON texts for members and elements: every type, nulls, escapes,
+    /// and some that are not valid JSON.
+    fn value() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "null",
+            "true",
+            "0",
+            "-1.5e3",
+            "01",
+            "\"\"",
+            "\"system:anonymous\"",
+            "\"a\\u0026b\"",
+            "\"bad\\x\"",
+            "\"\\ud800\"",
+            "\"tab\there\"",
+            "{}",
+            "[]",
+            "[1,2",
+            "[\"system:unauthenticated\",null,\"\"]",
+            "{\"a\":[{\"b\":[[]]}]}",
+        ])
+    }
+
+    fn blank() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", " ", "\n\t", "\r"])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A nested object's members, read fast, are what serde_json puts
+        /// in the wire struct; the fast parse never accepts what serde
+        /// rejects.
+        #[test]
+        fn object_agrees_with_serde(
+            members in prop::collection::vec((prop::sample::select(vec![
+                "username", "uid", "groups", "other", "user\\u006eame", "",
+            ]), value(), blank()), 0..6),
+        ) {
+            let body: Vec<String> = members.iter().map(|(k, v, b)| format!("{b}\"{k}\"{b}:{b}{v}{b}")).collect();
+            let text = format!("{{{}}}", body.join(","));
+            if let Some(fast) = object(&text, &["username", "uid", "groups"]) {
+                let wire: Result<UserWire<'_>, _> = serde_json::from_str(&text);
+                prop_assert!(wire.is_ok(), "fast accepted what serde rejects: {}", text);
+                let w = wire.unwrap();
+                let reference = [w.username, w.uid, w.groups].map(|v| v.map(RawValue::get));
+                prop_assert_eq!(fast, reference, "{}", text);
+            }
+        }
+
+        #[test]
+        fn array_agrees_with_serde(items in prop::collection::vec((value(), blank()), 0..6), close in any::<bool>()) {
+            let body: Vec<String> = items.iter().map(|(v, b)| format!("{b}{v}{b}")).collect();
+            let text = format!("[{}{}", body.join(","), if close { "]" } else { "" });
+            if let Some(fast) = array(&text) {
+                let reference: Result<Vec<&RawValue>, _> = serde_json::from_str(&text);
+                prop_assert!(reference.is_ok(), "fast accepted what serde rejects: {}", text);
+                let reference: Vec<&str> = reference.unwrap().into_iter().map(RawValue::get).collect();
+                prop_assert_eq!(fast, reference, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_nested_values_are_read_fast() {
+        let user = r#"{"username":"system:anonymous","groups":["system:unauthenticated"]}"#;
+        assert_eq!(
+            object(user, &["username", "uid", "groups"]),
+            Some([
+                Some(r#""system:anonymous""#),
+                None,
+                Some(r#"["system:unauthenticated"]"#)
+            ])
+        );
+        assert_eq!(
+            array(r#"[ "1.2.3.4" , null ]"#),
+            Some(vec![r#""1.2.3.4""#, "null"])
+        );
+        // Left to serde_json: escaped keys and repeated members.
+        assert_eq!(object(r#"{"user\u006eame":"x"}"#, &["username"]), None);
+        assert_eq!(object(r#"{"uid":"a","uid":"b"}"#, &["uid"]), None);
+    }
 
     #[test]
     fn find_stop_finds_the_first_stop_byte_anywhere() {

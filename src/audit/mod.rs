@@ -243,11 +243,14 @@ struct User<'a> {
 
 impl<'a> User<'a> {
     fn parse(text: Option<&'a str>) -> Self {
-        let w: UserWire<'a> = sub(text);
+        let [username, uid, groups] =
+            sub(text, &["username", "uid", "groups"], |w: UserWire<'a>| {
+                [w.username, w.uid, w.groups]
+            });
         User {
-            username: w.username.map(RawValue::get),
-            uid: w.uid.map(RawValue::get),
-            groups: w.groups.map(RawValue::get),
+            username,
+            uid,
+            groups,
         }
     }
 }
@@ -274,16 +277,21 @@ impl<'a> Event<'_, 'a> {
     /// responseStatus.code, stage, user.uid, user (username), userAgent, verb.
     pub fn scalars(&self) -> [Option<Cow<'a, str>>; 11] {
         let r = self.record;
-        let obj: ObjectRefWire<'a> = sub(r.object_ref);
-        let status: ResponseStatusWire<'a> = sub(r.response_status);
-        let nested = |v: Option<&'a RawValue>| v.map(RawValue::get).and_then(scalar);
+        let [name, namespace, resource] = sub(
+            r.object_ref,
+            &["name", "namespace", "resource"],
+            |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource],
+        );
+        let [code] = sub(r.response_status, &["code"], |w: ResponseStatusWire<'a>| {
+            [w.code]
+        });
         [
-            nested(obj.name),
-            nested(obj.namespace),
-            nested(obj.resource),
+            name.and_then(scalar),
+            namespace.and_then(scalar),
+            resource.and_then(scalar),
             r.request_received_timestamp.and_then(scalar),
             r.request_uri.and_then(scalar),
-            nested(status.code),
+            code.and_then(scalar),
             r.stage.and_then(scalar),
             self.user.uid.and_then(scalar),
             self.user.username.and_then(scalar),
@@ -293,12 +301,21 @@ impl<'a> Event<'_, 'a> {
     }
 }
 
-/// Parses a nested object; a missing field or one of another type (or a
-/// malformed one) reads as an empty object, whose fields are all absent.
-fn sub<'a, T: Deserialize<'a> + Default>(text: Option<&'a str>) -> T {
+/// The raw texts of the members `names` of a nested object; a missing
+/// field or one of another type (or a malformed one) reads as an empty
+/// object, whose fields are all absent. The fast parse answers when it
+/// can; otherwise serde_json reads the object into its wire struct `W`,
+/// whose fields `fields` lists in the order of `names`.
+fn sub<'a, W: Deserialize<'a> + Default, const N: usize>(
+    text: Option<&'a str>,
+    names: &[&str; N],
+    fields: impl FnOnce(W) -> [Option<&'a RawValue>; N],
+) -> [Option<&'a str>; N] {
     match text {
-        Some(text) if text.starts_with('{') => serde_json::from_str(text).unwrap_or_default(),
-        _ => T::default(),
+        Some(text) if text.starts_with('{') => lazy::object(text, names).unwrap_or_else(|| {
+            fields(serde_json::from_str(text).unwrap_or_default()).map(|v| v.map(RawValue::get))
+        }),
+        _ => [None; N],
     }
 }
 
@@ -321,12 +338,13 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
 /// The elements of a JSON array, as raw JSON texts; `None` for any other
 /// type.
 fn array(text: &str) -> Option<Vec<&str>> {
-    if text.starts_with('[') {
+    if !text.starts_with('[') {
+        return None;
+    }
+    lazy::array(text).or_else(|| {
         let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
         Some(items.into_iter().map(RawValue::get).collect())
-    } else {
-        None
-    }
+    })
 }
 
 /// A value as Splunk shows it: strings unescaped, numbers and booleans as
