@@ -19,12 +19,12 @@ fn main() {
     for event in events {
         detector.feed(event.as_bytes(), Origin::default());
     }
-    let (findings, stats) = detector.finish();
+    let (aggregate, stats) = detector.finish();
     println!(
         "{} events, {} matched, {} rows excluded",
         stats.events, stats.matched, stats.excluded
     );
-    for finding in findings.into_findings() {
+    for finding in &aggregate.into_findings() {
         for (name, value) in COLUMNS.iter().zip(finding.cols()) {
             println!("{name:>26}: {value}");
         }

@@ -8,7 +8,7 @@ mod scan;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, OutputConfig};
-use crate::detect::{Finding, Stats};
+use crate::detect::{Finding, Findings, Stats};
 use crate::exit::Exit;
 use crate::output::{self, Rows};
 
@@ -25,8 +25,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
 fn write_findings(
     out: &OutputConfig,
     extra_columns: &[&str],
-    findings: &[Finding],
-    extra: &dyn Fn(&Finding) -> Vec<String>,
+    findings: &Findings,
+    extra: &dyn Fn(&Finding<'_>) -> Vec<String>,
 ) -> Result<()> {
     let rows = Rows {
         extra_columns,

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::describe;
 use crate::checkpoint::{self, Checkpoint, GroupState, Pending, Recovery};
 use crate::cli::{OutputConfig, PollArgs, parse_duration};
-use crate::detect::{Aggregator, Detector, Fed, Finding, Origin, Stats};
+use crate::detect::{Aggregator, Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::{self, Rows, Target};
 use crate::source::cloudwatch::{self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy};
@@ -151,7 +151,7 @@ fn recover(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
 struct Outcome {
     region: String,
     groups: Vec<GroupState>,
-    findings: Vec<Finding>,
+    findings: Findings,
     /// Log group of each scope, and the label its row ids hash.
     names: Vec<String>,
     labels: Vec<String>,
@@ -165,7 +165,7 @@ struct Outcome {
 
 impl Outcome {
     /// The values of poll's extra columns for a finding.
-    fn extra(&self, f: &Finding) -> Vec<String> {
+    fn extra(&self, f: &Finding<'_>) -> Vec<String> {
         let lg = &self.names[f.scope as usize];
         vec![
             cloudwatch::cluster_name(lg).to_string(),
@@ -408,7 +408,7 @@ fn next_state(region: &str, run: &GroupRun, plan: &Plan) -> GroupState {
 /// append file with a checkpoint, the delivery is recorded first so that a
 /// crash at any point is completed by the next run: exactly once.
 fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) -> Result<()> {
-    let extra = |f: &Finding| outcome.extra(f);
+    let extra = |f: &Finding<'_>| outcome.extra(f);
     let rows = Rows {
         extra_columns: &EXTRA,
         findings: &outcome.findings,

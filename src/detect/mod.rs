@@ -14,16 +14,15 @@
 //! Sources hand records (raw JSON bytes) to [`Detector::feed`]; the detector
 //! knows nothing of files or CloudWatch. Results come out as [`Finding`]s.
 
+mod aggregate;
 mod exclude;
 mod prefilter;
 
 use std::borrow::Cow;
 
-use std::hash::BuildHasher;
-
-use sha2::{Digest, Sha256};
-
 use crate::audit::{Event, Record, Shape};
+use aggregate::Key;
+pub use aggregate::{Aggregator, Finding, Findings, event_hash};
 pub use exclude::Exclusion;
 pub use prefilter::Prefilter;
 
@@ -89,198 +88,6 @@ impl Stats {
     }
 }
 
-/// One group of the `stats count by ...` output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Opaque tag the source chose (poll: which region and log group).
-    pub scope: u32,
-    /// The 13 by-field values, in [`COLUMNS`] order, in the aggregate's
-    /// key encoding (see [`Key`]); read them with [`Finding::cols`].
-    key: Box<[u8]>,
-    pub count: u64,
-    /// Order-independent combination (wrapping sum) of the hashes of the
-    /// CloudWatch eventIds counted here; 0 when events carry no id.
-    pub ids: u128,
-}
-
-impl Finding {
-    /// The 13 by-field values, in [`COLUMNS`] order.
-    pub fn cols(&self) -> [Cow<'_, str>; 13] {
-        Key::decode(&self.key)
-    }
-
-    /// A stable id for this row: same log group, values and events give the
-    /// same id, so a row delivered twice can be recognised downstream.
-    pub fn id(&self, scope_label: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(scope_label.as_bytes());
-        for col in &self.cols() {
-            h.update([0]);
-            h.update(col.as_bytes());
-        }
-        h.update([0]);
-        h.update(self.ids.to_be_bytes());
-        h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-}
-
-/// The aggregate's key: the 13 values and the scope in one byte string, so
-/// that a row costs one allocation, an existing row none, and rows sort
-/// with a byte comparison. Each value is written with its NUL bytes
-/// escaped as `00 FF` and ended by `00 00`, which keeps byte order equal
-/// to value-by-value order (a value sorts before its extensions); the
-/// scope follows as 4 big-endian bytes, so it sorts last.
-struct Key;
-
-impl Key {
-    /// `decoded` says whether the value went through JSON unescaping: raw
-    /// JSON text cannot hold a NUL byte, so only such a value needs the
-    /// check.
-    fn push_value(buf: &mut Vec<u8>, value: &str, decoded: bool) {
-        let bytes = value.as_bytes();
-        if !decoded || memchr::memchr(0, bytes).is_none() {
-            buf.extend_from_slice(bytes);
-        } else {
-            for &b in bytes {
-                buf.push(b);
-                if b == 0 {
-                    buf.push(0xff);
-                }
-            }
-        }
-        buf.extend_from_slice(&[0, 0]);
-    }
-
-    fn decode(key: &[u8]) -> [Cow<'_, str>; 13] {
-        let mut rest = key;
-        std::array::from_fn(|_| {
-            let (value, tail) = Self::split_value(rest);
-            rest = tail;
-            value
-        })
-    }
-
-    /// The first value of `key` and what follows it.
-    fn split_value(key: &[u8]) -> (Cow<'_, str>, &[u8]) {
-        let mut i = 0;
-        let mut escaped = false;
-        while let Some(nul) = memchr::memchr(0, &key[i..]) {
-            let at = i + nul;
-            if key.get(at + 1) == Some(&0xff) {
-                escaped = true;
-                i = at + 2;
-                continue;
-            }
-            let raw = &key[..at];
-            let value = if escaped {
-                let mut v = Vec::with_capacity(raw.len());
-                let mut j = 0;
-                while j < raw.len() {
-                    v.push(raw[j]);
-                    j += if raw[j] == 0 { 2 } else { 1 };
-                }
-                Cow::Owned(String::from_utf8_lossy(&v).into_owned())
-            } else {
-                // Keys are built from `&str`s: this never goes lossy.
-                std::str::from_utf8(raw)
-                    .map_or_else(|_| String::from_utf8_lossy(raw), Cow::Borrowed)
-            };
-            return (value, &key[(at + 2).min(key.len())..]);
-        }
-        (Cow::Borrowed(""), &[])
-    }
-}
-
-/// The 128-bit hash of one CloudWatch eventId.
-pub fn event_hash(event_id: &str) -> u128 {
-    let digest = Sha256::digest(event_id.as_bytes());
-    u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    count: u64,
-    ids: u128,
-}
-
-/// `stats count by` the 13 fields, plus the source's scope tag. Memory grows
-/// with the number of distinct rows, not with the input. The hasher is
-/// seeded per process (the keys are attacker-chosen), and each key is
-/// hashed once: the hash is kept for lookups and growth.
-#[derive(Debug, Default, Clone)]
-pub struct Aggregator {
-    rows: hashbrown::HashTable<Entry>,
-    hasher: foldhash::fast::RandomState,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    key: Box<[u8]>,
-    hash: u64,
-    tally: Tally,
-}
-
-impl Aggregator {
-    /// Counts `count` events with these `ids` in the row with this key.
-    fn add(&mut self, key: &[u8], count: u64, ids: u128) {
-        let hash = self.hasher.hash_one(key);
-        match self.rows.find_mut(hash, |e| *e.key == *key) {
-            Some(e) => {
-                e.tally.count += count;
-                e.tally.ids = e.tally.ids.wrapping_add(ids);
-            }
-            None => {
-                let entry = Entry {
-                    key: key.into(),
-                    hash,
-                    tally: Tally { count, ids },
-                };
-                self.rows.insert_unique(hash, entry, |e| e.hash);
-            }
-        }
-    }
-
-    /// Adds another partial aggregate into this one (same as having fed
-    /// both inputs to one aggregator).
-    pub fn merge(&mut self, other: Aggregator) {
-        for e in other.rows {
-            self.add(&e.key, e.tally.count, e.tally.ids);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The rows, sorted by the 13 columns in order, then by scope.
-    pub fn into_findings(self) -> Vec<Finding> {
-        let mut out: Vec<Finding> = self
-            .rows
-            .into_iter()
-            .map(|Entry { key, tally, .. }| {
-                let split = key.len().saturating_sub(4);
-                let scope = key[split..].try_into().map_or(0, u32::from_be_bytes);
-                Finding {
-                    scope,
-                    key,
-                    count: tally.count,
-                    ids: tally.ids,
-                }
-            })
-            .collect();
-        // The key encoding makes byte order the column order.
-        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        out
-    }
-}
-
 /// Where a record came from, as far as the core needs to know.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Origin<'a> {
@@ -297,7 +104,7 @@ pub struct Detector {
     exclusions: Vec<Exclusion>,
     agg: Aggregator,
     /// Reused for building row keys.
-    key: Vec<u8>,
+    key: String,
     pub stats: Stats,
 }
 
@@ -420,7 +227,7 @@ impl Detector {
                 for (col, owned) in cols.into_iter().zip(owned) {
                     Key::push_value(&mut self.key, col, owned);
                 }
-                self.key.extend_from_slice(&origin.scope.to_be_bytes());
+                Key::push_scope(&mut self.key, origin.scope);
                 self.agg.add(&self.key, 1, ids);
             }
         }

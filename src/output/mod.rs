@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::detect::{COLUMNS, Finding};
+use crate::detect::{COLUMNS, Finding, Findings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -55,8 +55,8 @@ pub struct Row<'a> {
 /// time as they are written, so a flood of findings is held once, not twice.
 pub struct Rows<'a> {
     pub extra_columns: &'a [&'a str],
-    pub findings: &'a [Finding],
-    pub extra: &'a dyn Fn(&Finding) -> Vec<String>,
+    pub findings: &'a Findings,
+    pub extra: &'a dyn Fn(&Finding<'_>) -> Vec<String>,
 }
 
 impl<'a> Rows<'a> {
@@ -70,7 +70,7 @@ impl<'a> Rows<'a> {
         self.findings.iter().map(|f| Row {
             cols: f.cols(),
             count: f.count,
-            extra: (self.extra)(f),
+            extra: (self.extra)(&f),
         })
     }
 

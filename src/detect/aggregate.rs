@@ -1,0 +1,417 @@
+//! `stats count by` the 13 fields: the aggregate, its row keys, and the
+//! sorted findings it ends as.
+//!
+//! Every row's key lives in one arena string, so a new row costs no
+//! allocation of its own and the end of a run frees one block, whatever
+//! the number of rows (an all-anonymous flood makes a row per event).
+
+use std::borrow::Cow;
+use std::hash::BuildHasher;
+
+use sha2::{Digest, Sha256};
+
+/// The aggregate's key: the 13 values and the scope in one string, so that
+/// rows hash, compare and sort as plain bytes. Each value is written with
+/// its NUL characters escaped as `00 01` and ended by `00 00`, which keeps
+/// byte order equal to value-by-value order (a value sorts before its
+/// extensions, and an escaped NUL before any other character); the scope
+/// follows as 8 hex digits, so it sorts last. No key is a prefix of
+/// another: each holds exactly 13 terminators and 8 digits.
+pub(super) struct Key;
+
+const SCOPE_DIGITS: usize = 8;
+
+impl Key {
+    /// `decoded` says whether the value went through JSON unescaping: raw
+    /// JSON text cannot hold a NUL character, so only such a value needs
+    /// the check.
+    pub(super) fn push_value(buf: &mut String, value: &str, decoded: bool) {
+        if decoded && value.contains('\0') {
+            buf.push_str(&value.replace('\0', "\0\x01"));
+        } else {
+            buf.push_str(value);
+        }
+        buf.push_str("\0\0");
+    }
+
+    pub(super) fn push_scope(buf: &mut String, scope: u32) {
+        use std::fmt::Write;
+        let _ = write!(buf, "{scope:0width$x}", width = SCOPE_DIGITS);
+    }
+
+    fn scope(key: &str) -> u32 {
+        let digits = key.len().saturating_sub(SCOPE_DIGITS);
+        key.get(digits..)
+            .and_then(|d| u32::from_str_radix(d, 16).ok())
+            .unwrap_or(0)
+    }
+
+    pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
+        let mut rest = key;
+        std::array::from_fn(|_| {
+            let (value, tail) = Self::split_value(rest);
+            rest = tail;
+            value
+        })
+    }
+
+    /// The first value of `key` and what follows it.
+    fn split_value(key: &str) -> (Cow<'_, str>, &str) {
+        let bytes = key.as_bytes();
+        let mut i = 0;
+        let mut escaped = false;
+        while let Some(nul) = memchr::memchr(0, &bytes[i..]) {
+            let at = i + nul;
+            if bytes.get(at + 1) == Some(&1) {
+                escaped = true;
+                i = at + 2;
+                continue;
+            }
+            // NUL is ASCII: these cuts are on character boundaries.
+            let raw = &key[..at];
+            let value = if escaped {
+                Cow::Owned(raw.replace("\0\x01", "\0"))
+            } else {
+                Cow::Borrowed(raw)
+            };
+            return (value, key.get(at + 2..).unwrap_or(""));
+        }
+        (Cow::Borrowed(""), "")
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    count: u64,
+    ids: u128,
+}
+
+/// Where a row's key sits in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    fn of(self, keys: &str) -> &str {
+        &keys[self.start..self.start + self.len]
+    }
+}
+
+/// `stats count by` the 13 fields, plus the source's scope tag. Memory grows
+/// with the number of distinct rows, not with the input. The hasher is
+/// seeded per process (the keys are attacker-chosen), and each key is
+/// hashed once: the hash is kept for lookups and growth.
+#[derive(Debug, Default, Clone)]
+pub struct Aggregator {
+    rows: hashbrown::HashTable<Entry>,
+    keys: String,
+    hasher: foldhash::fast::RandomState,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Span,
+    hash: u64,
+    tally: Tally,
+}
+
+impl Aggregator {
+    /// Counts `count` events with these `ids` in the row with this key.
+    pub(super) fn add(&mut self, key: &str, count: u64, ids: u128) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &mut self.keys;
+        match self.rows.find_mut(hash, |e| e.key.of(keys) == key) {
+            Some(e) => {
+                e.tally.count += count;
+                e.tally.ids = e.tally.ids.wrapping_add(ids);
+            }
+            None => {
+                let span = Span {
+                    start: keys.len(),
+                    len: key.len(),
+                };
+                keys.push_str(key);
+                let entry = Entry {
+                    key: span,
+                    hash,
+                    tally: Tally { count, ids },
+                };
+                self.rows.insert_unique(hash, entry, |e| e.hash);
+            }
+        }
+    }
+
+    /// Adds another partial aggregate into this one (same as having fed
+    /// both inputs to one aggregator).
+    pub fn merge(&mut self, other: Aggregator) {
+        if self.rows.is_empty() {
+            // Nothing to look up against: take the other one whole.
+            *self = other;
+            return;
+        }
+        for e in &other.rows {
+            self.add(e.key.of(&other.keys), e.tally.count, e.tally.ids);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows, sorted by the 13 columns in order, then by scope.
+    pub fn into_findings(self) -> Findings {
+        let rows = self.rows.into_iter().map(|e| (e.key, e.tally)).collect();
+        Findings {
+            rows: sort_rows(rows, &self.keys),
+            keys: self.keys,
+        }
+    }
+}
+
+/// Below this many rows a comparison sort is as quick as another round of
+/// tags.
+const SMALL_RUN: usize = 32;
+/// Past this depth, rows still tied share a long prefix (an attacker can
+/// send many events with one huge requestURI): compare them whole rather
+/// than 16 bytes per round.
+const MAX_TAG_DEPTH: usize = 512;
+
+/// Sorts rows by their keys' bytes.
+fn sort_rows(rows: Vec<(Span, Tally)>, keys: &str) -> Vec<(Span, Tally)> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let spans: Vec<Span> = rows.iter().map(|(s, _)| *s).collect();
+    sort_by_key(&mut order, &spans, keys.as_bytes(), 0);
+    order.into_iter().map(|i| rows[i]).collect()
+}
+
+/// Sorts row numbers by their keys' bytes from `depth` on. Each round
+/// sorts by a 16-byte tag read once per row, so most comparisons are of two
+/// integers, not of two keys behind two pointers; rows whose tags tie go
+/// another round on the next 16 bytes. Ties end because keys are distinct
+/// and none is a prefix of another.
+fn sort_by_key(order: &mut [usize], spans: &[Span], keys: &[u8], depth: usize) {
+    let rest = |i: usize| {
+        let s = spans[i];
+        &keys[s.start + depth.min(s.len)..s.start + s.len]
+    };
+    if order.len() <= SMALL_RUN || depth >= MAX_TAG_DEPTH {
+        order.sort_unstable_by(|&a, &b| rest(a).cmp(rest(b)));
+        return;
+    }
+    let mut tagged: Vec<(u128, usize)> = order
+        .iter()
+        .map(|&i| {
+            let mut t = [0u8; 16];
+            let r = rest(i);
+            let n = r.len().min(16);
+            t[..n].copy_from_slice(&r[..n]);
+            (u128::from_be_bytes(t), i)
+        })
+        .collect();
+    tagged.sort_unstable();
+    for (slot, (_, i)) in order.iter_mut().zip(&tagged) {
+        *slot = *i;
+    }
+    let mut start = 0;
+    for run in tagged.chunk_by(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            sort_by_key(
+                &mut order[start..start + run.len()],
+                spans,
+                keys,
+                depth + 16,
+            );
+        }
+        start += run.len();
+    }
+}
+
+/// The result of a run: its rows, sorted by the 13 columns in order, then
+/// by scope.
+#[derive(Debug, Default, Clone)]
+pub struct Findings {
+    keys: String,
+    rows: Vec<(Span, Tally)>,
+}
+
+impl Findings {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows, in order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            keys: &self.keys,
+            rows: self.rows.iter(),
+        }
+    }
+
+    pub fn get(&self, i: usize) -> Option<Finding<'_>> {
+        self.iter().nth(i)
+    }
+}
+
+impl PartialEq for Findings {
+    fn eq(&self, other: &Findings) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Findings {}
+
+/// One group of the `stats count by ...` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding<'a> {
+    /// Opaque tag the source chose (poll: which region and log group).
+    pub scope: u32,
+    /// The 13 by-field values, in [`super::COLUMNS`] order, in the
+    /// aggregate's key encoding (see [`Key`]); read them with
+    /// [`Finding::cols`].
+    key: &'a str,
+    pub count: u64,
+    /// Order-independent combination (wrapping sum) of the hashes of the
+    /// CloudWatch eventIds counted here; 0 when events carry no id.
+    pub ids: u128,
+}
+
+impl<'a> Finding<'a> {
+    /// The 13 by-field values, in [`super::COLUMNS`] order.
+    pub fn cols(&self) -> [Cow<'a, str>; 13] {
+        Key::decode(self.key)
+    }
+
+    /// A stable id for this row: same log group, values and events give the
+    /// same id, so a row delivered twice can be recognised downstream.
+    pub fn id(&self, scope_label: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(scope_label.as_bytes());
+        for col in &self.cols() {
+            h.update([0]);
+            h.update(col.as_bytes());
+        }
+        h.update([0]);
+        h.update(self.ids.to_be_bytes());
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The 128-bit hash of one CloudWatch eventId.
+pub fn event_hash(event_id: &str) -> u128 {
+    let digest = Sha256::digest(event_id.as_bytes());
+    u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+impl<'a> IntoIterator for &'a Findings {
+    type Item = Finding<'a>;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// The rows of [`Findings`], in order.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    keys: &'a str,
+    rows: std::slice::Iter<'a, (Span, Tally)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Finding<'a>;
+
+    fn next(&mut self) -> Option<Finding<'a>> {
+        let (span, tally) = self.rows.next()?;
+        let key = span.of(self.keys);
+        Some(Finding {
+            scope: Key::scope(key),
+            key,
+            count: tally.count,
+            ids: tally.ids,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.rows.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(cols: &[String], scope: u32) -> String {
+        let mut k = String::new();
+        for c in cols {
+            Key::push_value(&mut k, c, true);
+        }
+        Key::push_scope(&mut k, scope);
+        k
+    }
+
+    /// Values that share long prefixes (past the tag rounds' depth limit),
+    /// hold NULs, or are prefixes of each other; few enough that many rows
+    /// tie for many rounds.
+    fn value() -> impl Strategy<Value = String> {
+        let long = "p".repeat(MAX_TAG_DEPTH + 40);
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                String::new(),
+                "a".into(),
+                "a\0".into(),
+                "a\0b".into(),
+                "ab".into(),
+                "\u{ff}".into(),
+                "\u{1}".into(),
+                format!("{long}a"),
+                long,
+            ]),
+            1 => "[a\\x00\\x01\\xff]{0,3}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Findings come out sorted by their values column by column, then
+        /// by scope, each row once, whatever sort rounds they went through.
+        #[test]
+        fn findings_sort_like_their_values(
+            rows in prop::collection::vec((prop::collection::vec(value(), 13), 0u32..3), 0..300),
+        ) {
+            let mut agg = Aggregator::default();
+            for (cols, scope) in &rows {
+                agg.add(&key(cols, *scope), 1, 0);
+            }
+            let findings = agg.into_findings();
+            let got: Vec<(Vec<String>, u32, u64)> = findings
+                .iter()
+                .map(|f| (f.cols().iter().map(|c| c.to_string()).collect(), f.scope, f.count))
+                .collect();
+            let mut want: std::collections::BTreeMap<(Vec<String>, u32), u64> = Default::default();
+            for (cols, scope) in rows {
+                *want.entry((cols, scope)).or_default() += 1;
+            }
+            let want: Vec<(Vec<String>, u32, u64)> =
+                want.into_iter().map(|((c, s), n)| (c, s, n)).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
