@@ -27,9 +27,17 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     for path in paths {
         bytes += read_path(path, &mut det)?;
     }
+    let read = started.elapsed();
     let (agg, stats) = det.finish();
     let findings = agg.into_findings();
+    let sorted = started.elapsed();
     write_findings(&out, &[], &findings, &|_| Vec::new())?;
+    tracing::debug!(
+        "read {:.3} s, sort {:.3} s, write {:.3} s",
+        read.as_secs_f64(),
+        (sorted - read).as_secs_f64(),
+        (started.elapsed() - sorted).as_secs_f64()
+    );
     if !out.quiet {
         eprintln!(
             "kubeanon scan: {}; {:.1} MB in {:.2} s",

@@ -35,48 +35,39 @@ impl Key {
     }
 
     pub(super) fn push_scope(buf: &mut String, scope: u32) {
-        use std::fmt::Write;
-        let _ = write!(buf, "{scope:0width$x}", width = SCOPE_DIGITS);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for digit in (0..SCOPE_DIGITS).rev() {
+            buf.push(char::from(HEX[(scope >> (4 * digit)) as usize & 0xf]));
+        }
     }
 
-    fn scope(key: &str) -> u32 {
-        let digits = key.len().saturating_sub(SCOPE_DIGITS);
-        key.get(digits..)
-            .and_then(|d| u32::from_str_radix(d, 16).ok())
-            .unwrap_or(0)
-    }
-
+    /// The 13 values, in one pass over the key's NUL bytes.
     pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
-        let mut rest = key;
-        std::array::from_fn(|_| {
-            let (value, tail) = Self::split_value(rest);
-            rest = tail;
-            value
-        })
-    }
-
-    /// The first value of `key` and what follows it.
-    fn split_value(key: &str) -> (Cow<'_, str>, &str) {
+        let mut cols: [Cow<'_, str>; 13] = Default::default();
         let bytes = key.as_bytes();
-        let mut i = 0;
-        let mut escaped = false;
-        while let Some(nul) = memchr::memchr(0, &bytes[i..]) {
-            let at = i + nul;
+        let (mut n, mut start, mut escaped) = (0, 0, false);
+        for at in memchr::memchr_iter(0, bytes) {
+            if at < start {
+                continue; // the second byte of a terminator
+            }
             if bytes.get(at + 1) == Some(&1) {
                 escaped = true;
-                i = at + 2;
                 continue;
             }
             // NUL is ASCII: these cuts are on character boundaries.
-            let raw = &key[..at];
-            let value = if escaped {
+            let raw = &key[start..at];
+            cols[n] = if escaped {
                 Cow::Owned(raw.replace("\0\x01", "\0"))
             } else {
                 Cow::Borrowed(raw)
             };
-            return (value, key.get(at + 2..).unwrap_or(""));
+            n += 1;
+            if n == cols.len() {
+                break;
+            }
+            (start, escaped) = (at + 2, false);
         }
-        (Cow::Borrowed(""), "")
+        cols
     }
 }
 
@@ -84,6 +75,8 @@ impl Key {
 struct Tally {
     count: u64,
     ids: u128,
+    /// Also the key's last 8 characters; kept apart for the reader.
+    scope: u32,
 }
 
 /// Where a row's key sits in the arena.
@@ -103,29 +96,33 @@ impl Span {
 /// with the number of distinct rows, not with the input. The hasher is
 /// seeded per process (the keys are attacker-chosen), and each key is
 /// hashed once: the hash is kept for lookups and growth.
+///
+/// Rows are kept in the order they were first seen, keys back to back in
+/// that order too, and the hash table holds only row numbers: the table
+/// stays small, and the sort at the end reads the keys front to back.
 #[derive(Debug, Default, Clone)]
 pub struct Aggregator {
-    rows: hashbrown::HashTable<Entry>,
+    /// (hash, row number) of every row.
+    index: hashbrown::HashTable<(u64, usize)>,
+    rows: Vec<(Span, Tally)>,
     keys: String,
     hasher: foldhash::fast::RandomState,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    key: Span,
-    hash: u64,
-    tally: Tally,
-}
-
 impl Aggregator {
-    /// Counts `count` events with these `ids` in the row with this key.
-    pub(super) fn add(&mut self, key: &str, count: u64, ids: u128) {
+    /// Counts `count` events with these `ids` in the row with this key
+    /// (which ends with `scope`, see [`Key`]).
+    pub(super) fn add(&mut self, key: &str, scope: u32, count: u64, ids: u128) {
         let hash = self.hasher.hash_one(key);
-        let keys = &mut self.keys;
-        match self.rows.find_mut(hash, |e| e.key.of(keys) == key) {
-            Some(e) => {
-                e.tally.count += count;
-                e.tally.ids = e.tally.ids.wrapping_add(ids);
+        let (rows, keys) = (&mut self.rows, &mut self.keys);
+        let found = self
+            .index
+            .find(hash, |&(h, i)| h == hash && rows[i].0.of(keys) == key);
+        match found {
+            Some(&(_, i)) => {
+                let tally = &mut rows[i].1;
+                tally.count += count;
+                tally.ids = tally.ids.wrapping_add(ids);
             }
             None => {
                 let span = Span {
@@ -133,12 +130,9 @@ impl Aggregator {
                     len: key.len(),
                 };
                 keys.push_str(key);
-                let entry = Entry {
-                    key: span,
-                    hash,
-                    tally: Tally { count, ids },
-                };
-                self.rows.insert_unique(hash, entry, |e| e.hash);
+                self.index
+                    .insert_unique(hash, (hash, rows.len()), |&(h, _)| h);
+                rows.push((span, Tally { count, ids, scope }));
             }
         }
     }
@@ -151,8 +145,8 @@ impl Aggregator {
             *self = other;
             return;
         }
-        for e in &other.rows {
-            self.add(e.key.of(&other.keys), e.tally.count, e.tally.ids);
+        for (span, tally) in &other.rows {
+            self.add(span.of(&other.keys), tally.scope, tally.count, tally.ids);
         }
     }
 
@@ -166,9 +160,8 @@ impl Aggregator {
 
     /// The rows, sorted by the 13 columns in order, then by scope.
     pub fn into_findings(self) -> Findings {
-        let rows = self.rows.into_iter().map(|e| (e.key, e.tally)).collect();
         Findings {
-            rows: sort_rows(rows, &self.keys),
+            rows: sort_rows(self.rows, &self.keys),
             keys: self.keys,
         }
     }
@@ -187,6 +180,7 @@ fn sort_rows(rows: Vec<(Span, Tally)>, keys: &str) -> Vec<(Span, Tally)> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let spans: Vec<Span> = rows.iter().map(|(s, _)| *s).collect();
     sort_by_key(&mut order, &spans, keys.as_bytes(), 0);
+    drop(spans);
     order.into_iter().map(|i| rows[i]).collect()
 }
 
@@ -336,10 +330,9 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Finding<'a>> {
         let (span, tally) = self.rows.next()?;
-        let key = span.of(self.keys);
         Some(Finding {
-            scope: Key::scope(key),
-            key,
+            scope: tally.scope,
+            key: span.of(self.keys),
             count: tally.count,
             ids: tally.ids,
         })
@@ -398,7 +391,7 @@ mod tests {
         ) {
             let mut agg = Aggregator::default();
             for (cols, scope) in &rows {
-                agg.add(&key(cols, *scope), 1, 0);
+                agg.add(&key(cols, *scope), *scope, 1, 0);
             }
             let findings = agg.into_findings();
             let got: Vec<(Vec<String>, u32, u64)> = findings

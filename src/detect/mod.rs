@@ -228,7 +228,7 @@ impl Detector {
                     Key::push_value(&mut self.key, col, owned);
                 }
                 Key::push_scope(&mut self.key, origin.scope);
-                self.agg.add(&self.key, 1, ids);
+                self.agg.add(&self.key, origin.scope, 1, ids);
             }
         }
         Fed::Matched

@@ -11,7 +11,7 @@ pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let mut line = Vec::new();
     for row in rows.iter() {
         line.clear();
-        push_object(&keys, rows, &row, &mut line);
+        push_object(&keys, &row, &mut line);
         line.push(b'\n');
         out.write_all(&line)?;
     }
@@ -25,38 +25,47 @@ pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     for (i, row) in rows.iter().enumerate() {
         line.clear();
         line.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        push_object(&keys, rows, &row, &mut line);
+        push_object(&keys, &row, &mut line);
         out.write_all(&line)?;
     }
     out.write_all(b"\n]\n")
 }
 
-/// Each column's `"name":`, made once.
-fn keys(rows: &Rows<'_>) -> Vec<(Vec<u8>, bool)> {
+/// Each column's `"name":`, in header order, made once.
+fn keys(rows: &Rows<'_>) -> Vec<Vec<u8>> {
     rows.header()
         .iter()
         .map(|name| {
             let mut key = Vec::new();
             push_string(&mut key, name);
             key.push(b':');
-            (key, *name == "count")
+            key
         })
         .collect()
 }
 
 /// One row as a JSON object; `count` is a number, the rest strings.
-fn push_object(keys: &[(Vec<u8>, bool)], rows: &Rows<'_>, row: &Row, out: &mut Vec<u8>) {
+fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
+    // Header order: the 13 values, count, the extra columns.
+    let mut keys = keys.iter().enumerate();
+    let mut key = |out: &mut Vec<u8>| {
+        if let Some((i, key)) = keys.next() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+        }
+    };
     out.push(b'{');
-    for (i, ((key, number), cell)) in keys.iter().zip(rows.cells(row)).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key);
-        if *number {
-            out.extend_from_slice(cell.as_bytes());
-        } else {
-            push_string(out, &cell);
-        }
+    for col in &row.cols {
+        key(out);
+        push_string(out, col);
+    }
+    key(out);
+    out.extend_from_slice(itoa::Buffer::new().format(row.count).as_bytes());
+    for extra in &row.extra {
+        key(out);
+        push_string(out, extra);
     }
     out.push(b'}');
 }
