@@ -8,7 +8,9 @@
 //! [`Record::parse`]. So a malformed record costs two parses, and every
 //! record gets serde_json's verdict.
 
-use super::{RECORD_FIELDS, Record};
+use super::{
+    OBJECT_REF_FIELDS, RECORD_FIELDS, RESPONSE_STATUS_FIELDS, ReadAhead, Record, USER_FIELDS,
+};
 
 /// Bytes that end a run of plain string content: the closing quote, an
 /// escape, or a control character (not allowed inside JSON strings).
@@ -57,8 +59,26 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
     // serde_json checks UTF-8 where it decodes; checking it all up front
     // only sends more records to the reference parse.
     let text = std::str::from_utf8(bytes).ok()?;
-    object(text, &RECORD_FIELDS).map(Record::from_fields)
+    let mut ahead = ReadAhead::default();
+    // The nested objects the rule reads are read on the way through, so
+    // their bytes are not scanned a second time.
+    let fields = whole(text, |p| {
+        p.members(text, &RECORD_FIELDS, |p, slot| match (slot, p.peek()) {
+            (USER, Some(b'{')) => p.nested(text, &USER_FIELDS, &mut ahead.user),
+            (OBJECT_REF, Some(b'{')) => p.nested(text, &OBJECT_REF_FIELDS, &mut ahead.object_ref),
+            (RESPONSE_STATUS, Some(b'{')) => {
+                p.nested(text, &RESPONSE_STATUS_FIELDS, &mut ahead.response_status)
+            }
+            _ => p.value(),
+        })
+    })??;
+    Some(Record::from_fields(fields, ahead))
 }
+
+/// The slots of [`RECORD_FIELDS`] whose objects are read ahead.
+const USER: usize = 1;
+const OBJECT_REF: usize = 8;
+const RESPONSE_STATUS: usize = 9;
 
 /// The raw JSON texts of the members of the object `text` named in
 /// `names` (blanks around it allowed), as serde_json reads them into a
@@ -69,86 +89,40 @@ pub(super) fn object<'a, const N: usize>(
     text: &'a str,
     names: &[&str; N],
 ) -> Option<[Option<&'a str>; N]> {
-    let bytes = text.as_bytes();
-    let mut fields: [Option<&str>; N] = [None; N];
-    let mut seen = [false; N];
+    whole(text, |p| p.members(text, names, |p, _| p.value()))?
+}
+
+/// Runs `read` over all of `text` (blanks around it allowed); `None` if it
+/// fails or leaves anything over.
+fn whole<'a, T>(text: &'a str, read: impl FnOnce(&mut Parser<'a>) -> Option<T>) -> Option<T> {
     let mut p = Parser {
-        b: bytes,
+        b: text.as_bytes(),
         i: 0,
-        depth: 1,
+        depth: 0,
     };
     p.ws();
-    p.eat(b'{')?;
+    let out = read(&mut p)?;
     p.ws();
-    if p.peek()? == b'}' {
-        p.i += 1;
-    } else {
-        loop {
-            p.ws();
-            let key = p.key()?;
-            p.ws();
-            p.eat(b':')?;
-            p.ws();
-            let start = p.i;
-            p.value()?;
-            if let Some(slot) = names.iter().position(|f| f.as_bytes() == key) {
-                if std::mem::replace(&mut seen[slot], true) {
-                    return None; // serde: duplicate field
-                }
-                let value = &text[start..p.i];
-                // serde reads `null` into an `Option` as `None`.
-                fields[slot] = (value != "null").then_some(value);
-            }
-            p.ws();
-            match p.peek()? {
-                b',' => p.i += 1,
-                b'}' => {
-                    p.i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    p.ws();
-    (p.i == bytes.len()).then_some(fields)
+    (p.i == p.b.len()).then_some(out)
 }
 
 /// The raw JSON texts of the elements of the array `text`, as serde_json
 /// reads it into a `Vec<&RawValue>`; `None` when serde_json should decide
 /// (anything that is not one valid JSON array).
 pub(super) fn array(text: &str) -> Option<Vec<&str>> {
-    let bytes = text.as_bytes();
-    let mut items = Vec::new();
-    let mut p = Parser {
-        b: bytes,
-        i: 0,
-        depth: 1,
-    };
-    p.ws();
-    p.eat(b'[')?;
-    p.ws();
-    if p.peek()? == b']' {
-        p.i += 1;
-    } else {
-        loop {
-            p.ws();
+    whole(text, |p| {
+        if p.peek()? != b'[' {
+            return None;
+        }
+        let mut items = Vec::new();
+        p.container(b']', |p| {
             let start = p.i;
             p.value()?;
             items.push(&text[start..p.i]);
-            p.ws();
-            match p.peek()? {
-                b',' => p.i += 1,
-                b']' => {
-                    p.i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    p.ws();
-    (p.i == bytes.len()).then_some(items)
+            Some(())
+        })?;
+        Some(items)
+    })
 }
 
 struct Parser<'a> {
@@ -158,6 +132,65 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    /// Reads an object (at its `{`) whose bytes are `text`'s, keeping the
+    /// raw text of the members named in `names`; `read` reads the value of
+    /// a named member (given its slot), [`Parser::value`] the others.
+    /// `None`: not valid JSON. `Some(None)`: valid, but serde_json must say
+    /// which members it holds (an escaped key, a named member twice).
+    fn members<const N: usize>(
+        &mut self,
+        text: &'a str,
+        names: &[&str; N],
+        mut read: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<Option<[Option<&'a str>; N]>> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        let mut fields: [Option<&str>; N] = [None; N];
+        let mut seen = [false; N];
+        let mut decided = true;
+        self.container(b'}', |p| {
+            let key_start = p.i + 1;
+            let escaped = p.string()?;
+            let key = &p.b[key_start..p.i - 1];
+            p.ws();
+            p.eat(b':')?;
+            p.ws();
+            let start = p.i;
+            let slot = names.iter().position(|f| f.as_bytes() == key);
+            match slot {
+                Some(slot) if !escaped => {
+                    read(p, slot)?;
+                    if std::mem::replace(&mut seen[slot], true) {
+                        decided = false; // serde: duplicate field
+                    }
+                    let value = &text[start..p.i];
+                    // serde reads `null` into an `Option` as `None`.
+                    fields[slot] = (value != "null").then_some(value);
+                }
+                _ => {
+                    p.value()?;
+                    // An escaped key may unescape to a name.
+                    decided &= !escaped;
+                }
+            }
+            Some(())
+        })?;
+        Some(decided.then_some(fields))
+    }
+
+    /// Reads a nested object's named members into `out` (left `None` when
+    /// serde_json must decide).
+    fn nested<const N: usize>(
+        &mut self,
+        text: &'a str,
+        names: &[&str; N],
+        out: &mut Option<[Option<&'a str>; N]>,
+    ) -> Option<()> {
+        *out = self.members(text, names, |p, _| p.value())?;
+        Some(())
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.b.get(self.i) {
             self.i += 1;
@@ -170,13 +203,6 @@ impl<'a> Parser<'a> {
 
     fn eat(&mut self, c: u8) -> Option<()> {
         (self.peek()? == c).then(|| self.i += 1)
-    }
-
-    /// An object key without escapes (an escaped key is left to serde).
-    fn key(&mut self) -> Option<&'a [u8]> {
-        let start = self.i + 1;
-        let escaped = self.string()?;
-        (!escaped).then(|| &self.b[start..self.i - 1])
     }
 
     /// Skips a string (at its `"`); returns whether it had escapes.
@@ -268,7 +294,11 @@ impl<'a> Parser<'a> {
 
     /// An object or array: `member` reads one member; separators and the
     /// closing byte are handled here.
-    fn container(&mut self, close: u8, member: impl Fn(&mut Self) -> Option<()>) -> Option<()> {
+    fn container(
+        &mut self,
+        close: u8,
+        mut member: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 /// CloudWatch event (`message`), an `aws logs filter-log-events` document
 /// (`events`), or an `EventList` (`items`). One parse serves all of them.
 /// Each field is the raw JSON text of its value.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Record<'a> {
     pub kind: Option<&'a str>,
     pub user: Option<&'a str>,
@@ -39,6 +39,33 @@ pub struct Record<'a> {
     pub event_id: Option<&'a str>,
     pub events: Option<&'a str>,
     pub items: Option<&'a str>,
+    /// What the fast parse already read of the nested objects.
+    ahead: ReadAhead<'a>,
+}
+
+/// Records are equal when their fields are: what the fast parse read ahead
+/// is only a shortcut to what the nested objects hold.
+impl PartialEq for Record<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for Record<'_> {}
+
+/// The members of `user`, `objectRef` and `responseStatus` the rule reads.
+pub(crate) const USER_FIELDS: [&str; 3] = ["username", "uid", "groups"];
+pub(crate) const OBJECT_REF_FIELDS: [&str; 3] = ["name", "namespace", "resource"];
+pub(crate) const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
+
+/// The members of the nested objects that the fast parse read on its way
+/// through the record, exactly as [`sub`] would read them; `None` where it
+/// did not (not an object, or serde_json must decide).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadAhead<'a> {
+    pub user: Option<[Option<&'a str>; 3]>,
+    pub object_ref: Option<[Option<&'a str>; 3]>,
+    pub response_status: Option<[Option<&'a str>; 1]>,
 }
 
 /// The JSON names of [`Record`]'s fields, in its order.
@@ -152,11 +179,34 @@ impl<'a> Record<'a> {
             w.events,
             w.items,
         ];
-        Ok(Record::from_fields(fields.map(|v| v.map(RawValue::get))))
+        Ok(Record::from_fields(
+            fields.map(|v| v.map(RawValue::get)),
+            ReadAhead::default(),
+        ))
+    }
+
+    /// The fields' texts, in [`RECORD_FIELDS`] order.
+    fn fields(&self) -> [Option<&'a str>; 14] {
+        [
+            self.kind,
+            self.user,
+            self.source_ips,
+            self.user_agent,
+            self.verb,
+            self.stage,
+            self.request_uri,
+            self.request_received_timestamp,
+            self.object_ref,
+            self.response_status,
+            self.message,
+            self.event_id,
+            self.events,
+            self.items,
+        ]
     }
 
     /// A record from its fields' texts, in [`RECORD_FIELDS`] order.
-    fn from_fields(fields: [Option<&'a str>; 14]) -> Self {
+    fn from_fields(fields: [Option<&'a str>; 14], ahead: ReadAhead<'a>) -> Self {
         let [
             kind,
             user,
@@ -188,6 +238,7 @@ impl<'a> Record<'a> {
             event_id,
             events,
             items,
+            ahead,
         }
     }
 
@@ -220,7 +271,7 @@ impl<'a> Record<'a> {
         }
         Shape::Event(Event {
             record: self,
-            user: User::parse(self.user),
+            user: User::parse(self.user, self.ahead.user),
         })
     }
 }
@@ -242,11 +293,10 @@ struct User<'a> {
 }
 
 impl<'a> User<'a> {
-    fn parse(text: Option<&'a str>) -> Self {
-        let [username, uid, groups] =
-            sub(text, &["username", "uid", "groups"], |w: UserWire<'a>| {
-                [w.username, w.uid, w.groups]
-            });
+    fn parse(text: Option<&'a str>, ahead: Option<[Option<&'a str>; 3]>) -> Self {
+        let [username, uid, groups] = sub(text, ahead, &USER_FIELDS, |w: UserWire<'a>| {
+            [w.username, w.uid, w.groups]
+        });
         User {
             username,
             uid,
@@ -279,12 +329,16 @@ impl<'a> Event<'_, 'a> {
         let r = self.record;
         let [name, namespace, resource] = sub(
             r.object_ref,
-            &["name", "namespace", "resource"],
+            r.ahead.object_ref,
+            &OBJECT_REF_FIELDS,
             |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource],
         );
-        let [code] = sub(r.response_status, &["code"], |w: ResponseStatusWire<'a>| {
-            [w.code]
-        });
+        let [code] = sub(
+            r.response_status,
+            r.ahead.response_status,
+            &RESPONSE_STATUS_FIELDS,
+            |w: ResponseStatusWire<'a>| [w.code],
+        );
         [
             name.and_then(scalar),
             namespace.and_then(scalar),
@@ -303,14 +357,19 @@ impl<'a> Event<'_, 'a> {
 
 /// The raw texts of the members `names` of a nested object; a missing
 /// field or one of another type (or a malformed one) reads as an empty
-/// object, whose fields are all absent. The fast parse answers when it
-/// can; otherwise serde_json reads the object into its wire struct `W`,
-/// whose fields `fields` lists in the order of `names`.
+/// object, whose fields are all absent. What the fast parse read `ahead`
+/// is used as is; else the fast parse answers when it can; otherwise
+/// serde_json reads the object into its wire struct `W`, whose fields
+/// `fields` lists in the order of `names`.
 fn sub<'a, W: Deserialize<'a> + Default, const N: usize>(
     text: Option<&'a str>,
+    ahead: Option<[Option<&'a str>; N]>,
     names: &[&str; N],
     fields: impl FnOnce(W) -> [Option<&'a RawValue>; N],
 ) -> [Option<&'a str>; N] {
+    if let Some(members) = ahead {
+        return members;
+    }
     match text {
         Some(text) if text.starts_with('{') => lazy::object(text, names).unwrap_or_else(|| {
             fields(serde_json::from_str(text).unwrap_or_default()).map(|v| v.map(RawValue::get))

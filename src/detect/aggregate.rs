@@ -41,31 +41,33 @@ impl Key {
         }
     }
 
-    /// The 13 values, in one pass over the key's NUL bytes.
+    /// The 13 values: one NUL search per value (two when it holds a NUL).
     pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
         let bytes = key.as_bytes();
-        let (mut n, mut start, mut escaped) = (0, 0, false);
-        for at in memchr::memchr_iter(0, bytes) {
-            if at < start {
-                continue; // the second byte of a terminator
-            }
-            if bytes.get(at + 1) == Some(&1) {
-                escaped = true;
-                continue;
-            }
+        let (mut start, mut i) = (0, 0);
+        for col in &mut cols {
+            let mut escaped = false;
+            let end = loop {
+                let Some(at) = memchr::memchr(0, bytes.get(i..).unwrap_or_default()) else {
+                    break bytes.len();
+                };
+                if bytes.get(i + at + 1) == Some(&1) {
+                    escaped = true;
+                    i += at + 2;
+                } else {
+                    break i + at;
+                }
+            };
             // NUL is ASCII: these cuts are on character boundaries.
-            let raw = &key[start..at];
-            cols[n] = if escaped {
+            let raw = key.get(start..end).unwrap_or("");
+            *col = if escaped {
                 Cow::Owned(raw.replace("\0\x01", "\0"))
             } else {
                 Cow::Borrowed(raw)
             };
-            n += 1;
-            if n == cols.len() {
-                break;
-            }
-            (start, escaped) = (at + 2, false);
+            i = end + 2;
+            start = i;
         }
         cols
     }
@@ -113,8 +115,24 @@ impl Aggregator {
     /// Counts `count` events with these `ids` in the row with this key
     /// (which ends with `scope`, see [`Key`]).
     pub(super) fn add(&mut self, key: &str, scope: u32, count: u64, ids: u128) {
+        self.add_built(scope, count, ids, |buf| buf.push_str(key));
+    }
+
+    /// [`Aggregator::add`] for the key that `build` appends to the string
+    /// it is given. The key is built at the end of the arena, where it
+    /// stays if the row is new: no copy either way.
+    pub(super) fn add_built(
+        &mut self,
+        scope: u32,
+        count: u64,
+        ids: u128,
+        build: impl FnOnce(&mut String),
+    ) {
+        let start = self.keys.len();
+        build(&mut self.keys);
+        let (rows, keys) = (&mut self.rows, &self.keys);
+        let key = &keys[start..];
         let hash = self.hasher.hash_one(key);
-        let (rows, keys) = (&mut self.rows, &mut self.keys);
         let found = self
             .index
             .find(hash, |&(h, i)| h == hash && rows[i].0.of(keys) == key);
@@ -123,13 +141,13 @@ impl Aggregator {
                 let tally = &mut rows[i].1;
                 tally.count += count;
                 tally.ids = tally.ids.wrapping_add(ids);
+                self.keys.truncate(start);
             }
             None => {
                 let span = Span {
-                    start: keys.len(),
+                    start,
                     len: key.len(),
                 };
-                keys.push_str(key);
                 self.index
                     .insert_unique(hash, (hash, rows.len()), |&(h, _)| h);
                 rows.push((span, Tally { count, ids, scope }));
@@ -161,7 +179,8 @@ impl Aggregator {
     /// The rows, sorted by the 13 columns in order, then by scope.
     pub fn into_findings(self) -> Findings {
         Findings {
-            rows: sort_rows(self.rows, &self.keys),
+            order: sort_rows(&self.rows, &self.keys),
+            rows: self.rows,
             keys: self.keys,
         }
     }
@@ -176,12 +195,12 @@ const SMALL_RUN: usize = 32;
 const MAX_TAG_DEPTH: usize = 512;
 
 /// Sorts rows by their keys' bytes.
-fn sort_rows(rows: Vec<(Span, Tally)>, keys: &str) -> Vec<(Span, Tally)> {
+/// The row numbers in key order.
+fn sort_rows(rows: &[(Span, Tally)], keys: &str) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let spans: Vec<Span> = rows.iter().map(|(s, _)| *s).collect();
     sort_by_key(&mut order, &spans, keys.as_bytes(), 0);
-    drop(spans);
-    order.into_iter().map(|i| rows[i]).collect()
+    order
 }
 
 /// Sorts row numbers by their keys' bytes from `depth` on. Each round
@@ -201,11 +220,16 @@ fn sort_by_key(order: &mut [usize], spans: &[Span], keys: &[u8], depth: usize) {
     let mut tagged: Vec<(u128, usize)> = order
         .iter()
         .map(|&i| {
-            let mut t = [0u8; 16];
             let r = rest(i);
-            let n = r.len().min(16);
-            t[..n].copy_from_slice(&r[..n]);
-            (u128::from_be_bytes(t), i)
+            let tag = match r.first_chunk::<16>() {
+                Some(head) => *head,
+                None => {
+                    let mut t = [0u8; 16];
+                    t[..r.len()].copy_from_slice(r);
+                    t
+                }
+            };
+            (u128::from_be_bytes(tag), i)
         })
         .collect();
     tagged.sort_unstable();
@@ -231,7 +255,10 @@ fn sort_by_key(order: &mut [usize], spans: &[Span], keys: &[u8], depth: usize) {
 #[derive(Debug, Default, Clone)]
 pub struct Findings {
     keys: String,
+    /// In the order they were first seen.
     rows: Vec<(Span, Tally)>,
+    /// Row numbers, in key order.
+    order: Vec<usize>,
 }
 
 impl Findings {
@@ -247,7 +274,8 @@ impl Findings {
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             keys: &self.keys,
-            rows: self.rows.iter(),
+            rows: &self.rows,
+            order: self.order.iter(),
         }
     }
 
@@ -322,14 +350,15 @@ impl<'a> IntoIterator for &'a Findings {
 #[derive(Clone)]
 pub struct Iter<'a> {
     keys: &'a str,
-    rows: std::slice::Iter<'a, (Span, Tally)>,
+    rows: &'a [(Span, Tally)],
+    order: std::slice::Iter<'a, usize>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = Finding<'a>;
 
     fn next(&mut self) -> Option<Finding<'a>> {
-        let (span, tally) = self.rows.next()?;
+        let (span, tally) = self.rows[*self.order.next()?];
         Some(Finding {
             scope: tally.scope,
             key: span.of(self.keys),
@@ -339,7 +368,7 @@ impl<'a> Iterator for Iter<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.rows.size_hint()
+        self.order.size_hint()
     }
 }
 

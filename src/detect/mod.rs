@@ -103,8 +103,6 @@ pub struct Detector {
     prefilter: Prefilter,
     exclusions: Vec<Exclusion>,
     agg: Aggregator,
-    /// Reused for building row keys.
-    key: String,
     pub stats: Stats,
 }
 
@@ -223,12 +221,12 @@ impl Detector {
                     i if i < GROUPS => decoded(i - 1),
                     i => decoded(i - 2),
                 });
-                self.key.clear();
-                for (col, owned) in cols.into_iter().zip(owned) {
-                    Key::push_value(&mut self.key, col, owned);
-                }
-                Key::push_scope(&mut self.key, origin.scope);
-                self.agg.add(&self.key, origin.scope, 1, ids);
+                self.agg.add_built(origin.scope, 1, ids, |key| {
+                    for (col, owned) in cols.into_iter().zip(owned) {
+                        Key::push_value(key, col, owned);
+                    }
+                    Key::push_scope(key, origin.scope);
+                });
             }
         }
         Fed::Matched

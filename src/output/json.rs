@@ -6,29 +6,38 @@ use std::io::{self, Write};
 use super::{Row, Rows};
 use crate::audit::json_stop;
 
+/// Rows are rendered into a buffer of this size that is then written
+/// whole (a write this large goes past the writer's own buffer).
+const CHUNK: usize = 256 * 1024;
+
 pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let keys = keys(rows);
-    let mut line = Vec::new();
+    let mut chunk = Vec::with_capacity(CHUNK);
     for row in rows.iter() {
-        line.clear();
-        push_object(&keys, &row, &mut line);
-        line.push(b'\n');
-        out.write_all(&line)?;
+        push_object(&keys, &row, &mut chunk);
+        chunk.push(b'\n');
+        if chunk.len() >= CHUNK {
+            out.write_all(&chunk)?;
+            chunk.clear();
+        }
     }
-    Ok(())
+    out.write_all(&chunk)
 }
 
 pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let keys = keys(rows);
-    let mut line = Vec::new();
-    out.write_all(b"[")?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    chunk.push(b'[');
     for (i, row) in rows.iter().enumerate() {
-        line.clear();
-        line.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        push_object(&keys, &row, &mut line);
-        out.write_all(&line)?;
+        chunk.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        push_object(&keys, &row, &mut chunk);
+        if chunk.len() >= CHUNK {
+            out.write_all(&chunk)?;
+            chunk.clear();
+        }
     }
-    out.write_all(b"\n]\n")
+    chunk.extend_from_slice(b"\n]\n");
+    out.write_all(&chunk)
 }
 
 /// Each column's `"name":`, in header order, made once.
