@@ -157,7 +157,11 @@ impl<'a> Parser<'a> {
             p.eat(b':')?;
             p.ws();
             let start = p.i;
-            let slot = names.iter().position(|f| f.as_bytes() == key);
+            // Lengths and first letters tell most names apart without a
+            // call to compare the bytes.
+            let slot = names.iter().position(|f| {
+                f.len() == key.len() && f.as_bytes().first() == key.first() && f.as_bytes() == key
+            });
             match slot {
                 Some(slot) if !escaped => {
                     read(p, slot)?;

@@ -387,7 +387,8 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
     // The text is valid JSON: a string without a backslash is its bytes
     // between the quotes. Only escaped strings need decoding.
     match text.len() {
-        n if n >= 2 && memchr::memchr(b'\\', text.as_bytes()).is_none() => {
+        // Inside a valid JSON string the only stop byte can be a backslash.
+        n if n >= 2 && json_stop(&text.as_bytes()[1..n - 1]).is_none() => {
             Some(Cow::Borrowed(&text[1..n - 1]))
         }
         _ => serde_json::from_str::<Cow<'_, str>>(text).ok(),

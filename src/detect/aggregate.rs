@@ -10,6 +10,8 @@ use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
+use crate::audit::json_stop;
+
 /// The aggregate's key: the 13 values and the scope in one string, so that
 /// rows hash, compare and sort as plain bytes. Each value is written with
 /// its NUL characters escaped as `00 01` and ended by `00 00`, which keeps
@@ -41,7 +43,8 @@ impl Key {
         }
     }
 
-    /// The 13 values: one NUL search per value (two when it holds a NUL).
+    /// The 13 values. Values are short: the inline search for JSON's stop
+    /// bytes (NUL is one) finds their ends sooner than a vector search.
     pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
         let bytes = key.as_bytes();
@@ -49,14 +52,16 @@ impl Key {
         for col in &mut cols {
             let mut escaped = false;
             let end = loop {
-                let Some(at) = memchr::memchr(0, bytes.get(i..).unwrap_or_default()) else {
+                let Some(at) = json_stop(bytes.get(i..).unwrap_or_default()).map(|n| i + n) else {
                     break bytes.len();
                 };
-                if bytes.get(i + at + 1) == Some(&1) {
-                    escaped = true;
-                    i += at + 2;
-                } else {
-                    break i + at;
+                match (bytes[at], bytes.get(at + 1)) {
+                    (0, Some(&1)) => {
+                        escaped = true;
+                        i = at + 2;
+                    }
+                    (0, _) => break at,
+                    _ => i = at + 1, // a quote, backslash or control: value text
                 }
             };
             // NUL is ASCII: these cuts are on character boundaries.
@@ -198,8 +203,7 @@ const MAX_TAG_DEPTH: usize = 512;
 /// The row numbers in key order.
 fn sort_rows(rows: &[(Span, Tally)], keys: &str) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    let spans: Vec<Span> = rows.iter().map(|(s, _)| *s).collect();
-    sort_by_key(&mut order, &spans, keys.as_bytes(), 0);
+    sort_by_key(&mut order, rows, keys.as_bytes(), 0);
     order
 }
 
@@ -208,9 +212,9 @@ fn sort_rows(rows: &[(Span, Tally)], keys: &str) -> Vec<usize> {
 /// integers, not of two keys behind two pointers; rows whose tags tie go
 /// another round on the next 16 bytes. Ties end because keys are distinct
 /// and none is a prefix of another.
-fn sort_by_key(order: &mut [usize], spans: &[Span], keys: &[u8], depth: usize) {
+fn sort_by_key(order: &mut [usize], rows: &[(Span, Tally)], keys: &[u8], depth: usize) {
     let rest = |i: usize| {
-        let s = spans[i];
+        let s = rows[i].0;
         &keys[s.start + depth.min(s.len)..s.start + s.len]
     };
     if order.len() <= SMALL_RUN || depth >= MAX_TAG_DEPTH {
@@ -239,12 +243,7 @@ fn sort_by_key(order: &mut [usize], spans: &[Span], keys: &[u8], depth: usize) {
     let mut start = 0;
     for run in tagged.chunk_by(|a, b| a.0 == b.0) {
         if run.len() > 1 {
-            sort_by_key(
-                &mut order[start..start + run.len()],
-                spans,
-                keys,
-                depth + 16,
-            );
+            sort_by_key(&mut order[start..start + run.len()], rows, keys, depth + 16);
         }
         start += run.len();
     }

@@ -57,10 +57,16 @@ const MAX_DEPTH: u8 = 3;
 /// ("system:unauthenticated")`, as Splunk evaluates it (ASCII case-insensitive,
 /// on unescaped values, `groups` an array).
 pub fn matches(event: &Event<'_, '_>) -> bool {
+    matches_with_groups(event, &event.groups())
+}
+
+/// [`matches`], given the event's `user.groups{}`, which the caller needs
+/// again for the rows.
+fn matches_with_groups(event: &Event<'_, '_>, groups: &[Cow<'_, str>]) -> bool {
     event
         .username()
         .is_some_and(|u| u.eq_ignore_ascii_case(USERNAME))
-        && event.groups().iter().any(|g| g.eq_ignore_ascii_case(GROUP))
+        && groups.iter().any(|g| g.eq_ignore_ascii_case(GROUP))
 }
 
 /// Counters a run reports in its summary line.
@@ -191,7 +197,8 @@ impl Detector {
 
     /// Counts a matched event: one row per (source IP, group) pair.
     fn count(&mut self, event: &Event<'_, '_>, origin: Origin<'_>) -> Fed {
-        if !matches(event) {
+        let groups = event.groups();
+        if !matches_with_groups(event, &groups) {
             return Fed::Nothing;
         }
         self.stats.matched += 1;
@@ -200,7 +207,7 @@ impl Detector {
         let scalar = |i: usize| s[i].as_deref().unwrap_or(FILL);
         let decoded = |i: usize| matches!(s[i], Some(Cow::Owned(_)));
         let ips = or_fill(event.source_ips());
-        let groups = or_fill(event.groups());
+        let groups = or_fill(groups);
         for ip in &ips {
             for group in &groups {
                 let cols: [&str; 13] = std::array::from_fn(|i| match i {
