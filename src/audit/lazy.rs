@@ -26,23 +26,39 @@ static STOP: [bool; 256] = {
     t
 };
 
-/// The first byte of `s` that ends plain string content. Eight bytes at a
-/// time: most strings are too short for a vector search to pay for its
-/// setup, and too long for a byte loop to be quick.
+/// The first byte of `s` that ends plain string content. Sixteen bytes a
+/// step, as two words: most strings in an audit event end within the first
+/// step, so its one branch is well predicted, and a vector search would not
+/// pay for its setup.
 pub fn find_stop(s: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Flags the bytes of `v` that are zero; the lowest flag is exact
     // (borrows only carry upwards).
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    let stops = |w: u64| {
         let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let stops =
-            control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
-        if stops != 0 {
-            return Some(i + (stops.trailing_zeros() / 8) as usize);
+        control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
+    };
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 16) {
+        let (a, b) = (stops(word(&chunk[..8])), stops(word(&chunk[8..])));
+        if a | b != 0 {
+            // Only the first word with a flag has an exact lowest flag.
+            let at = if a != 0 {
+                a.trailing_zeros()
+            } else {
+                64 + b.trailing_zeros()
+            };
+            return Some(i + (at / 8) as usize);
+        }
+        i += 16;
+    }
+    if let Some(chunk) = s.get(i..i + 8) {
+        let a = stops(word(chunk));
+        if a != 0 {
+            return Some(i + (a.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
