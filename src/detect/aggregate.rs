@@ -43,14 +43,19 @@ impl Key {
         }
     }
 
-    /// The 13 values. Values are short: the inline search for JSON's stop
-    /// bytes (NUL is one) finds their ends sooner than a vector search.
-    pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
+    /// The 13 values, and which of them are plain: hold no quote,
+    /// backslash or control character (bit `i` for value `i`). Values are
+    /// short: the inline search for those bytes (NUL is one of them) finds
+    /// their ends sooner than a vector search, and tells plain values apart
+    /// on the way.
+    pub(super) fn decode(key: &str) -> ([Cow<'_, str>; 13], u16) {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
+        let mut plain = 0;
         let bytes = key.as_bytes();
         let (mut start, mut i) = (0, 0);
-        for col in &mut cols {
+        for (n, col) in cols.iter_mut().enumerate() {
             let mut escaped = false;
+            let mut stopped = false;
             let end = loop {
                 let Some(at) = json_stop(bytes.get(i..).unwrap_or_default()).map(|n| i + n) else {
                     break bytes.len();
@@ -61,7 +66,11 @@ impl Key {
                         i = at + 2;
                     }
                     (0, _) => break at,
-                    _ => i = at + 1, // a quote, backslash or control: value text
+                    _ => {
+                        // A quote, backslash or control: value text.
+                        stopped = true;
+                        i = at + 1;
+                    }
                 }
             };
             // NUL is ASCII: these cuts are on character boundaries.
@@ -71,10 +80,13 @@ impl Key {
             } else {
                 Cow::Borrowed(raw)
             };
+            if !escaped && !stopped {
+                plain |= 1 << n;
+            }
             i = end + 2;
             start = i;
         }
-        cols
+        (cols, plain)
     }
 }
 
@@ -309,6 +321,13 @@ pub struct Finding<'a> {
 impl<'a> Finding<'a> {
     /// The 13 by-field values, in [`super::COLUMNS`] order.
     pub fn cols(&self) -> [Cow<'a, str>; 13] {
+        Key::decode(self.key).0
+    }
+
+    /// [`Finding::cols`], and which values are plain: hold no quote,
+    /// backslash or control character, so a sink may copy them as they are
+    /// where it would escape those (bit `i` for value `i`).
+    pub fn cols_and_plain(&self) -> ([Cow<'a, str>; 13], u16) {
         Key::decode(self.key)
     }
 

@@ -66,9 +66,15 @@ fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
         }
     };
     out.push(b'{');
-    for col in &row.cols {
+    for (i, col) in row.cols.iter().enumerate() {
         key(out);
-        push_string(out, col);
+        if row.plain >> i & 1 == 1 {
+            out.push(b'"');
+            out.extend_from_slice(col.as_bytes());
+            out.push(b'"');
+        } else {
+            push_string(out, col);
+        }
     }
     key(out);
     out.extend_from_slice(itoa::Buffer::new().format(row.count).as_bytes());
