@@ -398,12 +398,18 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
 /// The elements of a JSON array, as raw JSON texts; `None` for any other
 /// type.
 fn array(text: &str) -> Option<Vec<&str>> {
+    array_kept(text, Some)
+}
+
+/// What `keep` keeps of the elements of a JSON array; `None` for any other
+/// type.
+fn array_kept<'a, T>(text: &'a str, mut keep: impl FnMut(&'a str) -> Option<T>) -> Option<Vec<T>> {
     if !text.starts_with('[') {
         return None;
     }
-    lazy::array(text).or_else(|| {
+    lazy::array(text, &mut keep).or_else(|| {
         let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
-        Some(items.into_iter().map(RawValue::get).collect())
+        Some(items.into_iter().filter_map(|i| keep(i.get())).collect())
     })
 }
 
@@ -421,9 +427,7 @@ fn scalar(text: &str) -> Option<Cow<'_, str>> {
 /// an array, skipping null, "", arrays and objects. Empty when the field is
 /// not an array.
 fn multi(text: Option<&str>) -> Vec<Cow<'_, str>> {
-    text.and_then(array)
-        .map(|items| items.into_iter().filter_map(scalar).collect())
-        .unwrap_or_default()
+    text.and_then(|t| array_kept(t, scalar)).unwrap_or_default()
 }
 
 #[cfg(test)]

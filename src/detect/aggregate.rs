@@ -215,16 +215,30 @@ const MAX_TAG_DEPTH: usize = 512;
 /// The row numbers in key order.
 fn sort_rows(rows: &[(Span, Tally)], keys: &str) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    sort_by_key(&mut order, rows, keys.as_bytes(), 0);
+    // One scratch for every round: a round works on the same range of it
+    // as of `order`, so nested rounds never overlap their parent's unread
+    // part, and its memory is touched once.
+    let mut scratch = vec![Tag::default(); rows.len()];
+    sort_by_key(&mut order, &mut scratch, rows, keys.as_bytes(), 0);
     order
 }
 
+/// 16 bytes of a key (as two big-endian words, so they compare as the
+/// bytes do) and the row's number.
+type Tag = (u64, u64, usize);
+
 /// Sorts row numbers by their keys' bytes from `depth` on. Each round
-/// sorts by a 16-byte tag read once per row, so most comparisons are of two
+/// sorts by a 16-byte tag read once per row, so most comparisons are of
 /// integers, not of two keys behind two pointers; rows whose tags tie go
 /// another round on the next 16 bytes. Ties end because keys are distinct
 /// and none is a prefix of another.
-fn sort_by_key(order: &mut [usize], rows: &[(Span, Tally)], keys: &[u8], depth: usize) {
+fn sort_by_key(
+    order: &mut [usize],
+    scratch: &mut [Tag],
+    rows: &[(Span, Tally)],
+    keys: &[u8],
+    depth: usize,
+) {
     let rest = |i: usize| {
         let s = rows[i].0;
         &keys[s.start + depth.min(s.len)..s.start + s.len]
@@ -233,31 +247,42 @@ fn sort_by_key(order: &mut [usize], rows: &[(Span, Tally)], keys: &[u8], depth: 
         order.sort_unstable_by(|&a, &b| rest(a).cmp(rest(b)));
         return;
     }
-    let mut tagged: Vec<(u128, usize)> = order
-        .iter()
-        .map(|&i| {
-            let r = rest(i);
-            let tag = match r.first_chunk::<16>() {
-                Some(head) => *head,
-                None => {
-                    let mut t = [0u8; 16];
-                    t[..r.len()].copy_from_slice(r);
-                    t
-                }
-            };
-            (u128::from_be_bytes(tag), i)
-        })
-        .collect();
-    tagged.sort_unstable();
-    for (slot, (_, i)) in order.iter_mut().zip(&tagged) {
-        *slot = *i;
+    for (tag, &i) in scratch.iter_mut().zip(order.iter()) {
+        let r = rest(i);
+        let bytes = match r.first_chunk::<16>() {
+            Some(head) => *head,
+            None => {
+                let mut t = [0u8; 16];
+                t[..r.len()].copy_from_slice(r);
+                t
+            }
+        };
+        let (hi, lo) = bytes.split_at(8);
+        let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        *tag = (word(hi), word(lo), i);
+    }
+    scratch.sort_unstable();
+    for (slot, tag) in order.iter_mut().zip(scratch.iter()) {
+        *slot = tag.2;
     }
     let mut start = 0;
-    for run in tagged.chunk_by(|a, b| a.0 == b.0) {
-        if run.len() > 1 {
-            sort_by_key(&mut order[start..start + run.len()], rows, keys, depth + 16);
+    while start < order.len() {
+        let (hi, lo, _) = scratch[start];
+        let len = scratch[start..]
+            .iter()
+            .position(|t| (t.0, t.1) != (hi, lo))
+            .unwrap_or(order.len() - start);
+        let end = start + len;
+        if len > 1 {
+            sort_by_key(
+                &mut order[start..end],
+                &mut scratch[start..end],
+                rows,
+                keys,
+                depth + 16,
+            );
         }
-        start += run.len();
+        start = end;
     }
 }
 
