@@ -1455,3 +1455,37 @@ proptest! {
         prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
     }
 }
+
+#[test]
+fn values_read_back_exactly_whatever_they_hold() {
+    // NULs, quotes and backslashes (unescaped values), and long values.
+    let long = "x".repeat(70_000);
+    let agents = [
+        r"a\u0000b".to_string(),
+        r"\u0000".to_string(),
+        r#"q\"uote\\"#.to_string(),
+        "plain".to_string(),
+        long.clone(),
+        format!(r"{long}\u0000"),
+    ];
+    for ua in agents {
+        let found = assert_single_match(&anon(&format!(
+            r#""userAgent":"{ua}","requestURI":"/\u0000/","verb":"get""#
+        )));
+        let f = found.get(0).expect("one finding");
+        let want: String = serde_json::from_str(&format!("\"{ua}\"")).expect("valid");
+        let (cols, plain) = f.cols_and_plain();
+        assert_eq!(cols[col("userAgent")], want, "{ua:.20}");
+        assert_eq!(cols[col("requestURI")], "/\0/");
+        assert_eq!(cols[col("verb")], "get");
+        for (i, c) in cols.iter().enumerate() {
+            if plain >> i & 1 == 1 {
+                assert!(
+                    !c.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+                    "{c:.20} marked plain"
+                );
+            }
+        }
+        assert_eq!(f.cols(), cols);
+    }
+}
