@@ -40,12 +40,14 @@ pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(&chunk)
 }
 
-/// Each column's `"name":`, in header order, made once.
+/// What goes before each column's value, in header order, made once:
+/// `{"name":` for the first, `,"name":` for the others.
 fn keys(rows: &Rows<'_>) -> Vec<Vec<u8>> {
     rows.header()
         .iter()
-        .map(|name| {
-            let mut key = Vec::new();
+        .enumerate()
+        .map(|(i, name)| {
+            let mut key = vec![if i == 0 { b'{' } else { b',' }];
             push_string(&mut key, name);
             key.push(b':');
             key
@@ -56,18 +58,10 @@ fn keys(rows: &Rows<'_>) -> Vec<Vec<u8>> {
 /// One row as a JSON object; `count` is a number, the rest strings.
 fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
     // Header order: the 13 values, count, the extra columns.
-    let mut keys = keys.iter().enumerate();
-    let mut key = |out: &mut Vec<u8>| {
-        if let Some((i, key)) = keys.next() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(key);
-        }
-    };
-    out.push(b'{');
+    let mut keys = keys.iter().map(Vec::as_slice);
+    let mut key = || keys.next().unwrap_or_default();
     for (i, col) in row.cols.iter().enumerate() {
-        key(out);
+        out.extend_from_slice(key());
         if row.plain >> i & 1 == 1 {
             out.push(b'"');
             out.extend_from_slice(col.as_bytes());
@@ -76,10 +70,10 @@ fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
             push_string(out, col);
         }
     }
-    key(out);
+    out.extend_from_slice(key());
     out.extend_from_slice(itoa::Buffer::new().format(row.count).as_bytes());
     for extra in &row.extra {
-        key(out);
+        out.extend_from_slice(key());
         push_string(out, extra);
     }
     out.push(b'}');
