@@ -1,6 +1,5 @@
 //! `kubeanon scan`: files or stdin through the detector.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::time::Instant;
@@ -62,6 +61,7 @@ fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {
         }
         return Ok(bytes);
     }
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f =
+        file::open_sequential(path).with_context(|| format!("cannot open {}", path.display()))?;
     file::read_input(f, det).with_context(|| format!("cannot read {}", path.display()))
 }
