@@ -1,6 +1,9 @@
 //! A fast path for [`Record::parse`]: one validating pass over a record
 //! that keeps the spans of the fields the rule reads and skips the rest
 //! (request and response bodies, annotations), without building anything.
+//! On its way it also reads the members of `user`, `objectRef` and
+//! `responseStatus` the rule needs; the same reader serves nested objects
+//! and arrays read on their own.
 //!
 //! It answers only when it is sure to answer as serde_json would; anything
 //! unusual (invalid UTF-8, an escaped key, a duplicate field, nesting past

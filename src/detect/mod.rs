@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Sources hand records (raw JSON bytes) to [`Detector::feed`]; the detector
-//! knows nothing of files or CloudWatch. Results come out as [`Finding`]s.
+//! knows nothing of files or CloudWatch. Results come out as [`Findings`],
+//! sorted rows counted in the aggregate (`aggregate.rs`).
 
 mod aggregate;
 mod exclude;
