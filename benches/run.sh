@@ -12,8 +12,9 @@
 #                                (gen_audit --size 500M --anonymous-ratio 1 --seed 2)
 #        realistic-100m.jsonl    the first 100 MiB (whole lines) of the
 #                                realistic file, for jq, which is too slow for 1 GiB
-#   3. times all commands in a single hyperfine run (files are read once
-#      first, so every command reads from the page cache),
+#   3. times all commands in a single hyperfine run (each input is read
+#      once, untimed, before every timed run, so every command reads from
+#      the page cache),
 #   4. measures peak RSS of each command with /usr/bin/time -v,
 #   5. prints a markdown table: tool, input, seconds, MB/s, peak RSS.
 #
@@ -92,7 +93,10 @@ ROWS=(
 args=()
 for row in "${ROWS[@]}"; do
     IFS='|' read -r name label file cmd <<<"$row"
-    args+=(-n "$name / $label" "$cmd")
+    # Read the input once more before every timed run (not timed): the
+    # page cache can be reclaimed between runs, and a run that reads part
+    # of its input from disk times the disk, not the tool.
+    args+=(--prepare "cat '$file' >/dev/null" -n "$name / $label" "$cmd")
 done
 
 echo "== timing (hyperfine, $RUNS runs, $WARMUP warmup)" >&2
