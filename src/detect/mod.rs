@@ -205,33 +205,31 @@ impl Detector {
         self.stats.matched += 1;
         let ids = origin.event_id.map_or(0, event_hash);
         let s = event.scalars();
-        let scalar = |i: usize| s[i].as_deref().unwrap_or(FILL);
-        let decoded = |i: usize| matches!(s[i], Some(Cow::Owned(_)));
+        let fill = Cow::Borrowed(FILL);
+        let scalar = |i: usize| s[i].as_ref().unwrap_or(&fill);
         let ips = or_fill(event.source_ips());
         let groups = or_fill(groups);
         for ip in &ips {
             for group in &groups {
-                let cols: [&str; 13] = std::array::from_fn(|i| match i {
-                    SRC_IP => ip.as_ref(),
-                    GROUPS => group.as_ref(),
+                let values: [&Cow<'_, str>; 13] = std::array::from_fn(|i| match i {
+                    SRC_IP => ip,
+                    GROUPS => group,
                     i if i < SRC_IP => scalar(i),
                     i if i < GROUPS => scalar(i - 1),
                     i => scalar(i - 2),
                 });
-                if self.exclusions.iter().any(|x| x.matches(&cols)) {
+                if self
+                    .exclusions
+                    .iter()
+                    .any(|x| x.matches(&values.map(|v| &**v)))
+                {
                     self.stats.excluded += 1;
                     continue;
                 }
-                let owned: [bool; 13] = std::array::from_fn(|i| match i {
-                    SRC_IP => matches!(ip, Cow::Owned(_)),
-                    GROUPS => matches!(group, Cow::Owned(_)),
-                    i if i < SRC_IP => decoded(i),
-                    i if i < GROUPS => decoded(i - 1),
-                    i => decoded(i - 2),
-                });
                 self.agg.add_built(origin.scope, 1, ids, |key| {
-                    for (col, owned) in cols.into_iter().zip(owned) {
-                        Key::push_value(key, col, owned);
+                    for value in values {
+                        // Only an unescaped (owned) value can hold a NUL.
+                        Key::push_value(key, value, matches!(value, Cow::Owned(_)));
                     }
                     Key::push_scope(key, origin.scope);
                 });
