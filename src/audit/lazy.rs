@@ -98,9 +98,31 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
 }
 
 /// The slots of [`RECORD_FIELDS`] whose objects are read ahead.
-const USER: usize = 1;
-const OBJECT_REF: usize = 8;
-const RESPONSE_STATUS: usize = 9;
+const USER: usize = slot("user");
+const OBJECT_REF: usize = slot("objectRef");
+const RESPONSE_STATUS: usize = slot("responseStatus");
+
+/// Where `name` stands in [`RECORD_FIELDS`] (a compile error if nowhere).
+const fn slot(name: &str) -> usize {
+    let name = name.as_bytes();
+    let mut i = 0;
+    'fields: while i < RECORD_FIELDS.len() {
+        let field = RECORD_FIELDS[i].as_bytes();
+        i += 1;
+        if field.len() != name.len() {
+            continue;
+        }
+        let mut j = 0;
+        while j < name.len() {
+            if field[j] != name[j] {
+                continue 'fields;
+            }
+            j += 1;
+        }
+        return i - 1;
+    }
+    panic!("not a record field")
+}
 
 /// The raw JSON texts of the members of the object `text` named in
 /// `names` (blanks around it allowed), as serde_json reads them into a
