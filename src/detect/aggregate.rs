@@ -401,13 +401,14 @@ impl<'a> Iterator for Iter<'a> {
     type Item = Finding<'a>;
 
     fn next(&mut self) -> Option<Finding<'a>> {
-        let (span, tally) = self.rows[*self.order.next()?];
-        Some(Finding {
-            scope: tally.scope,
-            key: span.of(self.keys),
-            count: tally.count,
-            ids: tally.ids,
-        })
+        let row = *self.order.next()?;
+        Some(self.finding(row))
+    }
+
+    /// Skips rows without reading them ([`Findings::get`] is direct).
+    fn nth(&mut self, n: usize) -> Option<Finding<'a>> {
+        let row = *self.order.nth(n)?;
+        Some(self.finding(row))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -416,6 +417,18 @@ impl<'a> Iterator for Iter<'a> {
 }
 
 impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> Iter<'a> {
+    fn finding(&self, row: usize) -> Finding<'a> {
+        let (span, tally) = self.rows[row];
+        Finding {
+            scope: tally.scope,
+            key: span.of(self.keys),
+            count: tally.count,
+            ids: tally.ids,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
