@@ -205,8 +205,7 @@ fn a_page_failing_past_the_budget_fails_the_run_and_keeps_the_checkpoint() {
         .arg(&cp)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed after 3 attempt(s)"));
+    assert_fails_with(&out, &["failed after 3 attempt(s)"]);
     assert!(out.stdout.is_empty(), "no partial findings");
     assert_eq!(std::fs::read(&cp).unwrap(), before, "checkpoint untouched");
     assert_eq!(
@@ -429,8 +428,7 @@ fn two_runs_on_one_checkpoint_one_proceeds_the_other_touches_nothing() {
         .unwrap();
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success());
-    assert_eq!(second.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another kubeanon run"));
+    assert_fails_with(&second, &["another kubeanon run"]);
     assert!(second.stdout.is_empty());
     assert_eq!(
         rows(&first.stdout).len(),
@@ -493,12 +491,7 @@ fn a_full_disk_fails_clearly_and_leaves_output_and_checkpoint_intact() {
         .arg(&out_file)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("findings.json") && err.contains("No space left"),
-        "{err}"
-    );
+    assert_fails_with(&out, &["findings.json", "No space left"]);
     assert_eq!(
         std::fs::read_to_string(&out_file).unwrap(),
         "previous findings\n"
@@ -572,8 +565,7 @@ fn output_into_a_missing_or_read_only_directory_fails_clearly() {
         .arg(&missing)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
+    assert_fails_with(&out, &["no/such/dir"]);
     assert!(!cp.exists());
 
     let ro =
@@ -587,12 +579,7 @@ fn output_into_a_missing_or_read_only_directory_fails_clearly() {
         .arg(&target)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_fails_with(&out, &["Read-only file system"]);
     assert!(!cp.exists());
 }
 
@@ -615,12 +602,7 @@ fn a_corrupt_checkpoint_stops_the_run_with_recovery_advice() {
     ] {
         std::fs::write(&cp, bad).unwrap();
         let out = poll(&group).arg("--checkpoint").arg(&cp).output().unwrap();
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("cp.json") && err.contains("to recover"),
-            "{err}"
-        );
+        assert_fails_with(&out, &["cp.json", "to recover"]);
         assert!(out.stdout.is_empty());
         assert_eq!(std::fs::read(&cp).unwrap(), bad, "left as found");
     }

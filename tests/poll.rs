@@ -302,12 +302,7 @@ fn a_second_run_on_a_locked_checkpoint_touches_nothing() {
     let lock = std::fs::File::create(dir.path().join("cp.json.lock")).unwrap();
     lock.try_lock().unwrap();
     let out = poll(&group).arg("--checkpoint").arg(&cp).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("another kubeanon run") && err.contains("cp.json"),
-        "{err}"
-    );
+    assert_fails_with(&out, &["another kubeanon run", "cp.json"]);
     assert!(out.stdout.is_empty());
     assert!(!cp.exists(), "no checkpoint written");
     drop(lock);
@@ -349,11 +344,9 @@ fn a_missing_log_group_fails_with_the_command_that_enables_audit_logs() {
         .args(["--since", "10m", "--max-attempts", "2"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("does not exist") && err.contains("update-cluster-config --name nosuch"),
-        "{err}"
+    assert_fails_with(
+        &out,
+        &["does not exist", "update-cluster-config --name nosuch"],
     );
 }
 

@@ -6,7 +6,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -240,3 +240,13 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no '{label}' in summary: {text}"))
 }
 pub mod proxy;
+
+/// Asserts that a run failed with exit code 1 and a message (on stderr)
+/// naming each of `needles`.
+pub fn assert_fails_with(out: &Output, needles: &[&str]) {
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
