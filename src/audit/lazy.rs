@@ -29,49 +29,78 @@ static STOP: [bool; 256] = {
     t
 };
 
-/// The first byte of `s` that ends plain string content. Sixteen bytes a
-/// step, as two words: most strings in an audit event end within the first
-/// step, so its one branch is well predicted, and a vector search would not
-/// pay for its setup.
+/// The first byte of `s` that ends plain string content, sixteen bytes a
+/// step: most strings in an audit event end within the first step, so its
+/// one branch is well predicted, and a library search would not pay for its
+/// call and setup.
 // Inlined into the parser's string loop: a call per string cost more than
 // the search itself for the short strings audit events are made of.
 #[inline(always)]
 pub fn find_stop(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Flags the bytes of `v` that are zero; the lowest flag is exact
-    // (borrows only carry upwards).
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let stops = |w: u64| {
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
-    };
-    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
     let mut i = 0;
     while let Some(chunk) = s.get(i..i + 16) {
-        let (a, b) = (stops(word(&chunk[..8])), stops(word(&chunk[8..])));
-        if a | b != 0 {
-            // Only the first word with a flag has an exact lowest flag.
-            let at = if a != 0 {
-                a.trailing_zeros()
-            } else {
-                64 + b.trailing_zeros()
-            };
-            return Some(i + (at / 8) as usize);
+        let flags = stops16(chunk.try_into().expect("16 bytes"));
+        if flags != 0 {
+            return Some(i + flags.trailing_zeros() as usize);
         }
         i += 16;
-    }
-    if let Some(chunk) = s.get(i..i + 8) {
-        let a = stops(word(chunk));
-        if a != 0 {
-            return Some(i + (a.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
     }
     s[i..]
         .iter()
         .position(|&c| STOP[usize::from(c)])
         .map(|p| i + p)
+}
+
+/// One bit per byte of `chunk`, set where it is a stop byte (only the
+/// lowest bit set is sure to be right).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+use vector_stops as stops16;
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+use word_stops as stops16;
+
+/// [`stops16`] with SSE2, which every x86_64 CPU has, through safe_arch's
+/// safe wrappers: about a tenth faster on all-anonymous input than words.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn vector_stops(chunk: &[u8; 16]) -> u32 {
+    use safe_arch::{
+        cmp_eq_mask_i8_m128i as eq, load_unaligned_m128i, max_u8_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i as splat,
+    };
+    let v = load_unaligned_m128i(chunk);
+    let quote = eq(v, splat(b'"' as i8));
+    let backslash = eq(v, splat(b'\\' as i8));
+    // max(v, 0x1f) == 0x1f exactly where v <= 0x1f (unsigned).
+    let control = eq(max_u8_m128i(v, splat(0x1f)), splat(0x1f));
+    move_mask_i8_m128i(quote | backslash | control) as u32
+}
+
+/// [`stops16`] with two 64-bit words, for other CPUs.
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "sse2"),
+    allow(dead_code, reason = "tested against the vector version")
+)]
+#[inline(always)]
+fn word_stops(chunk: &[u8; 16]) -> u32 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Flags the bytes of `v` that are zero; the lowest flag is exact
+    // (borrows only carry upwards), and only the lowest is used.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let stops = |w: u64| {
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
+    };
+    let word = |h: &[u8]| u64::from_le_bytes(h.try_into().expect("8 bytes"));
+    let (a, b) = (stops(word(&chunk[..8])), stops(word(&chunk[8..])));
+    // One bit per byte; a word's bits above its lowest flag may be wrong,
+    // so the second word counts only when the first has none.
+    let bits = |w: u64| 1u32 << (w.trailing_zeros() / 8);
+    match (a, b) {
+        (0, 0) => 0,
+        (0, b) => bits(b) << 8,
+        (a, _) => bits(a),
+    }
 }
 
 /// serde_json's recursion limit.
@@ -468,6 +497,19 @@ mod tests {
         // Left to serde_json: escaped keys and repeated members.
         assert_eq!(object(r#"{"user\u006eame":"x"}"#, &["username"]), None);
         assert_eq!(object(r#"{"uid":"a","uid":"b"}"#, &["uid"]), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn stop_flags_agree_on_the_first_stop(chunk in prop::array::uniform16(prop::sample::select(
+            vec![b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5c ^ 1, 0x7f, 0x80, 0x9f, 0xff],
+        ))) {
+            let first = chunk.iter().position(|&c| STOP[usize::from(c)]);
+            let lowest = |flags: u32| (flags != 0).then(|| flags.trailing_zeros() as usize);
+            prop_assert_eq!(lowest(word_stops(&chunk)), first);
+            prop_assert_eq!(lowest(stops16(&chunk)), first);
+        }
     }
 
     #[test]
