@@ -113,6 +113,21 @@ pub struct Detector {
     pub stats: Stats,
 }
 
+/// What a source knows of a record before the detector parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The [`Prefilter`] passed it: parse it.
+    Passed,
+    /// The [`Prefilter`] rejected it: no anonymous event can be inside, so
+    /// it is only checked for being framed as a JSON object.
+    Rejected,
+    /// Not judged, because nearly every record lately passed (a flood of
+    /// anonymous traffic), where running the prefilter costs more than it
+    /// saves. It is parsed, and judged only when it is not an audit event,
+    /// so the counts come out as if it had been judged.
+    Unjudged,
+}
+
 /// What [`Detector::feed`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fed {
@@ -137,26 +152,34 @@ impl Detector {
         self.feed_at(bytes, origin, 0)
     }
 
-    /// Feeds a record whose [`Prefilter`] verdict the caller already has: a
-    /// source that runs the prefilter over a whole buffer of records at
-    /// once. `could_match` must be the prefilter's verdict, or `true`.
-    pub fn feed_prejudged(&mut self, bytes: &[u8], origin: Origin<'_>, could_match: bool) -> Fed {
-        self.feed_judged(bytes, origin, could_match, 0)
+    /// Feeds a record with what the caller already knows of it: a source
+    /// that runs the [`Prefilter`] over a whole buffer of records at once,
+    /// or one that skipped it because nearly every record passed.
+    pub fn feed_prejudged(&mut self, bytes: &[u8], origin: Origin<'_>, verdict: Verdict) -> Fed {
+        self.feed_judged(bytes, origin, verdict, 0)
     }
 
     fn feed_at(&mut self, bytes: &[u8], origin: Origin<'_>, depth: u8) -> Fed {
-        let could_match = self.prefilter.could_match(bytes);
-        self.feed_judged(bytes, origin, could_match, depth)
+        let verdict = self.judge(bytes);
+        self.feed_judged(bytes, origin, verdict, depth)
+    }
+
+    fn judge(&mut self, bytes: &[u8]) -> Verdict {
+        if self.prefilter.could_match(bytes) {
+            Verdict::Passed
+        } else {
+            Verdict::Rejected
+        }
     }
 
     fn feed_judged(
         &mut self,
         bytes: &[u8],
         origin: Origin<'_>,
-        could_match: bool,
+        verdict: Verdict,
         depth: u8,
     ) -> Fed {
-        if !could_match {
+        if verdict == Verdict::Rejected {
             // No anonymous event can be in here: judge the framing only,
             // which keeps the common case at memory speed.
             if looks_like_object(bytes) {
@@ -166,11 +189,22 @@ impl Detector {
             }
             return Fed::Nothing;
         }
-        let Some(record) = Record::parse_fast(bytes).or_else(|| Record::parse(bytes).ok()) else {
+        let record = Record::parse_fast(bytes).or_else(|| Record::parse(bytes).ok());
+        let shape = record.as_ref().map(Record::shape);
+        // An audit event counts the same whether or not the prefilter
+        // would have passed it (one event; it matches only if it could).
+        // Anything else is counted as its verdict says: judge it now.
+        if verdict == Verdict::Unjudged
+            && !matches!(shape, Some(Shape::Event(_)))
+            && self.judge(bytes) == Verdict::Rejected
+        {
+            return self.feed_judged(bytes, origin, Verdict::Rejected, depth);
+        }
+        let Some(shape) = shape else {
             self.stats.malformed += 1;
             return Fed::Nothing;
         };
-        match record.shape() {
+        match shape {
             Shape::Event(event) => {
                 self.stats.events += 1;
                 self.count(&event, origin)

@@ -927,6 +927,43 @@ proptest! {
     }
 }
 
+/// Lines the prefilter rejects, of every shape it counts by their framing:
+/// broken JSON inside braces, and wrappers (a one-line document is one
+/// event), whose counts would differ if they were parsed.
+fn rejected_line_strategy() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "{not json}".to_string(),
+        r#"{"kind":"Event","user":{"username":"bob"}}"#.to_string(),
+        r#"{"events":[{"kind":"Event"},{"kind":"Event"}]}"#.to_string(),
+        r#"{"kind":"EventList","items":[{"verb":"get"},{"verb":"list"},"x"]}"#.to_string(),
+        r#"{"message":"{\"kind\":\"Event\"}","eventId":"7"}"#.to_string(),
+        r#"{"message":"{cut"}"#.to_string(),
+        "plain text".to_string(),
+        "[1,2]".to_string(),
+    ])
+}
+
+proptest! {
+    #[test]
+    fn records_read_unjudged_count_as_judged_ones(
+        lines in prop::collection::vec(
+            prop_oneof![2 => line_strategy(), 1 => rejected_line_strategy()],
+            0..40,
+        ),
+    ) {
+        let mut judged = Detector::new(Vec::new());
+        let mut unjudged = Detector::new(Vec::new());
+        for line in &lines {
+            judged.feed(line.as_bytes(), Origin::default());
+            unjudged.feed_prejudged(line.as_bytes(), Origin::default(), Verdict::Unjudged);
+        }
+        let (judged, judged_stats) = judged.finish();
+        let (unjudged, unjudged_stats) = unjudged.finish();
+        prop_assert_eq!(unjudged_stats, judged_stats);
+        prop_assert_eq!(unjudged.into_findings(), judged.into_findings());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Property: the fast path (prefilter) agrees with a full parse
 

@@ -25,7 +25,7 @@ use flate2::read::MultiGzDecoder;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::detect::{Detector, Origin, Prefilter};
+use crate::detect::{Detector, Origin, Prefilter, Verdict};
 
 /// The largest record kept: CloudWatch events are at most 1 MiB, and an
 /// apiserver audit line with a big RequestResponse body rarely exceeds a few.
@@ -231,19 +231,30 @@ fn read_plain(mut input: impl Read, det: &mut Detector, detect_document: bool) -
         let head = io::Cursor::new(lines.pending().to_vec());
         return read_document(head.chain(input), det);
     }
-    let mut prefilter = Prefilter::new();
+    let mut judge = Judge::default();
     loop {
         // The prefilter runs once over every complete line in the buffer;
         // each line then only looks up whether a candidate falls inside it.
-        let hits = prefilter.candidates(lines.complete());
+        let hits = judge.candidates(lines.complete());
         let mut next = 0;
+        let (mut seen, mut passed) = (0, 0);
         lines.drain(|offset, line| {
-            while next < hits.len() && hits[next] < offset {
-                next += 1;
-            }
-            let could_match = next < hits.len() && hits[next] < offset + line.len();
-            feed_line(line, det, Some(could_match));
+            let verdict = hits.map_or(Verdict::Unjudged, |hits| {
+                while next < hits.len() && hits[next] < offset {
+                    next += 1;
+                }
+                let could_match = next < hits.len() && hits[next] < offset + line.len();
+                seen += 1;
+                passed += usize::from(could_match);
+                if could_match {
+                    Verdict::Passed
+                } else {
+                    Verdict::Rejected
+                }
+            });
+            feed_line(line, det, Some(verdict));
         });
+        judge.judged(seen, passed);
         let n = lines.fill(&mut input)?;
         if n == 0 {
             break;
@@ -257,16 +268,51 @@ fn read_plain(mut input: impl Read, det: &mut Detector, detect_document: bool) -
 
 /// One line of any accepted line format, with the prefilter's verdict on
 /// it when the caller has one.
-fn feed_line(line: &[u8], det: &mut Detector, could_match: Option<bool>) {
+fn feed_line(line: &[u8], det: &mut Detector, verdict: Option<Verdict>) {
     let line = line.trim_ascii();
     if line.is_empty() {
         return;
     }
     let record = strip_s3_export_prefix(line).unwrap_or(line);
-    match could_match {
+    match verdict {
         Some(verdict) => det.feed_prejudged(record, Origin::default(), verdict),
         None => det.feed(record, Origin::default()),
     };
+}
+
+/// Runs the prefilter over buffers of lines, except while nearly every line
+/// passes it (a flood of anonymous events): then the lines are parsed
+/// unjudged for a while, which gives the same results and counts (see
+/// [`Verdict::Unjudged`]) without the prefilter's pass over the bytes.
+#[derive(Default)]
+struct Judge {
+    prefilter: Prefilter,
+    /// Buffers left to read unjudged.
+    skip: u32,
+}
+
+impl Judge {
+    /// Buffers read unjudged after one where nearly every line passed,
+    /// before the next is judged again.
+    const SKIP: u32 = 15;
+
+    /// The prefilter's candidates in `buf`, or `None` to read it unjudged.
+    fn candidates(&mut self, buf: &[u8]) -> Option<&[usize]> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        Some(self.prefilter.candidates(buf))
+    }
+
+    /// After a judged buffer: `passed` of its `seen` lines passed.
+    fn judged(&mut self, seen: usize, passed: usize) {
+        // At 15 in 16, parsing the lines that would have been rejected
+        // costs less than the prefilter's pass over all of them.
+        if seen >= 16 && passed * 16 >= seen * 15 {
+            self.skip = Self::SKIP;
+        }
+    }
 }
 
 /// `2024-05-01T12:00:00.000Z {...}` -> `{...}`, when the prefix is an
@@ -628,5 +674,53 @@ mod tests {
         assert_eq!(matched(&b""[..]), 0);
         assert_eq!(matched(&b"\x1f"[..]), 0);
         assert_eq!(matched(ANON.as_bytes()), 1, "no trailing newline");
+    }
+
+    #[test]
+    fn a_flood_is_read_unjudged_until_it_ends() {
+        let mut judge = Judge::default();
+        assert!(judge.candidates(b"x").is_some());
+        judge.judged(1000, 936); // below 15 in 16: keep judging
+        assert!(judge.candidates(b"x").is_some());
+        judge.judged(1000, 940);
+        for _ in 0..Judge::SKIP {
+            assert!(judge.candidates(b"x").is_none());
+        }
+        assert!(judge.candidates(b"x").is_some(), "judged again");
+    }
+
+    /// A flood of anonymous events, then records the prefilter rejects and
+    /// counts by their framing: read in buffers (some unjudged), the counts
+    /// and rows equal feeding each line on its own.
+    #[test]
+    fn counts_are_the_same_through_a_flood() {
+        let rejected = [
+            "{not json}",
+            r#"{"events":[{"kind":"Event"},{"kind":"Event"}]}"#,
+            r#"{"kind":"Event","user":{"username":"bob"}}"#,
+            "[1,2]",
+        ];
+        let mut input = String::new();
+        let mut n = 0;
+        while input.len() < 3 * CHUNK {
+            input.push_str(ANON);
+            input.push('\n');
+            n += 1;
+            if input.len() > CHUNK && n % 4 == 0 {
+                input.push_str(rejected[n / 4 % rejected.len()]);
+                input.push('\n');
+            }
+        }
+        let mut read = Detector::default();
+        read_input(input.as_bytes(), &mut read).unwrap();
+        let mut fed = Detector::default();
+        for line in input.lines() {
+            fed.feed(line.as_bytes(), Origin::default());
+        }
+        let (read, read_stats) = read.finish();
+        let (fed, fed_stats) = fed.finish();
+        assert!(fed_stats.malformed > 0 && fed_stats.events > fed_stats.matched);
+        assert_eq!(read_stats, fed_stats);
+        assert_eq!(read.into_findings(), fed.into_findings());
     }
 }
