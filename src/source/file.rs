@@ -30,7 +30,11 @@ use crate::detect::{Detector, Origin, Prefilter, Verdict};
 /// The largest record kept: CloudWatch events are at most 1 MiB, and an
 /// apiserver audit line with a big RequestResponse body rarely exceeds a few.
 pub const MAX_RECORD: usize = 16 << 20;
-const CHUNK: usize = 1 << 20;
+/// Input is read this much at a time (the buffer grows for longer lines).
+/// Small enough that what `read` copied in is still in the core's cache
+/// when it is parsed: 256 KiB read an all-anonymous file about 7% faster
+/// than 1 MiB here, and 128 or 512 KiB no faster.
+const CHUNK: usize = 256 << 10;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads one input to its end, feeding every record to `det`. Returns the
