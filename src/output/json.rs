@@ -5,13 +5,14 @@ use std::io::{self, Write};
 
 use super::{Row, Rows};
 use crate::audit::json_stop;
+use crate::detect::COLUMNS;
 
 /// Rows are rendered into a buffer of this size that is then written
 /// whole (a write this large goes past the writer's own buffer).
 const CHUNK: usize = 256 * 1024;
 
 pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let keys = keys(rows);
+    let keys = keys(&rows.header());
     let mut chunk = Vec::with_capacity(CHUNK);
     for row in rows.iter() {
         push_object(&keys, &row, &mut chunk);
@@ -25,7 +26,7 @@ pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
 }
 
 pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let keys = keys(rows);
+    let keys = keys(&rows.header());
     let mut chunk = Vec::with_capacity(CHUNK);
     chunk.push(b'[');
     for (i, row) in rows.iter().enumerate() {
@@ -40,20 +41,33 @@ pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(&chunk)
 }
 
-/// What goes before each column's value, in header order, made once:
-/// `{"name":` for the first, `,"name":` for the others.
-fn keys(rows: &Rows<'_>) -> Vec<Vec<u8>> {
-    rows.header()
+/// What goes before each column's value, in header order, made once, with
+/// the quotes around string values folded in: `{"name":"` for the first,
+/// `","name":"` after a value, `","count":` before the count and `,"name":"`
+/// after it. A row is then two copies per value, most of them short.
+fn keys(header: &[&str]) -> Vec<Vec<u8>> {
+    let count = COUNT_COLUMN;
+    header
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let mut key = vec![if i == 0 { b'{' } else { b',' }];
+            let mut key = match i {
+                0 => b"{".to_vec(),
+                i if i <= count => b"\",".to_vec(),
+                _ => b",".to_vec(),
+            };
             push_string(&mut key, name);
             key.push(b':');
+            if i != count {
+                key.push(b'"');
+            }
             key
         })
         .collect()
 }
+
+/// Where `count` stands in the header: last of the fixed columns.
+const COUNT_COLUMN: usize = COLUMNS.len() - 1;
 
 /// One row as a JSON object; `count` is a number, the rest strings.
 fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
@@ -63,18 +77,17 @@ fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
     for (i, col) in row.cols.iter().enumerate() {
         out.extend_from_slice(key());
         if row.plain >> i & 1 == 1 {
-            out.push(b'"');
             out.extend_from_slice(col.as_bytes());
-            out.push(b'"');
         } else {
-            push_string(out, col);
+            push_escaped(out, col);
         }
     }
     out.extend_from_slice(key());
     out.extend_from_slice(itoa::Buffer::new().format(row.count).as_bytes());
     for extra in &row.extra {
         out.extend_from_slice(key());
-        push_string(out, extra);
+        push_escaped(out, extra);
+        out.push(b'"');
     }
     out.push(b'}');
 }
@@ -83,6 +96,12 @@ fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
 /// and control characters; everything else (UTF-8 included) as is.
 fn push_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    push_escaped(out, s);
+    out.push(b'"');
+}
+
+/// The inside of [`push_string`]'s literal.
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
     let mut rest = s.as_bytes();
     while let Some(at) = json_stop(rest) {
         out.extend_from_slice(&rest[..at]);
@@ -104,12 +123,71 @@ fn push_string(out: &mut Vec<u8>, s: &str) {
         rest = &rest[at + 1..];
     }
     out.extend_from_slice(rest);
-    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
+
+    /// Rows with values that need escaping (or not), a count and extra
+    /// columns read back through serde_json exactly: names in order, values
+    /// as given, `count` a number.
+    #[test]
+    fn rows_read_back_through_serde_json() {
+        let nasty = [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "\u{0}nul",
+            "\n\t\u{1b}[2J",
+            "é😀\u{202e}",
+        ];
+        let extra_columns = ["cluster", "id"];
+        let mut want = Vec::new();
+        let mut rows = Vec::new();
+        for (n, first) in nasty.iter().enumerate() {
+            let cols: [Cow<'_, str>; 13] =
+                std::array::from_fn(|i| Cow::Borrowed(nasty[(n + i) % nasty.len()]));
+            let plain = (0..13).fold(0, |m, i| {
+                m | u16::from(json_stop(cols[i].as_bytes()).is_none()) << i
+            });
+            let extra = vec![(*first).to_owned(), format!("id{n}")];
+            let mut object = serde_json::Map::new();
+            for (name, value) in COLUMNS.iter().zip(&cols) {
+                object.insert((*name).into(), value.to_string().into());
+            }
+            object.insert("count".into(), (n as u64 * 1000).into());
+            for (name, value) in extra_columns.iter().zip(&extra) {
+                object.insert((*name).into(), value.clone().into());
+            }
+            want.push(object);
+            rows.push(Row {
+                cols,
+                plain,
+                count: n as u64 * 1000,
+                extra,
+            });
+        }
+        let names: Vec<&str> = COLUMNS.iter().chain(&extra_columns).copied().collect();
+        let keys = keys(&names);
+        for (row, want) in rows.iter().zip(&want) {
+            let mut out = Vec::new();
+            push_object(&keys, row, &mut out);
+            let got: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(&got, want);
+            // No value holds a quoted name followed by a colon.
+            let text = String::from_utf8(out).expect("UTF-8");
+            let at: Vec<usize> = names
+                .iter()
+                .map(|n| text.find(&format!("\"{n}\":")).expect("every name"))
+                .collect();
+            assert!(at.is_sorted(), "names in header order: {text}");
+        }
+    }
 
     #[test]
     fn strings_are_escaped_exactly_as_serde_json_does() {
