@@ -288,6 +288,8 @@ impl<'a> Parser<'a> {
     }
 
     /// Skips a string (at its `"`); returns whether it had escapes.
+    // Inlined: most strings are short, and a call cost as much as the scan.
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         self.eat(b'"')?;
         let mut escaped = false;
