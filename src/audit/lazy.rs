@@ -51,6 +51,42 @@ pub fn find_stop(s: &[u8]) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// Whether `s` holds a stop byte anywhere, for a string whose answer is
+/// all that matters (a value already checked, asked if it has escapes).
+/// Its steps overlap rather than end in a byte-at-a-time tail: most values
+/// are shorter than 16 bytes, or a little longer.
+#[inline(always)]
+pub fn has_stop(s: &[u8]) -> bool {
+    let n = s.len();
+    if n >= 16 {
+        let chunk = |at: usize| stops16(s[at..at + 16].try_into().expect("16 bytes"));
+        let mut i = 0;
+        while i + 16 < n {
+            if chunk(i) != 0 {
+                return true;
+            }
+            i += 16;
+        }
+        chunk(n - 16) != 0
+    } else if n >= 8 {
+        let word = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        word_flags(word(0)) | word_flags(word(n - 8)) != 0
+    } else {
+        s.iter().any(|&c| STOP[usize::from(c)])
+    }
+}
+
+/// The high bit of each byte of `w` that is a stop byte. The lowest flag
+/// is exact (borrows only carry upwards); those above it may not be.
+#[inline(always)]
+fn word_flags(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
+}
+
 /// One bit per byte of `chunk`, set where it is a stop byte (only the
 /// lowest bit set is sure to be right).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
@@ -82,17 +118,8 @@ fn vector_stops(chunk: &[u8; 16]) -> u32 {
 )]
 #[inline(always)]
 fn word_stops(chunk: &[u8; 16]) -> u32 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Flags the bytes of `v` that are zero; the lowest flag is exact
-    // (borrows only carry upwards), and only the lowest is used.
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let stops = |w: u64| {
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
-    };
     let word = |h: &[u8]| u64::from_le_bytes(h.try_into().expect("8 bytes"));
-    let (a, b) = (stops(word(&chunk[..8])), stops(word(&chunk[8..])));
+    let (a, b) = (word_flags(word(&chunk[..8])), word_flags(word(&chunk[8..])));
     // One bit per byte; a word's bits above its lowest flag may be wrong,
     // so the second word counts only when the first has none.
     let bits = |w: u64| 1u32 << (w.trailing_zeros() / 8);
@@ -511,6 +538,31 @@ mod tests {
             let lowest = |flags: u32| (flags != 0).then(|| flags.trailing_zeros() as usize);
             prop_assert_eq!(lowest(word_stops(&chunk)), first);
             prop_assert_eq!(lowest(stops16(&chunk)), first);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn has_stop_agrees_with_the_byte_table(s in prop::collection::vec(prop::sample::select(
+            vec![b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xff],
+        ), 0..40).prop_map(|mut s| {
+            // Mostly one stop or none, so a missed one shows.
+            let stops = s.iter().filter(|&&c| STOP[usize::from(c)]).count();
+            if stops > 1 {
+                s.retain(|&c| !STOP[usize::from(c)]);
+            }
+            s
+        }), at in any::<prop::sample::Index>(), stop in prop::sample::select(vec![b'"', b'\\', 0x00, 0x1f])) {
+            prop_assert_eq!(has_stop(&s), s.iter().any(|&c| STOP[usize::from(c)]));
+            let mut one = s.clone();
+            one.retain(|&c| !STOP[usize::from(c)]);
+            prop_assert!(!has_stop(&one));
+            if !one.is_empty() {
+                let at = at.index(one.len());
+                one[at] = stop;
+                prop_assert!(has_stop(&one), "{:?}", one);
+            }
         }
     }
 

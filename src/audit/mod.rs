@@ -388,7 +388,7 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
     // between the quotes. Only escaped strings need decoding.
     match text.len() {
         // Inside a valid JSON string the only stop byte can be a backslash.
-        n if n >= 2 && json_stop(&text.as_bytes()[1..n - 1]).is_none() => {
+        n if n >= 2 && !lazy::has_stop(&text.as_bytes()[1..n - 1]) => {
             Some(Cow::Borrowed(&text[1..n - 1]))
         }
         _ => serde_json::from_str::<Cow<'_, str>>(text).ok(),
