@@ -43,17 +43,26 @@ impl Key {
         }
     }
 
-    /// The 13 values, and which of them are plain: hold no quote,
-    /// backslash or control character (bit `i` for value `i`). Values are
-    /// short: the inline search for those bytes (NUL is one of them) finds
-    /// their ends sooner than a vector search, and tells plain values apart
-    /// on the way.
-    pub(super) fn decode(key: &str) -> ([Cow<'_, str>; 13], u16) {
+    /// The 13 values.
+    pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
-        let mut plain = 0;
+        let mut n = 0;
+        Key::each_value(key, |value, _| {
+            cols[n] = value;
+            n += 1;
+        });
+        cols
+    }
+
+    /// The 13 values one at a time, in order, without collecting them:
+    /// `each` gets each value and whether it is plain (holds no quote,
+    /// backslash or control character). Values are short: the inline search
+    /// for those bytes (NUL is one of them) finds their ends sooner than a
+    /// vector search, and tells plain values apart on the way.
+    pub(super) fn each_value<'k>(key: &'k str, mut each: impl FnMut(Cow<'k, str>, bool)) {
         let bytes = key.as_bytes();
         let (mut start, mut i) = (0, 0);
-        for (n, col) in cols.iter_mut().enumerate() {
+        for _ in 0..13 {
             let mut escaped = false;
             let mut stopped = false;
             let end = loop {
@@ -75,18 +84,15 @@ impl Key {
             };
             // NUL is ASCII: these cuts are on character boundaries.
             let raw = key.get(start..end).unwrap_or("");
-            *col = if escaped {
+            let value = if escaped {
                 Cow::Owned(raw.replace("\0\x01", "\0"))
             } else {
                 Cow::Borrowed(raw)
             };
-            if !escaped && !stopped {
-                plain |= 1 << n;
-            }
+            each(value, !escaped && !stopped);
             i = end + 2;
             start = i;
         }
-        (cols, plain)
     }
 }
 
@@ -346,14 +352,15 @@ pub struct Finding<'a> {
 impl<'a> Finding<'a> {
     /// The 13 by-field values, in [`super::COLUMNS`] order.
     pub fn cols(&self) -> [Cow<'a, str>; 13] {
-        Key::decode(self.key).0
+        Key::decode(self.key)
     }
 
-    /// [`Finding::cols`], and which values are plain: hold no quote,
-    /// backslash or control character, so a sink may copy them as they are
-    /// where it would escape those (bit `i` for value `i`).
-    pub fn cols_and_plain(&self) -> ([Cow<'a, str>; 13], u16) {
-        Key::decode(self.key)
+    /// [`Finding::cols`] one value at a time, for a sink that copies them
+    /// out as they come: `each` gets each value, in order, and whether it
+    /// is plain (holds no quote, backslash or control character, so it may
+    /// be copied where those would be escaped).
+    pub fn each_value(&self, each: impl FnMut(Cow<'a, str>, bool)) {
+        Key::each_value(self.key, each);
     }
 
     /// A stable id for this row: same log group, values and events give the

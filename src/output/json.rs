@@ -3,9 +3,9 @@
 
 use std::io::{self, Write};
 
-use super::{Row, Rows};
+use super::Rows;
 use crate::audit::json_stop;
-use crate::detect::COLUMNS;
+use crate::detect::{COLUMNS, Finding};
 
 /// Rows are rendered into a buffer of this size that is then written
 /// whole (a write this large goes past the writer's own buffer).
@@ -14,8 +14,8 @@ const CHUNK: usize = 256 * 1024;
 pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let keys = keys(&rows.header());
     let mut chunk = Vec::with_capacity(CHUNK);
-    for row in rows.iter() {
-        push_object(&keys, &row, &mut chunk);
+    for f in rows.findings.iter() {
+        push_object(&keys, &f, &(rows.extra)(&f), &mut chunk);
         chunk.push(b'\n');
         if chunk.len() >= CHUNK {
             out.write_all(&chunk)?;
@@ -29,9 +29,9 @@ pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     let keys = keys(&rows.header());
     let mut chunk = Vec::with_capacity(CHUNK);
     chunk.push(b'[');
-    for (i, row) in rows.iter().enumerate() {
+    for (i, f) in rows.findings.iter().enumerate() {
         chunk.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        push_object(&keys, &row, &mut chunk);
+        push_object(&keys, &f, &(rows.extra)(&f), &mut chunk);
         if chunk.len() >= CHUNK {
             out.write_all(&chunk)?;
             chunk.clear();
@@ -69,22 +69,23 @@ fn keys(header: &[&str]) -> Vec<Vec<u8>> {
 /// Where `count` stands in the header: last of the fixed columns.
 const COUNT_COLUMN: usize = COLUMNS.len() - 1;
 
-/// One row as a JSON object; `count` is a number, the rest strings.
-fn push_object(keys: &[Vec<u8>], row: &Row, out: &mut Vec<u8>) {
+/// One row as a JSON object; `count` is a number, the rest strings. The
+/// values are copied straight out of the finding, not collected first.
+fn push_object(keys: &[Vec<u8>], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
     // Header order: the 13 values, count, the extra columns.
     let mut keys = keys.iter().map(Vec::as_slice);
     let mut key = || keys.next().unwrap_or_default();
-    for (i, col) in row.cols.iter().enumerate() {
+    f.each_value(|value, plain| {
         out.extend_from_slice(key());
-        if row.plain >> i & 1 == 1 {
-            out.extend_from_slice(col.as_bytes());
+        if plain {
+            out.extend_from_slice(value.as_bytes());
         } else {
-            push_escaped(out, col);
+            push_escaped(out, &value);
         }
-    }
+    });
     out.extend_from_slice(key());
-    out.extend_from_slice(itoa::Buffer::new().format(row.count).as_bytes());
-    for extra in &row.extra {
+    out.extend_from_slice(itoa::Buffer::new().format(f.count).as_bytes());
+    for extra in extra {
         out.extend_from_slice(key());
         push_escaped(out, extra);
         out.push(b'"');
@@ -127,13 +128,14 @@ fn push_escaped(out: &mut Vec<u8>, s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
+    use std::collections::BTreeMap;
 
     use super::*;
+    use crate::detect::{Detector, FILL, Origin};
 
     /// Rows with values that need escaping (or not), a count and extra
     /// columns read back through serde_json exactly: names in order, values
-    /// as given, `count` a number.
+    /// as the events held them, `count` a number.
     #[test]
     fn rows_read_back_through_serde_json() {
         let nasty = [
@@ -145,40 +147,58 @@ mod tests {
             "\n\t\u{1b}[2J",
             "é😀\u{202e}",
         ];
-        let extra_columns = ["cluster", "id"];
-        let mut want = Vec::new();
-        let mut rows = Vec::new();
-        for (n, first) in nasty.iter().enumerate() {
-            let cols: [Cow<'_, str>; 13] =
-                std::array::from_fn(|i| Cow::Borrowed(nasty[(n + i) % nasty.len()]));
-            let plain = (0..13).fold(0, |m, i| {
-                m | u16::from(json_stop(cols[i].as_bytes()).is_none()) << i
+        let mut det = Detector::new(Vec::new());
+        let mut want = BTreeMap::new();
+        for (n, agent) in nasty.iter().enumerate() {
+            let uri = nasty[(n + 1) % nasty.len()];
+            let event = serde_json::json!({
+                "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+                "sourceIPs": ["1.2.3.4"], "userAgent": agent, "requestURI": uri, "verb": "get",
             });
-            let extra = vec![(*first).to_owned(), format!("id{n}")];
+            for _ in 0..=n {
+                det.feed(event.to_string().as_bytes(), Origin::default());
+            }
+            let or_fill = |s: &str| if s.is_empty() { FILL } else { s }.to_owned();
             let mut object = serde_json::Map::new();
-            for (name, value) in COLUMNS.iter().zip(&cols) {
-                object.insert((*name).into(), value.to_string().into());
+            for (name, value) in COLUMNS.iter().zip([
+                FILL,
+                FILL,
+                FILL,
+                FILL,
+                &or_fill(uri),
+                FILL,
+                "1.2.3.4",
+                FILL,
+                "system:unauthenticated",
+                FILL,
+                "system:anonymous",
+                &or_fill(agent),
+                "get",
+            ]) {
+                object.insert((*name).into(), value.into());
             }
-            object.insert("count".into(), (n as u64 * 1000).into());
-            for (name, value) in extra_columns.iter().zip(&extra) {
-                object.insert((*name).into(), value.clone().into());
-            }
-            want.push(object);
-            rows.push(Row {
-                cols,
-                plain,
-                count: n as u64 * 1000,
-                extra,
-            });
+            object.insert("count".into(), (n + 1).into());
+            object.insert("cluster".into(), (*agent).into());
+            want.insert((or_fill(uri), or_fill(agent)), object);
         }
-        let names: Vec<&str> = COLUMNS.iter().chain(&extra_columns).copied().collect();
+        let names: Vec<&str> = COLUMNS.iter().chain(&["cluster"]).copied().collect();
         let keys = keys(&names);
-        for (row, want) in rows.iter().zip(&want) {
+        let findings = det.finish().0.into_findings();
+        assert_eq!(findings.len(), nasty.len());
+        for f in findings.iter() {
             let mut out = Vec::new();
-            push_object(&keys, row, &mut out);
+            let cols = f.cols();
+            let agent = &cols[COLUMNS.iter().position(|&c| c == "userAgent").unwrap()];
+            let extra = [if agent == FILL {
+                String::new()
+            } else {
+                agent.to_string()
+            }];
+            push_object(&keys, &f, &extra, &mut out);
             let got: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&out).expect("valid JSON");
-            assert_eq!(&got, want);
+            let uri = got["requestURI"].as_str().unwrap().to_owned();
+            assert_eq!(got, want[&(uri, agent.to_string())]);
             // No value holds a quoted name followed by a colon.
             let text = String::from_utf8(out).expect("UTF-8");
             let at: Vec<usize> = names

@@ -46,9 +46,6 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row<'a> {
     pub cols: [Cow<'a, str>; 13],
-    /// Bit `i` set: `cols[i]` holds no quote, backslash or control
-    /// character (nothing to escape in JSON).
-    pub plain: u16,
     pub count: u64,
     pub extra: Vec<String>,
 }
@@ -70,14 +67,10 @@ impl<'a> Rows<'a> {
 
     /// The rows, in order.
     fn iter(&self) -> impl Iterator<Item = Row<'a>> + '_ {
-        self.findings.iter().map(|f| {
-            let (cols, plain) = f.cols_and_plain();
-            Row {
-                cols,
-                plain,
-                count: f.count,
-                extra: (self.extra)(&f),
-            }
+        self.findings.iter().map(|f| Row {
+            cols: f.cols(),
+            count: f.count,
+            extra: (self.extra)(&f),
         })
     }
 
