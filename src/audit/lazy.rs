@@ -209,17 +209,17 @@ fn whole<'a, T>(text: &'a str, read: impl FnOnce(&mut Parser<'a>) -> Option<T>) 
 /// The raw JSON texts of the elements of the array `text`, as serde_json
 /// reads it into a `Vec<&RawValue>`; `None` when serde_json should decide
 /// (anything that is not one valid JSON array).
-/// Each element goes through `keep`, and what it keeps is collected (one
-/// allocation, not one for the elements and one for what is kept).
-pub(super) fn array<'a, T>(
+/// Each element goes through `keep`, and what it keeps is collected (not
+/// the elements first, then what is kept).
+pub(super) fn array<'a, T, C: Default + Extend<T>>(
     text: &'a str,
     mut keep: impl FnMut(&'a str) -> Option<T>,
-) -> Option<Vec<T>> {
+) -> Option<C> {
     whole(text, |p| {
         if p.peek()? != b'[' {
             return None;
         }
-        let mut items = Vec::new();
+        let mut items = C::default();
         p.container(b']', |p| {
             let start = p.i;
             p.value()?;
@@ -499,7 +499,7 @@ mod tests {
         fn array_agrees_with_serde(items in prop::collection::vec((value(), blank()), 0..6), close in any::<bool>()) {
             let body: Vec<String> = items.iter().map(|(v, b)| format!("{b}{v}{b}")).collect();
             let text = format!("[{}{}", body.join(","), if close { "]" } else { "" });
-            if let Some(fast) = array(&text, Some) {
+            if let Some(fast) = array::<_, Vec<_>>(&text, Some) {
                 let reference: Result<Vec<&RawValue>, _> = serde_json::from_str(&text);
                 prop_assert!(reference.is_ok(), "fast accepted what serde rejects: {}", text);
                 let reference: Vec<&str> = reference.unwrap().into_iter().map(RawValue::get).collect();

@@ -312,12 +312,12 @@ impl<'a> Event<'_, 'a> {
     }
 
     /// `user.groups{}`: the usable values of `user.groups`.
-    pub fn groups(&self) -> Vec<Cow<'a, str>> {
+    pub fn groups(&self) -> Values<'a> {
         multi(self.user.groups)
     }
 
     /// `sourceIPs{}`: the usable values of `sourceIPs`.
-    pub fn source_ips(&self) -> Vec<Cow<'a, str>> {
+    pub fn source_ips(&self) -> Values<'a> {
         multi(self.record.source_ips)
     }
 
@@ -403,13 +403,18 @@ fn array(text: &str) -> Option<Vec<&str>> {
 
 /// What `keep` keeps of the elements of a JSON array; `None` for any other
 /// type.
-fn array_kept<'a, T>(text: &'a str, mut keep: impl FnMut(&'a str) -> Option<T>) -> Option<Vec<T>> {
+fn array_kept<'a, T, C: Default + Extend<T>>(
+    text: &'a str,
+    mut keep: impl FnMut(&'a str) -> Option<T>,
+) -> Option<C> {
     if !text.starts_with('[') {
         return None;
     }
     lazy::array(text, &mut keep).or_else(|| {
         let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
-        Some(items.into_iter().filter_map(|i| keep(i.get())).collect())
+        let mut kept = C::default();
+        kept.extend(items.into_iter().filter_map(|i| keep(i.get())));
+        Some(kept)
     })
 }
 
@@ -423,10 +428,14 @@ fn scalar(text: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// The values of a multi-valued field. Events hold one or two (one source
+/// IP; one or two groups), which stay inline: no allocation per event.
+pub type Values<'a> = smallvec::SmallVec<[Cow<'a, str>; 2]>;
+
 /// The usable values of a multi-valued field (`x{}` in SPL): the elements of
 /// an array, skipping null, "", arrays and objects. Empty when the field is
 /// not an array.
-fn multi(text: Option<&str>) -> Vec<Cow<'_, str>> {
+fn multi(text: Option<&str>) -> Values<'_> {
     text.and_then(|t| array_kept(t, scalar)).unwrap_or_default()
 }
 
@@ -493,7 +502,7 @@ mod tests {
         with_event(
             r#"{"sourceIPs":["1.2.3.4",null,"",{},[],"1.2.3.4",5]}"#,
             |e| {
-                assert_eq!(e.source_ips(), vec!["1.2.3.4", "1.2.3.4", "5"]);
+                assert_eq!(e.source_ips().as_slice(), ["1.2.3.4", "1.2.3.4", "5"]);
             },
         );
     }

@@ -21,7 +21,7 @@ mod prefilter;
 
 use std::borrow::Cow;
 
-use crate::audit::{Event, Record, Shape};
+use crate::audit::{Event, Record, Shape, Values};
 use aggregate::Key;
 pub use aggregate::{Aggregator, Finding, Findings, event_hash};
 pub use exclude::Exclusion;
@@ -292,12 +292,11 @@ impl Detector {
 }
 
 /// A multi-valued field with no usable value groups as one "0" row.
-fn or_fill(values: Vec<Cow<'_, str>>) -> Vec<Cow<'_, str>> {
+fn or_fill(mut values: Values<'_>) -> Values<'_> {
     if values.is_empty() {
-        vec![Cow::Borrowed(FILL)]
-    } else {
-        values
+        values.push(Cow::Borrowed(FILL));
     }
+    values
 }
 
 /// The cheap framing check for records the prefilter rejected: a JSON
