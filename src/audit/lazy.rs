@@ -136,7 +136,9 @@ const MAX_DEPTH: u32 = 127;
 pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
     // serde_json checks UTF-8 where it decodes; checking it all up front
     // only sends more records to the reference parse.
-    let text = std::str::from_utf8(bytes).ok()?;
+    // simdutf8 checks with AVX2 where the CPU has it: 1.3% of the
+    // instructions on all-anonymous input where std's check took 3.3%.
+    let text = simdutf8::basic::from_utf8(bytes).ok()?;
     let mut ahead = ReadAhead::default();
     // The nested objects the rule reads are read on the way through, so
     // their bytes are not scanned a second time.
