@@ -7,6 +7,10 @@
 //! scheduled poller's place. [`cli`] turns flags into configuration and
 //! [`commands`] wires the pieces together for each subcommand.
 
+// Untrusted input everywhere: no `unsafe` here; SIMD comes from crates
+// that wrap it (safe_arch, simdutf8, memchr).
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod checkpoint;
 pub mod cli;

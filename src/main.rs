@@ -1,6 +1,10 @@
 //! The `kubeanon` binary: parse flags, run, map the result to an exit code.
 //! All error printing happens here.
 
+// Untrusted input everywhere: no `unsafe` here; SIMD comes from crates
+// that wrap it (safe_arch, simdutf8, memchr).
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;
