@@ -237,8 +237,9 @@ fn read_plain(mut input: impl Read, det: &mut Detector, detect_document: bool) -
     }
     let mut judge = Judge::default();
     loop {
-        // The prefilter runs once over every complete line in the buffer;
-        // each line then only looks up whether a candidate falls inside it.
+        // The prefilter runs once over every complete line in the buffer
+        // (unless a flood has the judge skip it); each line then only looks
+        // up whether a candidate falls inside it.
         let hits = judge.candidates(lines.complete());
         let mut next = 0;
         let (mut seen, mut passed) = (0, 0);
