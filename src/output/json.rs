@@ -45,7 +45,7 @@ pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
 /// the quotes around string values folded in: `{"name":"` for the first,
 /// `","name":"` after a value, `","count":` before the count and `,"name":"`
 /// after it. A row is then two copies per value, most of them short.
-fn keys(header: &[&str]) -> Vec<Key> {
+fn keys(header: &[&str]) -> Vec<ColumnKey> {
     let count = COUNT_COLUMN;
     header
         .iter()
@@ -61,7 +61,7 @@ fn keys(header: &[&str]) -> Vec<Key> {
             if i != count {
                 key.push(b'"');
             }
-            Key::new(key)
+            ColumnKey::new(key)
         })
         .collect()
 }
@@ -69,12 +69,12 @@ fn keys(header: &[&str]) -> Vec<Key> {
 /// One of [`keys`], also kept padded to a fixed size when it fits: a copy
 /// of a known size is a few moves instead of a call, and each row copies
 /// 14 of them.
-struct Key {
+struct ColumnKey {
     bytes: Vec<u8>,
-    padded: Option<[u8; Key::PADDED]>,
+    padded: Option<[u8; ColumnKey::PADDED]>,
 }
 
-impl Key {
+impl ColumnKey {
     /// Fits every fixed column's key (the longest is 30 bytes).
     const PADDED: usize = 32;
 
@@ -84,7 +84,7 @@ impl Key {
             padded[..bytes.len()].copy_from_slice(&bytes);
             padded
         });
-        Key { bytes, padded }
+        ColumnKey { bytes, padded }
     }
 
     #[inline(always)]
@@ -104,7 +104,7 @@ const COUNT_COLUMN: usize = COLUMNS.len() - 1;
 
 /// One row as a JSON object; `count` is a number, the rest strings. The
 /// values are copied straight out of the finding, not collected first.
-fn push_object(keys: &[Key], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
+fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
     // Header order: the 13 values, count, the extra columns.
     let mut keys = keys.iter();
     let mut key = |out: &mut Vec<u8>| {
