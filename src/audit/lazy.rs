@@ -12,7 +12,8 @@
 //! record gets serde_json's verdict.
 
 use super::{
-    OBJECT_REF_FIELDS, RECORD_FIELDS, RESPONSE_STATUS_FIELDS, ReadAhead, Record, USER_FIELDS,
+    OBJECT_REF, OBJECT_REF_FIELDS, RECORD_FIELDS, RESPONSE_STATUS, RESPONSE_STATUS_FIELDS, Record,
+    USER, USER_FIELDS,
 };
 
 /// Bytes that end a run of plain string content: the closing quote, an
@@ -139,47 +140,25 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
     // simdutf8 checks with AVX2 where the CPU has it: 1.3% of the
     // instructions on all-anonymous input where std's check took 3.3%.
     let text = simdutf8::basic::from_utf8(bytes).ok()?;
-    let mut ahead = ReadAhead::default();
+    let mut record = Record::default();
+    let (fields, ahead) = (&mut record.fields, &mut record.ahead);
     // The nested objects the rule reads are read on the way through, so
     // their bytes are not scanned a second time.
-    let fields = whole(text, |p| {
-        p.members(text, &RECORD_FIELDS, |p, slot| match (slot, p.peek()) {
-            (USER, Some(b'{')) => p.nested(text, &USER_FIELDS, &mut ahead.user),
-            (OBJECT_REF, Some(b'{')) => p.nested(text, &OBJECT_REF_FIELDS, &mut ahead.object_ref),
-            (RESPONSE_STATUS, Some(b'{')) => {
-                p.nested(text, &RESPONSE_STATUS_FIELDS, &mut ahead.response_status)
+    let decided = whole(text, |p| {
+        p.members(text, &RECORD_FIELDS, fields, |p, slot| {
+            match (slot, p.peek()) {
+                (USER, Some(b'{')) => p.nested(text, &USER_FIELDS, &mut ahead.user),
+                (OBJECT_REF, Some(b'{')) => {
+                    p.nested(text, &OBJECT_REF_FIELDS, &mut ahead.object_ref)
+                }
+                (RESPONSE_STATUS, Some(b'{')) => {
+                    p.nested(text, &RESPONSE_STATUS_FIELDS, &mut ahead.response_status)
+                }
+                _ => p.value(),
             }
-            _ => p.value(),
         })
-    })??;
-    Some(Record::from_fields(fields, ahead))
-}
-
-/// The slots of [`RECORD_FIELDS`] whose objects are read ahead.
-const USER: usize = slot("user");
-const OBJECT_REF: usize = slot("objectRef");
-const RESPONSE_STATUS: usize = slot("responseStatus");
-
-/// Where `name` stands in [`RECORD_FIELDS`] (a compile error if nowhere).
-const fn slot(name: &str) -> usize {
-    let name = name.as_bytes();
-    let mut i = 0;
-    'fields: while i < RECORD_FIELDS.len() {
-        let field = RECORD_FIELDS[i].as_bytes();
-        i += 1;
-        if field.len() != name.len() {
-            continue;
-        }
-        let mut j = 0;
-        while j < name.len() {
-            if field[j] != name[j] {
-                continue 'fields;
-            }
-            j += 1;
-        }
-        return i - 1;
-    }
-    panic!("not a record field")
+    })?;
+    decided.then_some(record)
 }
 
 /// The raw JSON texts of the members of the object `text` named in
@@ -191,7 +170,11 @@ pub(super) fn object<'a, const N: usize>(
     text: &'a str,
     names: &[&str; N],
 ) -> Option<[Option<&'a str>; N]> {
-    whole(text, |p| p.members(text, names, |p, _| p.value()))?
+    let mut fields = [None; N];
+    let decided = whole(text, |p| {
+        p.members(text, names, &mut fields, |p, _| p.value())
+    })?;
+    decided.then_some(fields)
 }
 
 /// Runs `read` over all of `text` (blanks around it allowed); `None` if it
@@ -240,20 +223,22 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     /// Reads an object (at its `{`) whose bytes are `text`'s, keeping the
-    /// raw text of the members named in `names`; `read` reads the value of
-    /// a named member (given its slot), [`Parser::value`] the others.
-    /// `None`: not valid JSON. `Some(None)`: valid, but serde_json must say
-    /// which members it holds (an escaped key, a named member twice).
+    /// raw text of the members named in `names` in `fields` (which start
+    /// out `None`); `read` reads the value of a named member (given its
+    /// slot), [`Parser::value`] the others. `None`: not valid JSON.
+    /// `Some(false)`: valid, but serde_json must say which members it holds
+    /// (an escaped key, a named member twice).
+    // The caller's array is filled in place: a record's is moved nowhere.
     fn members<const N: usize>(
         &mut self,
         text: &'a str,
         names: &[&str; N],
+        fields: &mut [Option<&'a str>; N],
         mut read: impl FnMut(&mut Self, usize) -> Option<()>,
-    ) -> Option<Option<[Option<&'a str>; N]>> {
+    ) -> Option<bool> {
         if self.peek()? != b'{' {
             return None;
         }
-        let mut fields: [Option<&str>; N] = [None; N];
         let mut seen = [false; N];
         let mut decided = true;
         self.container(b'}', |p| {
@@ -287,7 +272,7 @@ impl<'a> Parser<'a> {
             }
             Some(())
         })?;
-        Some(decided.then_some(fields))
+        Some(decided)
     }
 
     /// Reads a nested object's named members into `out` (left `None` when
@@ -298,7 +283,9 @@ impl<'a> Parser<'a> {
         names: &[&str; N],
         out: &mut Option<[Option<&'a str>; N]>,
     ) -> Option<()> {
-        *out = self.members(text, names, |p, _| p.value())?;
+        let mut fields = [None; N];
+        let decided = self.members(text, names, &mut fields, |p, _| p.value())?;
+        *out = decided.then_some(fields);
         Some(())
     }
 

@@ -24,21 +24,9 @@ use serde_json::value::RawValue;
 /// Each field is the raw JSON text of its value.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Record<'a> {
-    pub kind: Option<&'a str>,
-    pub user: Option<&'a str>,
-    pub source_ips: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub verb: Option<&'a str>,
-    pub stage: Option<&'a str>,
-    pub request_uri: Option<&'a str>,
-    pub request_received_timestamp: Option<&'a str>,
-    pub object_ref: Option<&'a str>,
-    pub response_status: Option<&'a str>,
-    // Wrapper fields.
-    pub message: Option<&'a str>,
-    pub event_id: Option<&'a str>,
-    pub events: Option<&'a str>,
-    pub items: Option<&'a str>,
+    /// The raw JSON text of each field in [`RECORD_FIELDS`], in its order
+    /// (read them by the slots below it); `None` if absent or `null`.
+    fields: [Option<&'a str>; 14],
     /// What the fast parse already read of the nested objects.
     ahead: ReadAhead<'a>,
 }
@@ -47,7 +35,7 @@ pub struct Record<'a> {
 /// is only a shortcut to what the nested objects hold.
 impl PartialEq for Record<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.fields() == other.fields()
+        self.fields == other.fields
     }
 }
 
@@ -85,6 +73,44 @@ pub const RECORD_FIELDS: [&str; 14] = [
     "events",
     "items",
 ];
+
+// Where each field stands in [`RECORD_FIELDS`], looked up at compile time.
+const KIND: usize = slot("kind");
+pub(crate) const USER: usize = slot("user");
+const SOURCE_IPS: usize = slot("sourceIPs");
+const USER_AGENT: usize = slot("userAgent");
+const VERB: usize = slot("verb");
+const STAGE: usize = slot("stage");
+const REQUEST_URI: usize = slot("requestURI");
+const REQUEST_RECEIVED_TIMESTAMP: usize = slot("requestReceivedTimestamp");
+pub(crate) const OBJECT_REF: usize = slot("objectRef");
+pub(crate) const RESPONSE_STATUS: usize = slot("responseStatus");
+const MESSAGE: usize = slot("message");
+const EVENT_ID: usize = slot("eventId");
+const EVENTS: usize = slot("events");
+const ITEMS: usize = slot("items");
+
+/// Where `name` stands in [`RECORD_FIELDS`] (a compile error if nowhere).
+const fn slot(name: &str) -> usize {
+    let name = name.as_bytes();
+    let mut i = 0;
+    'fields: while i < RECORD_FIELDS.len() {
+        let field = RECORD_FIELDS[i].as_bytes();
+        i += 1;
+        if field.len() != name.len() {
+            continue;
+        }
+        let mut j = 0;
+        while j < name.len() {
+            if field[j] != name[j] {
+                continue 'fields;
+            }
+            j += 1;
+        }
+        return i - 1;
+    }
+    panic!("not a record field")
+}
 
 /// serde_json's view of a [`Record`]: the reference parse.
 #[derive(Debug, Default, Deserialize)]
@@ -179,67 +205,10 @@ impl<'a> Record<'a> {
             w.events,
             w.items,
         ];
-        Ok(Record::from_fields(
-            fields.map(|v| v.map(RawValue::get)),
-            ReadAhead::default(),
-        ))
-    }
-
-    /// The fields' texts, in [`RECORD_FIELDS`] order.
-    fn fields(&self) -> [Option<&'a str>; 14] {
-        [
-            self.kind,
-            self.user,
-            self.source_ips,
-            self.user_agent,
-            self.verb,
-            self.stage,
-            self.request_uri,
-            self.request_received_timestamp,
-            self.object_ref,
-            self.response_status,
-            self.message,
-            self.event_id,
-            self.events,
-            self.items,
-        ]
-    }
-
-    /// A record from its fields' texts, in [`RECORD_FIELDS`] order.
-    fn from_fields(fields: [Option<&'a str>; 14], ahead: ReadAhead<'a>) -> Self {
-        let [
-            kind,
-            user,
-            source_ips,
-            user_agent,
-            verb,
-            stage,
-            request_uri,
-            request_received_timestamp,
-            object_ref,
-            response_status,
-            message,
-            event_id,
-            events,
-            items,
-        ] = fields;
-        Record {
-            kind,
-            user,
-            source_ips,
-            user_agent,
-            verb,
-            stage,
-            request_uri,
-            request_received_timestamp,
-            object_ref,
-            response_status,
-            message,
-            event_id,
-            events,
-            items,
-            ahead,
-        }
+        Ok(Record {
+            fields: fields.map(|v| v.map(RawValue::get)),
+            ahead: ReadAhead::default(),
+        })
     }
 
     /// The same as [`Record::parse`], several times faster: one validating
@@ -253,14 +222,14 @@ impl<'a> Record<'a> {
 
     /// Decides whether this is an audit event or a wrapper around events.
     pub fn shape(&self) -> Shape<'_, 'a> {
-        if self.user.is_none() {
-            if let Some(message) = self.message.and_then(string) {
-                let event_id = self.event_id.and_then(string);
+        if self.fields[USER].is_none() {
+            if let Some(message) = self.fields[MESSAGE].and_then(string) {
+                let event_id = self.fields[EVENT_ID].and_then(string);
                 return Shape::CloudWatch { message, event_id };
             }
-            let list = self.events.or(
-                if self.kind.and_then(string).as_deref() == Some("EventList") {
-                    self.items
+            let list = self.fields[EVENTS].or(
+                if self.fields[KIND].and_then(string).as_deref() == Some("EventList") {
+                    self.fields[ITEMS]
                 } else {
                     None
                 },
@@ -271,7 +240,7 @@ impl<'a> Record<'a> {
         }
         Shape::Event(Event {
             record: self,
-            user: User::parse(self.user, self.ahead.user),
+            user: User::parse(self.fields[USER], self.ahead.user),
         })
     }
 }
@@ -318,7 +287,7 @@ impl<'a> Event<'_, 'a> {
 
     /// `sourceIPs{}`: the usable values of `sourceIPs`.
     pub fn source_ips(&self) -> Values<'a> {
-        multi(self.record.source_ips)
+        multi(self.record.fields[SOURCE_IPS])
     }
 
     /// The eleven single-valued by-fields, in output column order with the
@@ -328,13 +297,13 @@ impl<'a> Event<'_, 'a> {
     pub fn scalars(&self) -> [Option<Cow<'a, str>>; 11] {
         let r = self.record;
         let [name, namespace, resource] = sub(
-            r.object_ref,
+            r.fields[OBJECT_REF],
             r.ahead.object_ref,
             &OBJECT_REF_FIELDS,
             |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource],
         );
         let [code] = sub(
-            r.response_status,
+            r.fields[RESPONSE_STATUS],
             r.ahead.response_status,
             &RESPONSE_STATUS_FIELDS,
             |w: ResponseStatusWire<'a>| [w.code],
@@ -343,14 +312,14 @@ impl<'a> Event<'_, 'a> {
             name.and_then(scalar),
             namespace.and_then(scalar),
             resource.and_then(scalar),
-            r.request_received_timestamp.and_then(scalar),
-            r.request_uri.and_then(scalar),
+            r.fields[REQUEST_RECEIVED_TIMESTAMP].and_then(scalar),
+            r.fields[REQUEST_URI].and_then(scalar),
             code.and_then(scalar),
-            r.stage.and_then(scalar),
+            r.fields[STAGE].and_then(scalar),
             self.user.uid.and_then(scalar),
             self.user.username.and_then(scalar),
-            r.user_agent.and_then(scalar),
-            r.verb.and_then(scalar),
+            r.fields[USER_AGENT].and_then(scalar),
+            r.fields[VERB].and_then(scalar),
         ]
     }
 }
