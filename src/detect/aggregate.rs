@@ -43,6 +43,18 @@ impl Key {
         }
     }
 
+    /// The key of these values (as given, not unescaped) and scope: for
+    /// tests that build keys directly.
+    #[cfg(test)]
+    pub(super) fn of(cols: &[String], scope: u32) -> String {
+        let mut key = String::new();
+        for c in cols {
+            Key::push_value(&mut key, c, true);
+        }
+        Key::push_scope(&mut key, scope);
+        key
+    }
+
     /// The 13 values.
     pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
@@ -442,15 +454,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn key(cols: &[String], scope: u32) -> String {
-        let mut k = String::new();
-        for c in cols {
-            Key::push_value(&mut k, c, true);
-        }
-        Key::push_scope(&mut k, scope);
-        k
-    }
-
     /// Values that share long prefixes (past the tag rounds' depth limit),
     /// hold NULs, or are prefixes of each other; few enough that many rows
     /// tie for many rounds.
@@ -483,7 +486,7 @@ mod tests {
         ) {
             let mut agg = Aggregator::default();
             for (cols, scope) in &rows {
-                agg.add(&key(cols, *scope), *scope, 1, 0);
+                agg.add(&Key::of(cols, *scope), *scope, 1, 0);
             }
             let findings = agg.into_findings();
             let got: Vec<(Vec<String>, u32, u64)> = findings
