@@ -1,20 +1,23 @@
-//! The poller's checkpoint: where each log group was read up to, and which
-//! matched events near that point were already reported.
+//! The poller's checkpoint: per log group, what was read (the read
+//! settings), up to where (the watermark), and which matched events near
+//! that point were already reported (the dedup set, and how far back it
+//! reaches: the horizon).
 //!
 //! CloudWatch Logs can only be queried by event time and events arrive
 //! late, so each run rescans an overlap before the watermark and skips the
-//! matched events whose eventIds are remembered here. The file is JSON,
-//! versioned, replaced atomically (temporary file, fsync, rename), and
-//! guarded by a lock on a sibling `.lock` file for the whole run.
+//! matched events remembered here. A run never rescans before the horizon,
+//! whatever its `--overlap`: before it, the dedup set is incomplete, and an
+//! event found there could not be told from one already delivered.
 //!
-//! For exactly-once delivery to an `--append` file the checkpoint also
-//! records a pending delivery (the bytes to append, where, and the state to
-//! commit once they are there) before the append. A run that finds a
-//! pending delivery completes it first; see [`Pending`].
+//! The file is JSON, versioned, replaced atomically (temporary file, fsync,
+//! rename), and guarded by a lock on a sibling `.lock` file for the whole
+//! run. It holds state only, never rendered rows: a delivery in progress
+//! lives in the journal beside it (`crate::deliver`). Its size is
+//! proportional to the dedup sets, which are capped at [`MAX_SEEN`] ids per
+//! log group.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -22,40 +25,70 @@ use serde::{Deserialize, Serialize};
 
 use crate::output;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The most eventIds one log group remembers. A flood beyond it moves the
+/// horizon forward (the run says so): the checkpoint stays small, at the
+/// cost of a shorter overlap for that stretch.
+pub const MAX_SEEN: usize = 100_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
     /// One entry per (region, log group) ever polled with this file.
     pub groups: Vec<GroupState>,
-    /// A delivery to an append file that may or may not have happened.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<Pending>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What defines the events a run reads from a log group: a run with other
+/// settings reads other events, so it may not move this entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadSettings {
+    pub stream_prefix: String,
+    pub server_filter: bool,
+}
+
+impl std::fmt::Display for ReadSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--stream-prefix '{}'{}",
+            self.stream_prefix,
+            if self.server_filter {
+                ""
+            } else {
+                " --no-server-filter"
+            }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
     pub region: String,
     pub log_group: String,
+    pub read: ReadSettings,
     /// Everything before this (ms since the epoch) has been read, up to
     /// events that arrive later than the overlap.
     pub watermark_ms: i64,
-    /// eventId -> event time (ms) of matched events at or after
-    /// `watermark_ms - overlap`, already reported.
+    /// Every matched event reported with a time in `[horizon_ms,
+    /// watermark_ms)` is in `seen`; nothing before the horizon is read again.
+    pub horizon_ms: i64,
+    /// Hash of the eventId (32 hex digits) -> event time (ms) of reported
+    /// matched events at or after the horizon.
     pub seen: BTreeMap<String, i64>,
 }
 
-/// A delivery to an append file, recorded before it starts.
+/// One step's change to a log group's entry, applied once its rows are
+/// delivered. Applying it twice changes nothing (a recovered journal may).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    pub file: PathBuf,
-    /// File length before the append.
-    pub offset: u64,
-    /// The exact bytes appended.
-    pub data: String,
-    /// The group states to commit once the bytes are in the file.
-    pub groups: Vec<GroupState>,
+pub struct Commit {
+    pub region: String,
+    pub log_group: String,
+    pub read: ReadSettings,
+    pub watermark_ms: i64,
+    pub horizon_ms: i64,
+    /// The matched events this step reported: eventId hash -> time.
+    pub new_seen: Vec<(String, i64)>,
 }
 
 impl State {
@@ -72,22 +105,62 @@ impl State {
             .find(|g| g.region == region && g.log_group == log_group)
     }
 
-    /// Replaces (or adds) the states of these groups.
-    pub fn update(&mut self, updated: Vec<GroupState>) {
-        for g in updated {
-            match self
-                .groups
-                .iter_mut()
-                .find(|o| o.region == g.region && o.log_group == g.log_group)
-            {
-                Some(old) => *old = g,
-                None => self.groups.push(g),
+    /// Applies a step's commit. Returns the horizon when the dedup cap
+    /// moved it past where the commit asked.
+    pub fn apply(&mut self, c: &Commit) -> Option<i64> {
+        let at = self
+            .groups
+            .iter()
+            .position(|g| g.region == c.region && g.log_group == c.log_group);
+        let g = match at {
+            Some(i) => &mut self.groups[i],
+            None => {
+                self.groups.push(GroupState {
+                    region: c.region.clone(),
+                    log_group: c.log_group.clone(),
+                    read: c.read.clone(),
+                    watermark_ms: c.watermark_ms,
+                    horizon_ms: c.horizon_ms,
+                    seen: BTreeMap::new(),
+                });
+                self.groups.last_mut().expect("just pushed")
             }
-        }
+        };
+        g.apply(c)
     }
 }
 
-/// An open checkpoint: its path, the lock held for the run, the state.
+impl GroupState {
+    /// See [`State::apply`].
+    pub fn apply(&mut self, c: &Commit) -> Option<i64> {
+        self.read = c.read.clone();
+        self.watermark_ms = self.watermark_ms.max(c.watermark_ms);
+        self.horizon_ms = self.horizon_ms.max(c.horizon_ms).min(self.watermark_ms);
+        self.seen.extend(c.new_seen.iter().cloned());
+        let mut capped = None;
+        if self.seen.len() > MAX_SEEN {
+            // Keep the newest MAX_SEEN: the horizon moves to the oldest kept.
+            let mut times: Vec<i64> = self.seen.values().copied().collect();
+            times.sort_unstable();
+            let cut = times[times.len() - MAX_SEEN];
+            // Events at `cut` itself are all kept or all dropped: an event
+            // at the horizon must be in the set.
+            let horizon = if times.iter().filter(|t| **t >= cut).count() > MAX_SEEN {
+                cut + 1
+            } else {
+                cut
+            };
+            self.horizon_ms = self.horizon_ms.max(horizon);
+            capped = Some(self.horizon_ms);
+        }
+        let h = self.horizon_ms;
+        self.seen.retain(|_, ts| *ts >= h);
+        capped
+    }
+}
+
+/// An open checkpoint: its path (symlinks followed), the lock held for the
+/// run, the state.
 pub struct Checkpoint {
     path: PathBuf,
     _lock: File,
@@ -95,10 +168,14 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Takes the lock and reads the file (a missing file is a first run).
-    /// A second run on the same checkpoint fails here, touching nothing.
+    /// Takes the lock and reads the file (a missing or empty file is a
+    /// first run). A second run on the same checkpoint fails here,
+    /// touching nothing. Through a symlink, the file it points to is the
+    /// checkpoint, and its lock is beside that file.
     pub fn open(path: &Path) -> Result<Self> {
-        let lock_path = lock_path(path);
+        let path = resolve(path)
+            .with_context(|| format!("cannot resolve checkpoint path {}", path.display()))?;
+        let lock_path = sibling(&path, ".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -116,9 +193,9 @@ impl Checkpoint {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
             }
         }
-        let state = read(path)?;
+        let state = read(&path)?;
         Ok(Checkpoint {
-            path: path.to_path_buf(),
+            path,
             _lock: lock,
             state,
         })
@@ -131,16 +208,47 @@ impl Checkpoint {
             .with_context(|| format!("cannot save checkpoint {}", self.path.display()))
     }
 
+    /// The checkpoint file (absolute, symlinks followed).
     pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+/// `path` with `suffix` added to its file name.
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
+    name.push(suffix);
     path.with_file_name(name)
 }
+
+/// An absolute path with every symlink of the file itself followed (a
+/// dangling link names the file to create).
+pub fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = std::path::absolute(path)?;
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            _ => break,
+        }
+    }
+    // The directory part canonical too, so two spellings lock one file.
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+            Ok(dir) => Ok(dir.join(name)),
+            Err(_) => Ok(path.clone()),
+        },
+        _ => Ok(path),
+    }
+}
+
+const RECOVER: &str = "to recover, restore it from a backup, or move it aside to start over from --start/--since \
+                       (events between then and the lost watermark may be missed or reported again)";
 
 fn read(path: &Path) -> Result<State> {
     let text = match std::fs::read_to_string(path) {
@@ -150,31 +258,34 @@ fn read(path: &Path) -> Result<State> {
             return Err(e).with_context(|| format!("cannot read checkpoint {}", path.display()));
         }
     };
-    let recover = "to recover, restore it from a backup, or move it aside to start over from --start/--since \
-                   (events between then and the lost watermark may be missed or reported again)";
+    // `touch`, or an init container, made it: no state yet.
+    if text.trim().is_empty() {
+        return Ok(State::new());
+    }
     let version = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("version").and_then(|v| v.as_u64()));
-    match version {
-        Some(v) if v == u64::from(VERSION) => {}
+    let state: State = match version {
+        Some(v) if v == u64::from(VERSION) => serde_json::from_str(&text)
+            .with_context(|| format!("checkpoint {} is corrupt; {RECOVER}", path.display()))?,
+        Some(1) => migrate_v1(&text)
+            .with_context(|| format!("checkpoint {} (version 1)", path.display()))?,
         Some(v) => bail!(
-            "checkpoint {} has version {v}, this kubeanon reads version {VERSION}; {recover}",
+            "checkpoint {} has version {v}, this kubeanon reads versions 1 and {VERSION}; {RECOVER}",
             path.display()
         ),
         None => bail!(
-            "checkpoint {} is not a kubeanon checkpoint (corrupt or truncated); {recover}",
+            "checkpoint {} is not a kubeanon checkpoint (corrupt or truncated); {RECOVER}",
             path.display()
         ),
-    }
-    let state: State = serde_json::from_str(&text)
-        .with_context(|| format!("checkpoint {} is corrupt; {recover}", path.display()))?;
+    };
     if let Some(bad) = state
         .groups
         .iter()
-        .find(|g| g.watermark_ms < 0 || g.log_group.is_empty())
+        .find(|g| g.watermark_ms < 0 || g.log_group.is_empty() || g.horizon_ms > g.watermark_ms)
     {
         bail!(
-            "checkpoint {} is corrupt: bad entry for log group '{}'; {recover}",
+            "checkpoint {} is corrupt: bad entry for log group '{}'; {RECOVER}",
             path.display(),
             bad.log_group
         );
@@ -182,142 +293,116 @@ fn read(path: &Path) -> Result<State> {
     Ok(state)
 }
 
-/// What completing a pending delivery found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// The bytes were all in the file already.
-    AlreadyDelivered,
-    /// Part of them was; the rest was appended.
-    Completed,
-    /// None were; all were appended.
-    Delivered,
-    /// The file no longer matched (rotated or edited): appended at its end,
-    /// so these rows may appear twice.
-    AppendedAfterChange,
-}
-
-/// Makes sure a pending delivery's bytes are in its file exactly once,
-/// appending whatever part is missing, and fsyncs.
-pub fn complete_delivery(p: &Pending) -> Result<Recovery> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(&p.file)
-        .with_context(|| {
-            format!(
-                "cannot open {} to complete an interrupted delivery",
-                p.file.display()
-            )
-        })?;
-    let len = file.metadata()?.len();
-    let data = p.data.as_bytes();
-    let present = if len < p.offset {
-        None
-    } else {
-        file.seek(SeekFrom::Start(p.offset))?;
-        let mut tail = Vec::new();
-        Read::by_ref(&mut file)
-            .take(data.len() as u64 + 1)
-            .read_to_end(&mut tail)?;
-        // The tail must be a prefix of our bytes (a cut write) and nothing
-        // else may follow it.
-        (tail.len() as u64 == len - p.offset && data.starts_with(&tail)).then_some(tail.len())
-    };
-    let (rest, outcome) = match present {
-        Some(n) if n == data.len() => (&data[..0], Recovery::AlreadyDelivered),
-        Some(0) => (data, Recovery::Delivered),
-        Some(n) => (&data[n..], Recovery::Completed),
-        None => (data, Recovery::AppendedAfterChange),
-    };
-    if !rest.is_empty() {
-        if fault_point("mid-append") {
-            let _ = file
-                .write_all(&rest[..rest.len() / 2])
-                .and_then(|()| file.sync_all());
-            std::process::abort();
-        }
-        file.write_all(rest)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot append to {}", p.file.display()))?;
+/// Version 1 kept raw eventIds, no read settings and no horizon, and could
+/// hold a pending delivery with its rows inside.
+fn migrate_v1(text: &str) -> Result<State> {
+    #[derive(Deserialize)]
+    struct V1 {
+        groups: Vec<V1Group>,
+        #[serde(default)]
+        pending: Option<serde_json::Value>,
     }
-    Ok(outcome)
-}
-
-/// Crash-test hook: with `KUBEANON_FAULT=<point>` in the environment the
-/// process aborts at that point (callers abort on `true`), as a crash or
-/// `kill -9` would. Points: `after-pending`, `mid-append`, `after-output`.
-pub fn fault_point(point: &str) -> bool {
-    std::env::var_os("KUBEANON_FAULT").is_some_and(|v| v == point)
-}
-
-/// Crash-test hook: `KUBEANON_FAULT=slow-delivery` pauses between the
-/// steps of a delivery, so that a test killing the process at random
-/// moments lands inside them often, not once in a thousand runs.
-pub fn fault_pause() {
-    if fault_point("slow-delivery") {
-        std::thread::sleep(std::time::Duration::from_millis(40));
+    #[derive(Deserialize)]
+    struct V1Group {
+        region: String,
+        log_group: String,
+        watermark_ms: i64,
+        seen: BTreeMap<String, i64>,
     }
+    let v1: V1 = serde_json::from_str(text).with_context(|| format!("corrupt; {RECOVER}"))?;
+    if v1.pending.is_some() {
+        bail!(
+            "it records a delivery that did not finish: run the kubeanon version that wrote it once more to complete it, then this one"
+        );
+    }
+    let groups = v1
+        .groups
+        .into_iter()
+        .map(|g| GroupState {
+            // Version 1 kept the ids from `watermark - overlap`, an overlap
+            // it did not record: its oldest id is a horizon that is safe.
+            horizon_ms: g
+                .seen
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(g.watermark_ms)
+                .min(g.watermark_ms),
+            seen: g.seen.iter().map(|(id, ts)| (seen_key(id), *ts)).collect(),
+            region: g.region,
+            log_group: g.log_group,
+            // The defaults every version-1 run used unless told otherwise.
+            read: ReadSettings {
+                stream_prefix: "kube-apiserver-audit-".into(),
+                server_filter: true,
+            },
+            watermark_ms: g.watermark_ms,
+        })
+        .collect();
+    Ok(State {
+        version: VERSION,
+        groups,
+    })
+}
+
+/// How an eventId is kept in the dedup set: 128 bits of its SHA-256 in hex
+/// (CloudWatch's eventIds are 56 digits; this is 32).
+pub fn seen_key(event_id: &str) -> String {
+    format!("{:032x}", crate::detect::event_hash(event_id))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pending(dir: &Path, offset: u64, data: &str) -> Pending {
-        Pending {
-            file: dir.join("out.ndjson"),
-            offset,
-            data: data.into(),
-            groups: vec![],
+    fn commit(watermark: i64, horizon: i64, seen: &[(&str, i64)]) -> Commit {
+        Commit {
+            region: "us-east-1".into(),
+            log_group: "/aws/eks/a/cluster".into(),
+            read: ReadSettings {
+                stream_prefix: "kube-apiserver-audit-".into(),
+                server_filter: true,
+            },
+            watermark_ms: watermark,
+            horizon_ms: horizon,
+            new_seen: seen.iter().map(|(k, t)| (k.to_string(), *t)).collect(),
         }
     }
 
     #[test]
-    fn delivery_is_completed_exactly_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = pending(dir.path(), 4, "row1\nrow2\n");
-        // Nothing appended yet.
-        std::fs::write(&p.file, "old\n").unwrap();
-        assert_eq!(complete_delivery(&p).unwrap(), Recovery::Delivered);
+    fn commits_are_idempotent_and_never_move_back() {
+        let mut s = State::new();
+        let c = commit(1000, 400, &[("a", 300), ("b", 500)]);
+        assert_eq!(s.apply(&c), None);
+        let once = s.clone();
+        s.apply(&c);
+        assert_eq!(s, once, "applying twice changes nothing");
+        let g = &s.groups[0];
+        assert_eq!((g.watermark_ms, g.horizon_ms), (1000, 400));
         assert_eq!(
-            std::fs::read_to_string(&p.file).unwrap(),
-            "old\nrow1\nrow2\n"
+            g.seen.keys().collect::<Vec<_>>(),
+            ["b"],
+            "a is before the horizon"
         );
-        // Already there: nothing more.
-        assert_eq!(complete_delivery(&p).unwrap(), Recovery::AlreadyDelivered);
+        // An older commit (a recovered journal) moves nothing back.
+        s.apply(&commit(900, 100, &[]));
         assert_eq!(
-            std::fs::read_to_string(&p.file).unwrap(),
-            "old\nrow1\nrow2\n"
-        );
-        // Cut mid-row: the rest is appended.
-        std::fs::write(&p.file, "old\nrow1\nro").unwrap();
-        assert_eq!(complete_delivery(&p).unwrap(), Recovery::Completed);
-        assert_eq!(
-            std::fs::read_to_string(&p.file).unwrap(),
-            "old\nrow1\nrow2\n"
+            (s.groups[0].watermark_ms, s.groups[0].horizon_ms),
+            (1000, 400)
         );
     }
 
     #[test]
-    fn changed_file_gets_the_rows_at_its_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = pending(dir.path(), 4, "row1\n");
-        std::fs::write(&p.file, "").unwrap(); // rotated away
-        assert_eq!(
-            complete_delivery(&p).unwrap(),
-            Recovery::AppendedAfterChange
-        );
-        assert_eq!(std::fs::read_to_string(&p.file).unwrap(), "row1\n");
-        std::fs::write(&p.file, "old\nsomething else\n").unwrap();
-        assert_eq!(
-            complete_delivery(&p).unwrap(),
-            Recovery::AppendedAfterChange
-        );
-        assert_eq!(
-            std::fs::read_to_string(&p.file).unwrap(),
-            "old\nsomething else\nrow1\n"
-        );
+    fn the_dedup_set_is_capped_by_moving_the_horizon() {
+        let mut s = State::new();
+        let ids: Vec<(String, i64)> = (0..MAX_SEEN as i64 + 10)
+            .map(|i| (format!("{i:032x}"), 1000 + i))
+            .collect();
+        let mut c = commit(1_000_000, 0, &[]);
+        c.new_seen = ids;
+        assert_eq!(s.apply(&c), Some(1010));
+        assert_eq!(s.groups[0].seen.len(), MAX_SEEN);
+        assert_eq!(s.groups[0].horizon_ms, 1010);
     }
 
     #[test]
@@ -326,16 +411,20 @@ mod tests {
         let path = dir.path().join("cp.json");
         for (text, says) in [
             (
-                "{\"version\":1,\"groups\":[{\"regi",
+                "{\"version\":2,\"groups\":[{\"regi",
                 "not a kubeanon checkpoint",
             ),
-            ("{\"version\":2,\"groups\":[]}", "version 2"),
-            ("{\"version\":1,\"groups\":\"x\"}", "corrupt"),
+            ("{\"version\":9,\"groups\":[]}", "version 9"),
+            ("{\"version\":2,\"groups\":\"x\"}", "corrupt"),
             (
-                "{\"version\":1,\"groups\":[{\"region\":\"r\",\"log_group\":\"g\",\"watermark_ms\":-5,\"seen\":{}}]}",
+                "{\"version\":2,\"groups\":[{\"region\":\"r\",\"log_group\":\"g\",\"read\":{\"stream_prefix\":\"k\",\"server_filter\":true},\"watermark_ms\":-5,\"horizon_ms\":-6,\"seen\":{}}]}",
                 "corrupt",
             ),
-            ("", "not a kubeanon checkpoint"),
+            (
+                "{\"version\":2,\"groups\":[{\"region\":\"r\",\"log_group\":\"g\",\"read\":{\"stream_prefix\":\"k\",\"server_filter\":true},\"watermark_ms\":5,\"horizon_ms\":6,\"seen\":{}}]}",
+                "corrupt",
+            ),
+            ("\u{0}", "not a kubeanon checkpoint"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = format!("{:#}", Checkpoint::open(&path).err().expect("refused"));
@@ -348,26 +437,72 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_file_is_a_first_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(Checkpoint::open(&path).unwrap().state, State::new());
+    }
+
+    #[test]
+    fn version_1_is_migrated_and_its_pending_delivery_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"groups":[{"region":"r","log_group":"/g","watermark_ms":1000,"seen":{"e1":700,"e2":900}}]}"#,
+        )
+        .unwrap();
+        let cp = Checkpoint::open(&path).unwrap();
+        let g = cp.state.group("r", "/g").unwrap();
+        assert_eq!((g.watermark_ms, g.horizon_ms), (1000, 700));
+        assert_eq!(g.seen.get(&seen_key("e1")), Some(&700));
+        drop(cp);
+        std::fs::write(
+            &path,
+            r#"{"version":1,"groups":[],"pending":{"file":"x","offset":0,"data":"row\n","groups":[]}}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", Checkpoint::open(&path).err().unwrap());
+        assert!(err.contains("did not finish"), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_checkpoint_is_followed_and_locked_at_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut cp = Checkpoint::open(&link).unwrap();
+        cp.state.apply(&commit(1000, 900, &[]));
+        cp.save().unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(real.exists() && dir.path().join("real.json.lock").exists());
+        assert!(!dir.path().join("link.json.lock").exists());
+        let err = Checkpoint::open(&real)
+            .err()
+            .expect("one lock for both names");
+        assert!(err.to_string().contains("another kubeanon run"), "{err}");
+    }
+
+    #[test]
     fn state_round_trips_and_second_open_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
         let mut cp = Checkpoint::open(&path).unwrap();
         assert_eq!(cp.state, State::new());
-        let g = GroupState {
-            region: "us-east-1".into(),
-            log_group: "/aws/eks/a/cluster".into(),
-            watermark_ms: 1000,
-            seen: [("e1".to_string(), 990)].into(),
-        };
-        cp.state.update(vec![g.clone()]);
+        cp.state.apply(&commit(1000, 990, &[("e1", 990)]));
         cp.save().unwrap();
+        let saved = cp.state.clone();
         let err = Checkpoint::open(&path).err().expect("locked");
         assert!(err.to_string().contains("another kubeanon run"), "{err}");
         drop(cp);
         let again = Checkpoint::open(&path).unwrap();
-        assert_eq!(
-            again.state.group("us-east-1", "/aws/eks/a/cluster"),
-            Some(&g)
-        );
+        assert_eq!(again.state, saved);
     }
 }

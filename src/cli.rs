@@ -121,6 +121,22 @@ pub struct PollArgs {
     /// region (the account's quota is 5-25/s and shared with other tools).
     #[arg(long, default_value_t = 4.0, value_name = "N")]
     pub max_rps: f64,
+    /// Longest span of event time one step reads before delivering and
+    /// committing it.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub step_span: String,
+    /// Most matched events one step holds before delivering: a step over
+    /// it is read again in halves, so memory stays bounded in a flood.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub step_matches: u64,
+    /// Accept a window with no audit events (a cluster known to be idle)
+    /// instead of failing that log group as blind.
+    #[arg(long)]
+    pub allow_idle: bool,
+    /// Let this run change a checkpoint entry: adopt its read settings
+    /// from the watermark on, and with --start/--since read again from there.
+    #[arg(long, requires = "checkpoint")]
+    pub rebaseline: bool,
     /// Send no server-side filter pattern (see README: case and truncation).
     #[arg(long)]
     pub no_server_filter: bool,

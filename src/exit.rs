@@ -12,6 +12,9 @@ pub enum Exit {
     Usage,
     /// `--fail-on-findings` and there were findings.
     Findings,
+    /// Some log groups failed (or were blind); the others were delivered
+    /// and advanced.
+    Partial,
 }
 
 impl Exit {
@@ -21,6 +24,7 @@ impl Exit {
             Exit::Error => 1,
             Exit::Usage => 2,
             Exit::Findings => 3,
+            Exit::Partial => 4,
         }
     }
 
@@ -59,10 +63,16 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_documented() {
-        let codes: Vec<u8> = [Exit::Ok, Exit::Error, Exit::Usage, Exit::Findings]
-            .map(Exit::code)
-            .to_vec();
-        assert_eq!(codes, vec![0, 1, 2, 3]);
+        let codes: Vec<u8> = [
+            Exit::Ok,
+            Exit::Error,
+            Exit::Usage,
+            Exit::Findings,
+            Exit::Partial,
+        ]
+        .map(Exit::code)
+        .to_vec();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4]);
         assert_eq!(Exit::for_findings(2, true), Exit::Findings);
         assert_eq!(Exit::for_findings(2, false), Exit::Ok);
         assert_eq!(Exit::for_findings(0, true), Exit::Ok);

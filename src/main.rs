@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kubeanon::cli::Cli;
 use kubeanon::exit::{Exit, UsageError};
+use kubeanon::output::StdoutClosed;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -28,11 +29,9 @@ fn main() -> ExitCode {
     match kubeanon::commands::run(cli) {
         Ok(exit) => exit.into(),
         Err(err) => {
-            // A reader that went away (`| head`) is not a failure.
-            if err.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            // A reader of stdout that went away (`| head`) is not a
+            // failure; any other broken pipe (a FIFO given to -o) is.
+            if err.chain().any(|c| c.is::<StdoutClosed>()) {
                 return Exit::Ok.into();
             }
             eprintln!("kubeanon: error: {err:#}");

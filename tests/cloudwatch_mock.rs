@@ -71,7 +71,10 @@ async fn read(client: &Client, retry: RetryPolicy) -> (anyhow::Result<()>, Vec<S
     let result = read_group(
         &api,
         &query(),
-        |ev| ids.push(ev.event_id.unwrap().to_string()),
+        |ev| {
+            ids.push(ev.event_id.unwrap().to_string());
+            std::ops::ControlFlow::Continue(())
+        },
         |_, _| {},
     )
     .await;

@@ -255,6 +255,8 @@ fn schedule_with_kills(
             "--page-size",
             "10",
             "-q",
+            // The group starts empty: blindness is not what this tests.
+            "--allow-idle",
         ])
         // Widen the delivery steps so random kills land inside them too.
         .env("KUBEANON_FAULT", "slow-delivery")

@@ -129,7 +129,7 @@ fn the_window_is_half_open_and_lag_leaves_out_recent_events() {
         &[(now_ms() - 30_000, audit_event(5, true))],
     );
     assert_eq!(
-        rows(&run(poll(&recent).args(["--since", "10m"])).stdout).len(),
+        rows(&run(poll(&recent).args(["--since", "10m", "--allow-idle"])).stdout).len(),
         0
     );
     assert_eq!(
@@ -190,7 +190,7 @@ fn checkpoint_resumes_and_late_events_are_counted_exactly_once() {
 
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
-    assert_eq!(state["version"], 1);
+    assert_eq!(state["version"], 2);
     assert_eq!(state["groups"][0]["log_group"], group.as_str());
     assert_eq!(state["groups"][0]["seen"].as_object().unwrap().len(), 4);
 }

@@ -1,27 +1,30 @@
 //! `kubeanon poll`: CloudWatch Logs through the detector, checkpointed.
 //!
-//! A run: take the checkpoint's lock, finish any interrupted delivery,
-//! read every log group's window concurrently (one request-rate budget for
-//! the region), then write the findings and only after they are durable
-//! advance the checkpoint. Any failure before that leaves the checkpoint
-//! as it was, so the next run reads the same events again.
+//! A run: take the checkpoint's lock and settle any journal an earlier run
+//! left; check each log group's entry against this run (read settings,
+//! clock); then read every log group concurrently (one request-rate budget
+//! for the region), each in steps: read a bounded span of event time,
+//! deliver its rows, commit its state, next. A log group that fails (or is
+//! blind: no audit events at all) stops alone; the others go on.
 
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::describe;
-use crate::checkpoint::{self, Checkpoint, GroupState, Pending, Recovery};
+use crate::checkpoint::{Checkpoint, Commit, GroupState, ReadSettings, seen_key};
 use crate::cli::{OutputConfig, PollArgs, parse_duration};
-use crate::detect::{Aggregator, Detector, Fed, Finding, Findings, Origin, Stats};
+use crate::deliver::{self, Delivery, Settled};
+use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
-use crate::output::{self, Rows, Target};
+use crate::output::Rows;
 use crate::source::cloudwatch::{self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy};
+use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
 const EXTRA: [&str; 4] = ["cluster", "log_group", "region", "id"];
@@ -30,30 +33,51 @@ const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 /// The flags, checked.
 struct Plan {
     log_groups: Vec<String>,
-    stream_prefix: String,
-    filter_pattern: Option<String>,
+    read: ReadSettings,
     page_size: i32,
-    /// Explicit first-run start (ms), or None for the default.
+    /// Explicit start (ms): the first run's, or a rebaseline's.
     start_ms: Option<i64>,
     end_ms: i64,
+    now_ms: i64,
     overlap_ms: i64,
+    step_ms: i64,
+    step_matches: u64,
+    allow_idle: bool,
+    rebaseline: bool,
     max_rps: f64,
     retry: RetryPolicy,
     client: ClientSettings,
     out: OutputConfig,
 }
 
-fn plan(args: PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
+fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     let log_groups = args.aws.log_groups()?;
-    if !(args.max_rps > 0.0 && args.max_rps.is_finite()) {
-        return Err(UsageError("--max-rps must be a positive number".into()));
+    if !(0.01..=1000.0).contains(&args.max_rps) {
+        return Err(UsageError(format!(
+            "--max-rps {} is out of range: 0.01 to 1000 requests per second (the account's FilterLogEvents quota is 5-25)",
+            args.max_rps
+        )));
     }
     let lag = ms(parse_duration("--lag", &args.lag)?);
     let overlap = ms(parse_duration("--overlap", &args.overlap)?);
+    let step_ms = ms(parse_duration("--step-span", &args.step_span)?);
+    if step_ms < 1000 {
+        return Err(UsageError("--step-span must be at least 1s".into()));
+    }
     let end_ms = match &args.end {
         Some(t) => parse_time("--end", t, now_ms)?,
         None => now_ms - lag,
     };
+    // A checkpoint's watermark must never pass what can have been written:
+    // a window ending in the future would skip everything up to there.
+    if args.checkpoint.is_some() && end_ms > now_ms - lag {
+        return Err(UsageError(format!(
+            "--end {} is later than now minus --lag ({}): a checkpointed run may not read past it, \
+             or its watermark would skip events not yet written; drop --end, or use no --checkpoint for this read",
+            rfc3339(end_ms),
+            rfc3339(now_ms - lag)
+        )));
+    }
     let start_ms = match (&args.start, &args.since) {
         (Some(t), _) => Some(parse_time("--start", t, now_ms)?),
         (None, Some(d)) => Some(now_ms - ms(parse_duration("--since", d)?)),
@@ -68,14 +92,26 @@ fn plan(args: PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             rfc3339(end_ms)
         )));
     }
+    if args.rebaseline && args.checkpoint.is_none() {
+        return Err(UsageError(
+            "--rebaseline changes a --checkpoint; name one".into(),
+        ));
+    }
     Ok(Plan {
         log_groups,
-        stream_prefix: args.aws.stream_prefix.clone(),
-        filter_pattern: (!args.no_server_filter).then(|| cloudwatch::SERVER_FILTER.to_string()),
+        read: ReadSettings {
+            stream_prefix: args.aws.stream_prefix.clone(),
+            server_filter: !args.no_server_filter,
+        },
         page_size: args.page_size,
         start_ms,
         end_ms,
+        now_ms,
         overlap_ms: overlap,
+        step_ms,
+        step_matches: args.step_matches,
+        allow_idle: args.allow_idle,
+        rebaseline: args.rebaseline,
         max_rps: args.max_rps,
         retry: RetryPolicy {
             max_attempts: args.max_attempts,
@@ -92,121 +128,33 @@ fn plan(args: PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
-    let now_ms = Utc::now().timestamp_millis();
-    let checkpoint_path = args.checkpoint.clone();
-    let plan = plan(args, now_ms)?;
+    let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
-    let mut checkpoint = checkpoint_path
+    let mut checkpoint = args
+        .checkpoint
         .as_deref()
         .map(Checkpoint::open)
         .transpose()?;
     if let Some(cp) = checkpoint.as_mut() {
-        recover(cp, plan.out.quiet)?;
+        settle(cp, plan.out.quiet)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let state = checkpoint
-        .as_ref()
-        .map(|c| c.state.clone())
-        .unwrap_or_else(checkpoint::State::new);
-    let outcome = runtime.block_on(read_all(&plan, &state))?;
-    deliver(&plan, checkpoint.as_mut(), &outcome)?;
-    if !plan.out.quiet {
-        eprintln!("kubeanon poll: {}", outcome.summary());
-    }
-    Ok(Exit::for_findings(
-        outcome.findings.len(),
-        plan.out.fail_on_findings,
-    ))
-}
-
-/// Finishes a delivery that an earlier run recorded but may not have made.
-fn recover(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
-    let Some(pending) = cp.state.pending.take() else {
-        return Ok(());
-    };
-    let outcome = checkpoint::complete_delivery(&pending)?;
-    if !quiet || outcome == Recovery::AppendedAfterChange {
-        let what = match outcome {
-            Recovery::AlreadyDelivered => "was complete",
-            Recovery::Completed => "was cut short and has been completed",
-            Recovery::Delivered => "had not started and has been made",
-            Recovery::AppendedAfterChange => {
-                "found the file changed (rotated or edited) and appended its rows at the end; they may appear twice"
-            }
-        };
-        eprintln!(
-            "kubeanon poll: the previous run's delivery to {} {what}",
-            pending.file.display()
-        );
-    }
-    cp.state.update(pending.groups);
-    cp.save()
-}
-
-/// What reading all log groups produced.
-struct Outcome {
-    region: String,
-    groups: Vec<GroupState>,
-    findings: Findings,
-    /// Log group of each scope, and the label its row ids hash.
-    names: Vec<String>,
-    labels: Vec<String>,
-    stats: Stats,
-    late: u64,
-    api: ApiStats,
-    skipped_streams: u64,
-    window: (i64, i64),
-    group_count: usize,
-}
-
-impl Outcome {
-    /// The values of poll's extra columns for a finding.
-    fn extra(&self, f: &Finding<'_>) -> Vec<String> {
-        let lg = &self.names[f.scope as usize];
-        vec![
-            cloudwatch::cluster_name(lg).to_string(),
-            lg.clone(),
-            self.region.clone(),
-            f.id(&self.labels[f.scope as usize]),
-        ]
-    }
-
-    fn summary(&self) -> String {
-        let api_calls = self.api.attempts.load(Ordering::Relaxed);
-        format!(
-            "{}, {} log group(s), window {}..{}; {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
-            self.region,
-            self.group_count,
-            rfc3339(self.window.0),
-            rfc3339(self.window.1),
-            self.api.pages.load(Ordering::Relaxed),
-            api_calls,
-            self.api.retries.load(Ordering::Relaxed),
-            self.api.throttled.load(Ordering::Relaxed),
-            describe(&self.stats, self.findings.len()),
-            self.late,
-            self.stats.duplicates,
-            self.skipped_streams,
-        )
-    }
-}
-
-/// One log group's share of the run.
-struct GroupRun {
-    query: Query,
-    old: Option<GroupState>,
-    det: Detector,
-    new_seen: Vec<(String, i64)>,
-    late: u64,
-    skipped: u64,
-}
-
-async fn read_all(plan: &Plan, state: &checkpoint::State) -> Result<Outcome> {
-    let (client, region) = cloudwatch::client(&plan.client).await?;
+    let (client, region) = runtime.block_on(cloudwatch::client(&plan.client))?;
+    let units = plan
+        .log_groups
+        .iter()
+        .map(|lg| unit(&plan, &region, lg, checkpoint.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
+    let checkpointed = checkpoint.is_some();
+    let delivery = Mutex::new(Delivery::open(
+        plan.out.format,
+        &plan.out.target,
+        checkpoint,
+    )?);
     let pacer = Pacer::new(plan.max_rps);
     let api_stats = ApiStats::default();
     let api = Api {
@@ -215,262 +163,437 @@ async fn read_all(plan: &Plan, state: &checkpoint::State) -> Result<Outcome> {
         retry: plan.retry,
         stats: &api_stats,
     };
-    let default_start = plan.start_ms.unwrap_or(plan.end_ms - ms(DEFAULT_SINCE));
-    let runs: Vec<GroupRun> = plan
-        .log_groups
-        .iter()
-        .map(|lg| {
-            let old = state.group(&region, lg).cloned();
-            let start_ms = old
-                .as_ref()
-                .map_or(default_start, |o| o.watermark_ms - plan.overlap_ms);
-            GroupRun {
-                query: Query {
-                    log_group: lg.clone(),
-                    stream_prefix: plan.stream_prefix.clone(),
-                    filter_pattern: plan.filter_pattern.clone(),
-                    page_size: plan.page_size,
-                    start_ms,
-                    end_ms: plan.end_ms,
-                },
-                old,
-                det: Detector::new(plan.out.exclusions.clone()),
-                new_seen: Vec::new(),
-                late: 0,
-                skipped: 0,
-            }
-        })
-        .collect();
     let window = (
-        runs.iter()
-            .map(|r| r.query.start_ms)
+        units
+            .iter()
+            .map(|u| u.start_ms(&plan))
             .min()
             .unwrap_or(plan.end_ms),
         plan.end_ms,
     );
-    let bar = progress_bar(&runs, plan.out.quiet);
-    let bar_events = AtomicU64::new(0);
+    let bar = progress_bar(&plan, &units);
+    let ctx = Ctx {
+        plan: &plan,
+        api: &api,
+        region: &region,
+        delivery: &delivery,
+        checkpointed,
+        bar: &bar,
+    };
     // The log groups are read concurrently on this task; they share the
     // pacer, so concurrency never raises the request rate.
-    let reads = runs.into_iter().enumerate().map(|(scope, mut run)| {
-        let api = &api;
-        let bar = (&bar, &bar_events);
-        async move {
-            read_one(api, &mut run, scope as u32, bar).await?;
-            Ok::<_, anyhow::Error>(run)
-        }
-    });
-    // try_join_all: the first failed log group fails the run.
-    let runs = futures_util::future::try_join_all(reads).await?;
+    let results = runtime.block_on(futures_util::future::join_all(
+        units.into_iter().map(|u| poll_unit(&ctx, u)),
+    ));
     bar.finish_and_clear();
-    Ok(assemble(plan, region, runs, api_stats, window))
+    let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
+    let delivered_rows = delivery.rows;
+    let empty = Findings::default();
+    let capped = with_rows(&empty, &region, "", |rows| delivery.finish(rows))?;
+
+    let mut total = Total::default();
+    let mut failed = Vec::new();
+    for (log_group, result) in results {
+        match result {
+            Ok(t) => total.add(&t),
+            Err((t, err)) => {
+                total.add(&t);
+                failed.push((log_group, err, t.steps > 0));
+            }
+        }
+    }
+    if !plan.out.quiet {
+        eprintln!(
+            "kubeanon poll: {}",
+            total.summary(
+                &region,
+                plan.log_groups.len(),
+                window,
+                &api_stats,
+                delivered_rows
+            )
+        );
+    }
+    for (log_group, horizon) in &capped {
+        eprintln!(
+            "kubeanon poll: warning: {log_group}: more than {} matched events inside the overlap; \
+             events before {} that arrive late can no longer be told from reported ones and will not be read again",
+            crate::checkpoint::MAX_SEEN,
+            rfc3339(*horizon)
+        );
+    }
+    // Failures are never quiet: a blind or failing cluster must be seen.
+    for (log_group, err, _) in &failed {
+        eprintln!("kubeanon: error: log group {log_group}: {err:#}");
+    }
+    if failed.is_empty() {
+        return Ok(Exit::for_findings(
+            delivered_rows as usize,
+            plan.out.fail_on_findings,
+        ));
+    }
+    let advanced = failed.len() < plan.log_groups.len() || failed.iter().any(|f| f.2);
+    if advanced {
+        eprintln!(
+            "kubeanon poll: {} of {} log group(s) failed; the others were delivered{}",
+            failed.len(),
+            plan.log_groups.len(),
+            if checkpointed { " and advanced" } else { "" }
+        );
+        Ok(Exit::Partial)
+    } else {
+        Ok(Exit::Error)
+    }
 }
 
-async fn read_one(
-    api: &Api<'_>,
-    run: &mut GroupRun,
-    scope: u32,
-    (bar, bar_events): (&ProgressBar, &AtomicU64),
-) -> Result<()> {
-    if run.query.start_ms >= run.query.end_ms {
+/// Settles a journal an earlier run left, and says what it found.
+fn settle(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
+    let Some((found, file)) = deliver::settle(cp)? else {
+        return Ok(());
+    };
+    let what = match found {
+        Settled::Delivered => "was complete and is now committed",
+        Settled::RolledBack => {
+            "was cut short: it was cut back, and its events are read again by this run"
+        }
+        Settled::FileChanged => {
+            "found the file changed (rotated or edited): its rows are appended again by this run and may appear twice"
+        }
+    };
+    if !quiet || found == Settled::FileChanged {
+        eprintln!(
+            "kubeanon poll: the previous run's delivery to {} {what}",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// One log group's share of the run: its state as the run starts (a new
+/// group's is an empty one at the start of its window).
+struct Unit {
+    log_group: String,
+    state: GroupState,
+}
+
+impl Unit {
+    /// Where this run reads from: the overlap before the watermark, but
+    /// never before the horizon (what is before it cannot be deduplicated).
+    fn start_ms(&self, plan: &Plan) -> i64 {
+        (self.state.watermark_ms - plan.overlap_ms).max(self.state.horizon_ms)
+    }
+}
+
+/// Checks a log group's checkpoint entry against this run, and makes its
+/// unit.
+fn unit(plan: &Plan, region: &str, log_group: &str, cp: Option<&Checkpoint>) -> Result<Unit> {
+    let fresh = |start: i64| GroupState {
+        region: region.to_string(),
+        log_group: log_group.to_string(),
+        read: plan.read.clone(),
+        watermark_ms: start,
+        horizon_ms: start,
+        seen: Default::default(),
+    };
+    let default_start = plan.start_ms.unwrap_or(plan.end_ms - ms(DEFAULT_SINCE));
+    let Some((cp, old)) = cp.and_then(|cp| Some((cp, cp.state.group(region, log_group)?))) else {
+        return Ok(Unit {
+            log_group: log_group.to_string(),
+            state: fresh(default_start),
+        });
+    };
+    let file = cp.path().display();
+    if plan.rebaseline {
+        let mut state = old.clone();
+        state.read = plan.read.clone();
+        if let Some(start) = plan.start_ms {
+            // Read again from a time the operator trusts; the remembered
+            // ids still spare events reported after it.
+            state.watermark_ms = start;
+            state.horizon_ms = start;
+        } else if old.watermark_ms > plan.now_ms {
+            return Err(UsageError(format!(
+                "checkpoint {file}: log group {log_group}'s watermark {} is later than now; --rebaseline needs --start or --since to say where to read from",
+                rfc3339(old.watermark_ms)
+            ))
+            .into());
+        }
+        return Ok(Unit {
+            log_group: log_group.to_string(),
+            state,
+        });
+    }
+    if old.read != plan.read {
+        return Err(UsageError(format!(
+            "checkpoint {file} reads log group {log_group} with {}, this run asks for {}: \
+             it would move the watermark past events it does not read (or deliver again what the schedule delivers). \
+             For an ad-hoc read use another --checkpoint, or none; to change the schedule's settings from its watermark on, add --rebaseline",
+            old.read, plan.read
+        ))
+        .into());
+    }
+    if old.watermark_ms > plan.now_ms {
+        return Err(anyhow!(
+            "checkpoint {file}: log group {log_group} was read up to {}, later than this machine's clock ({}): \
+             the clock went back, or an earlier run's clock was ahead. Nothing was read. \
+             If this clock is wrong, fix it (NTP) and run again; if it is right, read again from the last time you trust \
+             with --rebaseline --start T (rows after T may be delivered again)",
+            rfc3339(old.watermark_ms),
+            rfc3339(plan.now_ms)
+        ));
+    }
+    Ok(Unit {
+        log_group: log_group.to_string(),
+        state: old.clone(),
+    })
+}
+
+/// What a run shares with each log group's task.
+struct Ctx<'a> {
+    plan: &'a Plan,
+    api: &'a Api<'a>,
+    region: &'a str,
+    delivery: &'a Mutex<Delivery>,
+    checkpointed: bool,
+    bar: &'a ProgressBar,
+}
+
+/// Counts of one log group's reads, or of the run.
+#[derive(Default)]
+struct Total {
+    stats: Stats,
+    late: u64,
+    skipped: u64,
+    steps: u64,
+}
+
+impl Total {
+    fn add(&mut self, o: &Total) {
+        self.stats.merge(&o.stats);
+        self.late += o.late;
+        self.skipped += o.skipped;
+        self.steps += o.steps;
+    }
+
+    fn summary(
+        &self,
+        region: &str,
+        groups: usize,
+        window: (i64, i64),
+        api: &ApiStats,
+        findings: u64,
+    ) -> String {
+        format!(
+            "{region}, {groups} log group(s), window {}..{}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            rfc3339(window.0),
+            rfc3339(window.1),
+            self.steps,
+            api.pages.load(Ordering::Relaxed),
+            api.attempts.load(Ordering::Relaxed),
+            api.retries.load(Ordering::Relaxed),
+            api.throttled.load(Ordering::Relaxed),
+            describe(&self.stats, findings as usize),
+            self.late,
+            self.stats.duplicates,
+            self.skipped,
+        )
+    }
+}
+
+/// Polls one log group over its window, step by step. On failure, returns
+/// what it did before failing with the error.
+async fn poll_unit(
+    ctx: &Ctx<'_>,
+    mut unit: Unit,
+) -> (String, Result<Total, (Total, anyhow::Error)>) {
+    let mut total = Total::default();
+    let result = poll_steps(ctx, &mut unit, &mut total).await;
+    let log_group = unit.log_group;
+    match result {
+        Ok(()) => (log_group, Ok(total)),
+        Err(e) => (log_group, Err((total, e))),
+    }
+}
+
+async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result<()> {
+    let plan = ctx.plan;
+    let (start, end) = (unit.start_ms(plan), plan.end_ms);
+    if start >= end {
         return Ok(()); // nothing new since the last run
     }
-    let seen = run.old.as_ref().map(|o| &o.seen);
-    let old_watermark = run.old.as_ref().map_or(i64::MIN, |o| o.watermark_ms);
-    let det = &mut run.det;
-    let new_seen = &mut run.new_seen;
-    let late = &mut run.late;
-    let mut shown = run.query.start_ms;
-    let skipped = cloudwatch::read_group(
-        api,
-        &run.query,
+    let query = |s: i64, e: i64| Query {
+        log_group: unit.log_group.clone(),
+        stream_prefix: plan.read.stream_prefix.clone(),
+        filter_pattern: plan
+            .read
+            .server_filter
+            .then(|| cloudwatch::SERVER_FILTER.to_string()),
+        page_size: plan.page_size,
+        start_ms: s,
+        end_ms: e,
+    };
+    // No audit events at all in the window: the cluster's audit logging is
+    // off (or the prefix is wrong). Reporting "no findings" would be a lie.
+    if !plan.allow_idle && !cloudwatch::has_audit_events(ctx.api, &query(start, end)).await? {
+        let cluster = cloudwatch::cluster_name(&unit.log_group);
+        return Err(anyhow!(
+            "no audit events between {} and {} in streams starting with '{}': this cluster is not being watched. \
+             Enable its audit logs (aws eks update-cluster-config --name {cluster} --logging \
+             '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'), or check --stream-prefix; \
+             --allow-idle accepts an empty window for a cluster known to be idle",
+            rfc3339(start),
+            rfc3339(end),
+            plan.read.stream_prefix
+        ));
+    }
+    let mut s = start;
+    let mut span = plan.step_ms;
+    while s < end {
+        let mut e = s.saturating_add(span).min(end);
+        // A step over the budget is abandoned and halved: memory stays
+        // bounded by the budget (a single millisecond is taken whole).
+        let step = loop {
+            let budget = (e - s > 1).then_some(plan.step_matches);
+            match read_step(ctx, &unit.state, &query(s, e), budget).await? {
+                Some(step) => break step,
+                None => e = s + (e - s) / 2,
+            }
+        };
+        let commit = Commit {
+            region: ctx.region.to_string(),
+            log_group: unit.log_group.clone(),
+            read: plan.read.clone(),
+            watermark_ms: e,
+            horizon_ms: unit.state.horizon_ms.max(e - plan.overlap_ms),
+            new_seen: step.new_seen,
+        };
+        let (agg, stats) = step.det.finish();
+        let findings = agg.into_findings();
+        with_rows(&findings, ctx.region, &unit.log_group, |rows| {
+            let mut delivery = ctx.delivery.lock().unwrap_or_else(|e| e.into_inner());
+            delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
+        })?;
+        unit.state.apply(&commit);
+        total.stats.merge(&stats);
+        total.late += step.late;
+        total.skipped += step.skipped;
+        total.steps += 1;
+        ctx.bar.inc((e - s) as u64);
+        // Grow the span again once steps are well under the budget.
+        span = if stats.matched * 4 < plan.step_matches {
+            (span.saturating_mul(2)).min(plan.step_ms)
+        } else {
+            e - s
+        };
+        s = e;
+    }
+    Ok(())
+}
+
+/// Calls `f` with the rows of one step of one log group.
+fn with_rows<R>(
+    findings: &Findings,
+    region: &str,
+    log_group: &str,
+    f: impl FnOnce(&Rows<'_>) -> R,
+) -> R {
+    let label = format!("{region}\n{log_group}");
+    let extra = |f: &Finding<'_>| {
+        vec![
+            cloudwatch::cluster_name(log_group).to_string(),
+            log_group.to_string(),
+            region.to_string(),
+            f.id(&label),
+        ]
+    };
+    f(&Rows {
+        extra_columns: &EXTRA,
+        findings,
+        extra: &extra,
+    })
+}
+
+/// One step's reading.
+struct Step {
+    det: Detector,
+    new_seen: Vec<(String, i64)>,
+    late: u64,
+    skipped: u64,
+}
+
+/// Reads one step's window. None when more than `budget` events matched.
+async fn read_step(
+    ctx: &Ctx<'_>,
+    state: &GroupState,
+    q: &Query,
+    budget: Option<u64>,
+) -> Result<Option<Step>> {
+    let mut det = Detector::new(ctx.plan.out.exclusions.clone());
+    let mut new_seen = Vec::new();
+    let mut late = 0;
+    let read = cloudwatch::read_group(
+        ctx.api,
+        q,
         |ev| {
-            if let (Some(id), Some(seen)) = (ev.event_id, seen)
-                && seen.contains_key(id)
+            // Only events before the watermark can have been reported, and
+            // the set is complete from the horizon on.
+            if ev.timestamp < state.watermark_ms
+                && let Some(id) = ev.event_id
+                && state.seen.contains_key(&seen_key(id))
             {
-                // Reported by an earlier run: rescanned in the overlap.
                 det.stats.events += 1;
                 det.stats.duplicates += 1;
-                return;
+                return ControlFlow::Continue(());
             }
             let origin = Origin {
-                scope,
+                scope: 0,
                 event_id: ev.event_id,
             };
             if det.feed(ev.message.as_bytes(), origin) == Fed::Matched {
                 if let Some(id) = ev.event_id {
-                    new_seen.push((id.to_string(), ev.timestamp));
+                    new_seen.push((seen_key(id), ev.timestamp));
                 }
-                if ev.timestamp < old_watermark {
-                    *late += 1;
+                if ev.timestamp < state.watermark_ms {
+                    late += 1;
+                }
+                if budget.is_some_and(|b| det.stats.matched > b) {
+                    return ControlFlow::Break(());
                 }
             }
+            ControlFlow::Continue(())
         },
-        |latest, page_events| {
-            if latest > shown {
-                bar.inc((latest - shown) as u64);
-                shown = latest;
-            }
-            let events =
-                bar_events.fetch_add(page_events as u64, Ordering::Relaxed) + page_events as u64;
-            let pages = api.stats.pages.load(Ordering::Relaxed);
-            bar.set_message(format!("{events} events, {pages} pages"));
-        },
+        |_, _| {},
     )
     .await?;
-    run.skipped = skipped.other_streams + skipped.outside_window;
-    Ok(())
+    if read.stopped {
+        tracing::debug!(log_group = %q.log_group, "step over its budget: halving");
+        return Ok(None);
+    }
+    Ok(Some(Step {
+        det,
+        new_seen,
+        late,
+        skipped: read.other_streams + read.outside_window,
+    }))
 }
 
-fn progress_bar(runs: &[GroupRun], quiet: bool) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+fn progress_bar(plan: &Plan, units: &[Unit]) -> ProgressBar {
+    if plan.out.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return ProgressBar::hidden();
     }
-    let total: i64 = runs
+    let total: i64 = units
         .iter()
-        .map(|r| (r.query.end_ms - r.query.start_ms).max(0))
+        .map(|u| (plan.end_ms - u.start_ms(plan)).max(0))
         .sum();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {msg}, {elapsed}",
+            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-fn assemble(
-    plan: &Plan,
-    region: String,
-    runs: Vec<GroupRun>,
-    api: ApiStats,
-    window: (i64, i64),
-) -> Outcome {
-    let mut agg = Aggregator::default();
-    let mut stats = Stats::default();
-    let mut late = 0;
-    let mut skipped_streams = 0;
-    let mut groups = Vec::new();
-    let labels: Vec<String> = runs
-        .iter()
-        .map(|r| format!("{region}\n{}", r.query.log_group))
-        .collect();
-    let names: Vec<String> = runs.iter().map(|r| r.query.log_group.clone()).collect();
-    for run in runs {
-        groups.push(next_state(&region, &run, plan));
-        late += run.late;
-        skipped_streams += run.skipped;
-        let (a, s) = run.det.finish();
-        agg.merge(a);
-        stats.merge(&s);
-    }
-    let findings = agg.into_findings();
-    let group_count = names.len();
-    Outcome {
-        region,
-        groups,
-        findings,
-        names,
-        labels,
-        stats,
-        late,
-        api,
-        skipped_streams,
-        window,
-        group_count,
-    }
-}
-
-/// The group's checkpoint entry after this run: the watermark moves to the
-/// window's end, and the remembered eventIds are those still inside the
-/// next run's overlap.
-fn next_state(region: &str, run: &GroupRun, plan: &Plan) -> GroupState {
-    let watermark_ms = run
-        .old
-        .as_ref()
-        .map_or(run.query.end_ms, |o| o.watermark_ms.max(run.query.end_ms));
-    let keep_from = watermark_ms - plan.overlap_ms;
-    let mut seen: BTreeMap<String, i64> =
-        run.old.as_ref().map(|o| o.seen.clone()).unwrap_or_default();
-    seen.extend(run.new_seen.iter().cloned());
-    seen.retain(|_, ts| *ts >= keep_from);
-    GroupState {
-        region: region.to_string(),
-        log_group: run.query.log_group.clone(),
-        watermark_ms,
-        seen,
-    }
-}
-
-/// Writes the findings, then (only then) advances the checkpoint. To an
-/// append file with a checkpoint, the delivery is recorded first so that a
-/// crash at any point is completed by the next run: exactly once.
-fn deliver(plan: &Plan, checkpoint: Option<&mut Checkpoint>, outcome: &Outcome) -> Result<()> {
-    let extra = |f: &Finding<'_>| outcome.extra(f);
-    let rows = Rows {
-        extra_columns: &EXTRA,
-        findings: &outcome.findings,
-        extra: &extra,
-    };
-    let Some(cp) = checkpoint else {
-        return output::write(plan.out.format, &plan.out.target, &rows);
-    };
-    if let Target::Append(path) = &plan.out.target {
-        let offset = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let mut data = Vec::new();
-        output::render(plan.out.format, &rows, &mut data, offset == 0)?;
-        let data = String::from_utf8(data).context("output is not UTF-8")?;
-        if !data.is_empty() {
-            cp.state.pending = Some(Pending {
-                file: path.clone(),
-                offset,
-                data,
-                groups: outcome.groups.clone(),
-            });
-            cp.save()?;
-            if checkpoint::fault_point("after-pending") {
-                std::process::abort();
-            }
-            checkpoint::fault_pause();
-            let pending = cp.state.pending.take().expect("just set");
-            if let Err(err) = checkpoint::complete_delivery(&pending) {
-                roll_back(cp, &pending);
-                return Err(err);
-            }
-        }
-    } else {
-        output::write(plan.out.format, &plan.out.target, &rows)?;
-    }
-    if checkpoint::fault_point("after-output") {
-        std::process::abort();
-    }
-    checkpoint::fault_pause();
-    cp.state.update(outcome.groups.clone());
-    cp.save()
-}
-
-/// A failed append (disk full, say) that did not crash: cut the file back
-/// to where it was and forget the pending delivery, so both are as before
-/// the run. If that fails too, the recorded delivery stays and the next
-/// run completes it.
-fn roll_back(cp: &Checkpoint, pending: &Pending) {
-    let truncated = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pending.file)
-        .and_then(|f| f.set_len(pending.offset).and_then(|()| f.sync_all()));
-    if truncated.is_ok() && cp.save().is_ok() {
-        return;
-    }
-    eprintln!(
-        "kubeanon poll: could not roll back the failed delivery to {}; the next run will complete it",
-        pending.file.display()
-    );
 }
 
 fn ms(d: Duration) -> i64 {

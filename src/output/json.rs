@@ -25,19 +25,19 @@ pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(&chunk)
 }
 
-pub fn write_array(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
+/// The objects of a JSON array, each after a line break and, when it is
+/// not the array's first (`more`: an earlier part wrote some), a comma.
+pub fn write_elements(rows: &Rows<'_>, out: &mut dyn Write, more: bool) -> io::Result<()> {
     let keys = keys(&rows.header());
     let mut chunk = Vec::with_capacity(CHUNK);
-    chunk.push(b'[');
     for (i, f) in rows.findings.iter().enumerate() {
-        chunk.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        chunk.extend_from_slice(if i == 0 && !more { b"\n" } else { b",\n" });
         push_object(&keys, &f, &(rows.extra)(&f), &mut chunk);
         if chunk.len() >= CHUNK {
             out.write_all(&chunk)?;
             chunk.clear();
         }
     }
-    chunk.extend_from_slice(b"\n]\n");
     out.write_all(&chunk)
 }
 

@@ -92,48 +92,175 @@ impl<'a> Rows<'a> {
 /// Writes `rows` in `format` to `target`. Returns once the bytes are on
 /// disk (files are fsynced), so a caller may advance its checkpoint.
 pub fn write(format: Format, target: &Target, rows: &Rows<'_>) -> Result<()> {
-    match target {
-        Target::Stdout => {
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            render(format, rows, &mut out, true)?;
-            out.flush()?;
-            Ok(())
-        }
-        Target::Replace(path) => match std::fs::metadata(path) {
-            // `-o /dev/null`, a FIFO, `/dev/stdout`: write into it. A rename
-            // would put a regular file in the device's place.
-            Ok(m) if !m.is_file() && !m.is_dir() => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                let mut w = io::BufWriter::new(f);
-                render(format, rows, &mut w, true)
-                    .and_then(|()| w.flush())
-                    .with_context(|| format!("cannot write {}", path.display()))
-            }
-            // Through a symlink, replace the file it points to.
-            Ok(_) => replace(&std::fs::canonicalize(path)?, |f| {
-                render(format, rows, f, true)
-            }),
-            Err(_) => replace(path, |f| render(format, rows, f, true)),
-        },
-        Target::Append(path) => append(path, |f, empty| render(format, rows, f, empty)),
+    let mut out = Out::open(target)?;
+    let mut parts = Parts::new(format, out.has_header());
+    out.write(|w| parts.write(rows, w).and_then(|()| parts.finish(rows, w)))?;
+    out.finish()
+}
+
+/// The rows were not written because stdout was closed (`| head`): the one
+/// broken pipe that is not a failure.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
     }
 }
 
-/// Renders `rows` into `out`; `header` says whether CSV gets its header.
-pub fn render(
+impl std::error::Error for StdoutClosed {}
+
+/// An open output target, written in one or more parts and finished once.
+pub enum Out {
+    Stdout(io::BufWriter<io::Stdout>),
+    /// `-o /dev/null`, a FIFO, `/dev/stdout`: written in place, since a
+    /// rename would put a regular file in the device's place.
+    Device(PathBuf, io::BufWriter<File>),
+    /// A temporary file renamed over the target at the end.
+    Replace(Replacement),
+    /// Appended to, and fsynced after each part.
+    Append(PathBuf, File),
+}
+
+impl Out {
+    pub fn open(target: &Target) -> Result<Out> {
+        Ok(match target {
+            Target::Stdout => Out::Stdout(io::BufWriter::new(io::stdout())),
+            Target::Replace(path) => match std::fs::metadata(path) {
+                Ok(m) if !m.is_file() && !m.is_dir() => {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    Out::Device(path.clone(), io::BufWriter::new(f))
+                }
+                // Through a symlink, replace the file it points to.
+                Ok(_) => Out::Replace(Replacement::begin(&std::fs::canonicalize(path)?)?),
+                Err(_) => Out::Replace(Replacement::begin(path)?),
+            },
+            Target::Append(path) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {} for appending", path.display()))?;
+                Out::Append(path.clone(), file)
+            }
+        })
+    }
+
+    /// An append file that already has content (so CSV has its header).
+    pub fn has_header(&self) -> bool {
+        match self {
+            Out::Append(_, f) => f.metadata().map(|m| m.len() > 0).unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// Writes one part; appends are fsynced before it returns.
+    pub fn write(&mut self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+        match self {
+            Out::Stdout(w) => fill(w).and_then(|()| w.flush()).map_err(stdout_error),
+            Out::Device(path, w) => fill(w)
+                .and_then(|()| w.flush())
+                .with_context(|| format!("cannot write {}", path.display())),
+            Out::Replace(r) => r.write(fill),
+            Out::Append(path, file) => {
+                let mut w = io::BufWriter::new(&mut *file);
+                fill(&mut w)
+                    .and_then(|()| w.flush())
+                    .with_context(|| format!("cannot append to {}", path.display()))?;
+                drop(w);
+                file.sync_all()
+                    .with_context(|| format!("cannot sync {}", path.display()))
+            }
+        }
+    }
+
+    /// Ends the output: a replaced file is renamed into place here.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            Out::Replace(r) => r.commit(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A broken pipe on stdout is [`StdoutClosed`]; anything else an error.
+fn stdout_error(e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("cannot write to stdout")
+    }
+}
+
+/// Rows written in parts (a run's steps) into one stream, so that the
+/// stream is one document: a JSON array spans the parts, a CSV header comes
+/// once, a table is printed per part that has rows (or once, empty).
+#[derive(Debug, Clone)]
+pub struct Parts {
     format: Format,
-    rows: &Rows<'_>,
-    out: &mut dyn Write,
-    header: bool,
-) -> io::Result<()> {
-    match format {
-        Format::Table => table::write(rows, out),
-        Format::Ndjson => json::write_lines(rows, out),
-        Format::Json => json::write_array(rows, out),
-        Format::Csv => csv::write(rows, out, header),
+    /// A CSV header is (or is already) there.
+    header_done: bool,
+    /// Rows written so far.
+    written: u64,
+    begun: bool,
+}
+
+impl Parts {
+    /// `header_done`: the stream already has a CSV header (an append file
+    /// that is not empty).
+    pub fn new(format: Format, header_done: bool) -> Self {
+        Parts {
+            format,
+            header_done,
+            written: 0,
+            begun: false,
+        }
+    }
+
+    pub fn write(&mut self, rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
+        let n = rows.findings.len() as u64;
+        match self.format {
+            Format::Table if n > 0 => table::write(rows, out)?,
+            Format::Table => {}
+            Format::Ndjson => json::write_lines(rows, out)?,
+            Format::Json => {
+                if !self.begun {
+                    out.write_all(b"[")?;
+                }
+                json::write_elements(rows, out, self.written > 0)?;
+            }
+            Format::Csv => {
+                csv::write(rows, out, !self.header_done)?;
+                self.header_done = true;
+            }
+        }
+        self.begun = true;
+        self.written += n;
+        Ok(())
+    }
+
+    /// Ends the document: closes a JSON array; prints the empty table or
+    /// array of a run without rows.
+    pub fn finish(&mut self, rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
+        match self.format {
+            Format::Table if self.written == 0 => table::write(rows, out),
+            Format::Json => {
+                if !self.begun {
+                    out.write_all(b"[")?;
+                }
+                self.begun = true;
+                out.write_all(b"\n]\n")
+            }
+            Format::Csv if !self.header_done => {
+                self.header_done = true;
+                csv::write(rows, out, true)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -141,48 +268,55 @@ pub fn render(
 /// fsync, rename over `path`, fsync the directory. A reader sees the old
 /// file or the new one, never half of one.
 pub fn replace(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kubeanon-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    {
-        let mut w = io::BufWriter::new(tmp.as_file_mut());
-        fill(&mut w)
-            .and_then(|()| w.flush())
+    let mut r = Replacement::begin(path)?;
+    r.write(fill)?;
+    r.commit()
+}
+
+/// A file being replaced: written to a temporary file beside it, which
+/// [`Replacement::commit`] syncs and renames over it. Dropped uncommitted,
+/// the temporary file is removed and the old file stays.
+pub struct Replacement {
+    path: PathBuf,
+    tmp: io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl Replacement {
+    pub fn begin(path: &Path) -> Result<Self> {
+        let dir = parent_dir(path);
+        let tmp = tempfile::Builder::new()
+            .prefix(".kubeanon-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        Ok(Replacement {
+            path: path.to_path_buf(),
+            tmp: io::BufWriter::new(tmp),
+        })
+    }
+
+    pub fn write(&mut self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+        fill(&mut self.tmp).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        let tmp = self
+            .tmp
+            .into_inner()
+            .map_err(|e| e.into_error())
             .with_context(|| format!("cannot write {}", path.display()))?;
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", path.display()))?;
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot rename the temporary file over {}", path.display()))?;
+        sync_dir(parent_dir(&path));
+        Ok(())
     }
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot sync {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot rename the temporary file over {}", path.display()))?;
-    sync_dir(dir);
-    Ok(())
 }
 
-/// Appends to `path` (created if missing) and fsyncs. `fill` is told
-/// whether the file was empty, so a CSV header is written once.
-fn append(path: &Path, fill: impl FnOnce(&mut dyn Write, bool) -> io::Result<()>) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("cannot open {} for appending", path.display()))?;
-    let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
-    {
-        let mut w = io::BufWriter::new(&mut file);
-        fill(&mut w, empty)
-            .and_then(|()| w.flush())
-            .with_context(|| format!("cannot append to {}", path.display()))?;
-    }
-    file.sync_all()
-        .with_context(|| format!("cannot sync {}", path.display()))?;
-    Ok(())
-}
-
-fn parent_dir(path: &Path) -> &Path {
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -190,7 +324,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Makes a rename durable. Best effort: not every filesystem allows it.
-fn sync_dir(dir: &Path) {
+pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -7,12 +7,14 @@
 //! rather than by the SDK (whose retries are switched off) for that reason,
 //! and so they can be counted.
 
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use aws_config::BehaviorVersion;
+use aws_config::retry::ErrorKind;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatchlogs::Client;
@@ -181,25 +183,28 @@ pub struct LogEvent<'e> {
     pub message: &'e str,
 }
 
-/// Events returned that the query did not ask for (an emulator that
-/// ignores the prefix or window): counted, never fed.
+/// How a read ended. Events returned that the query did not ask for (an
+/// emulator that ignores the prefix or window) are counted, never fed.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Skipped {
+pub struct Read {
     pub other_streams: u64,
     pub outside_window: u64,
+    /// The caller stopped the read before its end.
+    pub stopped: bool,
 }
 
 /// Reads every page of `q`, calling `each` for each event of an audit
 /// stream inside the window, and `progress` with the latest event time and
-/// the page's event count after each page. A page that fails past the
-/// retry budget fails the read.
+/// the page's event count after each page. `each` may stop the read
+/// ([`ControlFlow::Break`]); the result then says it was stopped. A page
+/// that fails past the retry budget fails the read.
 pub async fn read_group(
     api: &Api<'_>,
     q: &Query,
-    mut each: impl FnMut(LogEvent<'_>),
+    mut each: impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
     mut progress: impl FnMut(i64, usize),
-) -> Result<Skipped> {
-    let mut skipped = Skipped::default();
+) -> Result<Read> {
+    let mut read = Read::default();
     let mut token: Option<String> = None;
     let mut latest = q.start_ms;
     loop {
@@ -215,25 +220,43 @@ pub async fn read_group(
             let stream = ev.log_stream_name().unwrap_or_default();
             let ts = ev.timestamp().unwrap_or(i64::MIN);
             if !stream.starts_with(&q.stream_prefix) {
-                skipped.other_streams += 1;
+                read.other_streams += 1;
             } else if ts < q.start_ms || ts >= q.end_ms {
-                skipped.outside_window += 1;
+                read.outside_window += 1;
             } else {
                 latest = latest.max(ts);
-                each(LogEvent {
+                let flow = each(LogEvent {
                     timestamp: ts,
                     event_id: ev.event_id(),
                     message: ev.message().unwrap_or_default(),
                 });
+                if flow.is_break() {
+                    read.stopped = true;
+                    return Ok(read);
+                }
             }
         }
         progress(latest, page.events().len());
         // Pages may be empty and still carry a token: only its absence ends.
         match page.next_token {
             Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok(skipped),
+            _ => return Ok(read),
         }
     }
+}
+
+/// Does the window of `q` hold any event of an audit stream? Asks without
+/// a filter pattern, a few events a page, and stops at the first one: on
+/// AWS one call for a cluster that logs; pages on for one whose audit
+/// logging is off (or a server that ignores the stream prefix).
+pub async fn has_audit_events(api: &Api<'_>, q: &Query) -> Result<bool> {
+    let probe = Query {
+        filter_pattern: None,
+        page_size: 25,
+        ..q.clone()
+    };
+    let read = read_group(api, &probe, |_| ControlFlow::Break(()), |_, _| {}).await?;
+    Ok(read.stopped)
 }
 
 /// Fetches the first page of `q` and drops it: proves the call is allowed
@@ -294,7 +317,15 @@ enum Class {
 fn classify(err: &SdkError<FilterLogEventsError>) -> Class {
     match err {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Class::Transient,
+        // As the SDK's own TransientErrorClassifier judges: I/O, timeouts,
+        // and failures the HTTP client marked with a kind (a pooled
+        // connection closed before the response: IncompleteMessage).
         SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => Class::Transient,
+        SdkError::DispatchFailure(d) => match d.as_other() {
+            Some(ErrorKind::ThrottlingError) => Class::Throttled,
+            Some(_) => Class::Transient,
+            None => Class::Fatal,
+        },
         SdkError::ServiceError(e) => {
             let code = e.err().code().unwrap_or_default();
             let status = e.raw().status().as_u16();
