@@ -1068,3 +1068,61 @@ fn output_to_a_device_or_through_a_symlink_keeps_them() {
             .contains("system:anonymous")
     );
 }
+
+// ---------------------------------------------------------------------------
+// Operators' files
+
+#[test]
+fn a_byte_order_mark_at_the_start_is_skipped_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = lines_text(&all_fixture_lines());
+    let mut with_bom = b"\xef\xbb\xbf".to_vec();
+    with_bom.extend_from_slice(text.as_bytes());
+    // Plain, gzip, and one large enough to be read in parallel.
+    assert_sample_findings(&write_file(dir.path(), "bom.jsonl", &with_bom));
+    assert_sample_findings(&write_file(dir.path(), "bom.jsonl.gz", &gzip(&with_bom)));
+    let mut big = b"\xef\xbb\xbf".to_vec();
+    let filler = format!("{}\n", r#"{"kind":"Event","user":{"username":"system:node:x"}}"#);
+    while big.len() < 40 << 20 {
+        big.extend_from_slice(filler.as_bytes());
+    }
+    big.extend_from_slice(text.as_bytes());
+    let path = write_file(dir.path(), "big.jsonl", &big);
+    let (stdout, stderr) = scan_ok(&[path.as_os_str()]);
+    assert_eq!(ndjson_rows(&stdout), sample_rows());
+    assert_eq!(summary(&stderr).malformed, 0);
+}
+
+#[test]
+fn a_reader_that_closes_a_fifo_fails_the_run_only_stdout_may_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("out.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The reader opens the FIFO and goes away at once.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || drop(std::fs::File::open(fifo).unwrap()))
+    };
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl");
+    let out = kubeanon()
+        .arg("scan")
+        .arg(&sample)
+        .arg("-o")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out.fifo"));
+}

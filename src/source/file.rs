@@ -40,7 +40,8 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Reads one input to its end, feeding every record to `det`. Returns the
 /// number of (decompressed) bytes read. Errors are I/O errors only: bad
 /// content is counted, never fatal.
-pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
+pub fn read_input(input: impl Read, det: &mut Detector) -> io::Result<u64> {
+    let mut input = skip_bom(input)?;
     // A pipe may hand over a single byte first: read the magic whole.
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut input, &mut magic)?;
@@ -51,7 +52,7 @@ pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
             inner: gz,
             broken: false,
         };
-        let n = read_plain(&mut input, det, true)?;
+        let n = read_plain(skip_bom(&mut input)?, det, true)?;
         if input.broken {
             // A corrupt or cut gzip stream: what came before is read; the
             // unreadable rest counts once (a line cut with it, once more).
@@ -61,6 +62,18 @@ pub fn read_input(mut input: impl Read, det: &mut Detector) -> io::Result<u64> {
     } else {
         read_plain(input, det, true)
     }
+}
+
+/// A UTF-8 byte-order mark, which Windows tools put at the start of the
+/// files they save: not part of the first record.
+const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+
+/// The input without a leading [`BOM`].
+fn skip_bom(mut input: impl Read) -> io::Result<impl Read> {
+    let mut head = [0u8; 3];
+    let n = read_up_to(&mut input, &mut head)?;
+    let keep = if head[..n] == BOM { 0 } else { n };
+    Ok(io::Cursor::new(head).take(keep as u64).chain(input))
 }
 
 /// Ends a decompressed stream at the first bad byte instead of failing it,
@@ -128,10 +141,11 @@ pub fn read_file_parallel(
     let mut head = vec![0; 64 << 10];
     let n = read_at_most(&file, 0, &mut head)?;
     head.truncate(n);
-    if head.starts_with(&GZIP_MAGIC) || is_document_start(&head) {
+    let bom = if head.starts_with(&BOM) { BOM.len() } else { 0 };
+    if head.starts_with(&GZIP_MAGIC) || is_document_start(&head[bom..]) {
         return Ok(None);
     }
-    let mut bounds = vec![0];
+    let mut bounds = vec![bom as u64];
     for k in 1..threads as u64 {
         let Some(at) = next_line_start(&file, k * len / threads as u64)? else {
             return Ok(None);
