@@ -105,6 +105,13 @@ impl State {
             .find(|g| g.region == region && g.log_group == log_group)
     }
 
+    /// Puts `g` in place of the entry for its log group (a rebaseline).
+    pub fn replace(&mut self, g: GroupState) {
+        self.groups
+            .retain(|o| !(o.region == g.region && o.log_group == g.log_group));
+        self.groups.push(g);
+    }
+
     /// Applies a step's commit. Returns the horizon when the dedup cap
     /// moved it past where the commit asked.
     pub fn apply(&mut self, c: &Commit) -> Option<i64> {

@@ -1082,7 +1082,10 @@ fn a_byte_order_mark_at_the_start_is_skipped_not_counted() {
     assert_sample_findings(&write_file(dir.path(), "bom.jsonl", &with_bom));
     assert_sample_findings(&write_file(dir.path(), "bom.jsonl.gz", &gzip(&with_bom)));
     let mut big = b"\xef\xbb\xbf".to_vec();
-    let filler = format!("{}\n", r#"{"kind":"Event","user":{"username":"system:node:x"}}"#);
+    let filler = format!(
+        "{}\n",
+        r#"{"kind":"Event","user":{"username":"system:node:x"}}"#
+    );
     while big.len() < 40 << 20 {
         big.extend_from_slice(filler.as_bytes());
     }

@@ -149,6 +149,15 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .iter()
         .map(|lg| unit(&plan, &region, lg, checkpoint.as_ref()))
         .collect::<Result<Vec<_>>>()?;
+    // A rebaseline replaces the entries it changed; they are saved with
+    // the first step's commit (a run that fails before it changes nothing).
+    if plan.rebaseline
+        && let Some(cp) = checkpoint.as_mut()
+    {
+        for u in &units {
+            cp.state.replace(u.state.clone());
+        }
+    }
     let checkpointed = checkpoint.is_some();
     let delivery = Mutex::new(Delivery::open(
         plan.out.format,
