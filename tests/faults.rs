@@ -172,6 +172,53 @@ fn server_errors_dropped_connections_and_timeouts_lose_nothing() {
 }
 
 #[test]
+fn connections_closed_before_the_answer_are_retried_and_lose_nothing() {
+    let (group, base) = group_with_events("dropped", 200);
+    let window = [
+        "--start".to_string(),
+        rfc(base),
+        "--end".to_string(),
+        rfc(now_ms()),
+    ];
+    let clean = rows(
+        &ok(poll(&group)
+            .args(&window)
+            .args(["--page-size", "3"])
+            .output()
+            .unwrap())
+        .stdout,
+    );
+    let proxy = Proxy::start(&moto().endpoint);
+    let mut rng = Rng(23);
+    // About one connection in twenty is dropped before the answer.
+    proxy.set_plan(move |_, _| {
+        if rng.below(20) == 0 {
+            Fault::CloseBeforeAnswer
+        } else {
+            Fault::Forward
+        }
+    });
+    let out = ok(poll_via(&proxy, &group)
+        .args(&window)
+        .args(["--page-size", "3", "--max-rps", "100"])
+        .output()
+        .unwrap());
+    let requests = proxy.requests();
+    let dropped = requests
+        .iter()
+        .filter(|r| r.fault == Fault::CloseBeforeAnswer)
+        .count();
+    eprintln!(
+        "dropped {dropped} of {} connections before the answer",
+        requests.len()
+    );
+    assert!(dropped >= 2, "the faults happened: {dropped}");
+    assert_eq!(summary_number(&out.stderr, "retried"), dropped as u64);
+    assert_eq!(totals(&rows(&out.stdout)), totals(&clean));
+    assert_eq!(ids(&rows(&out.stdout)), ids(&clean));
+}
+
+#[test]
 fn a_page_failing_past_the_budget_fails_the_run_and_keeps_the_checkpoint() {
     let (group, _) = group_with_events("budget", 20);
     let dir = tempfile::tempdir().unwrap();

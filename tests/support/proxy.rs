@@ -2,7 +2,8 @@
 //!
 //! For each request it asks the test's plan what to do: forward it, answer
 //! `400 ThrottlingException`, answer a 5xx, hold it past the client's
-//! timeout, or forward it and cut the response off half way. Nothing else
+//! timeout, forward it and cut the response off half way, or close the
+//! connection without answering. Nothing else
 //! is changed. It records every request (arrival time, operation, fault)
 //! so a test can count calls and measure the request rate.
 
@@ -20,6 +21,9 @@ pub enum Fault {
     Delay(Duration),
     /// Forward, but send only half of the response and close.
     CutResponse,
+    /// Read the request, then close the connection without a word (a
+    /// pooled keep-alive connection the server dropped).
+    CloseBeforeAnswer,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +141,7 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
                 std::thread::sleep(d);
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
             }
+            Fault::CloseBeforeAnswer => false,
             Fault::CutResponse => {
                 if let Some(r) = forward(&head, &body, upstream) {
                     let _ = client.write_all(&r[..r.len() / 2]);
