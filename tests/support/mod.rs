@@ -21,7 +21,7 @@ pub struct Moto {
 }
 
 /// The python that has moto installed: set by `tests/run`.
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBEANON_TEST_PYTHON") {
         return p.into();
     }
@@ -240,6 +240,27 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no '{label}' in summary: {text}"))
 }
 pub mod proxy;
+
+/// `cmd` run under tests/support/peak_rss.py, which adds `peak_rss_kb N`
+/// (the kernel's count for the child) to its stderr.
+pub fn with_peak_rss(cmd: &Command) -> Command {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/peak_rss.py");
+    let mut wrapped = Command::new(python());
+    wrapped
+        .arg(script)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
 
 /// Asserts that a run failed with exit code 1 and a message (on stderr)
 /// naming each of `needles`.
