@@ -3,9 +3,12 @@
 //!
 //! The layout follows the data: [`source`]s (files, CloudWatch Logs) hand
 //! raw records to the shared [`detect`] core, which matches, fills, groups
-//! and counts; [`output`] sinks write the findings; [`checkpoint`] keeps a
-//! scheduled poller's place. [`cli`] turns flags into configuration and
-//! [`commands`] wires the pieces together for each subcommand.
+//! and counts; [`output`] formats write the findings; [`deliver`] takes a
+//! poll's rows to their target step by step and only then advances the
+//! [`checkpoint`], which keeps a scheduled poller's place. [`cli`] turns
+//! flags into configuration and [`commands`] wires the pieces together for
+//! each subcommand. [`testhooks`] is empty unless the tests' cargo feature
+//! is on.
 
 // Untrusted input everywhere: no `unsafe` here; SIMD comes from crates
 // that wrap it (safe_arch, simdutf8, memchr).

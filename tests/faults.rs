@@ -372,7 +372,7 @@ fn schedule_with_kills(
         if was_killed {
             killed += 1;
             // Killed after the findings were out (or recorded as pending)?
-            let pending = std::fs::read_to_string(&cp).is_ok_and(|t| t.contains("\"pending\""));
+            let pending = cp.with_file_name("cp.json.journal").exists();
             if !out.stdout.is_empty() || pending {
                 late_kills += 1;
             }
