@@ -87,32 +87,55 @@ fn a_clock_ahead_or_a_future_end_never_moves_the_watermark_past_now() {
     assert!(stderr(&future).contains("--end"), "{}", stderr(&future));
     assert!(!cp.exists() && !out.exists(), "nothing written");
 
-    // A run on a host whose clock is a day ahead (booted before NTP).
-    let ahead = rfc(t0 + 24 * 60 * MIN);
-    run(scheduled(&group, &cp, &out)
+    // A run on a host whose clock is a day ahead (booted before NTP):
+    // CloudWatch's Date header disagrees, so nothing is committed.
+    let day = 24 * 60 * MIN;
+    let ahead = scheduled(&group, &cp, &out)
         .args(["--since", "25h"])
-        .env("KUBEANON_TEST_NOW", &ahead));
-    assert_eq!(appended(&out).len(), 2);
-    // Events keep coming; the next run has the right clock.
-    anonymous(&group, &[now_ms() - 4 * MIN], 3010);
-    let before = std::fs::read(&cp).unwrap();
-    let stalled = scheduled(&group, &cp, &out).output().unwrap();
-    assert_fails_with(
-        &stalled,
-        &[
-            "cp.json",
-            "later than this machine's clock",
-            "--rebaseline --start",
-        ],
+        .env("KUBEANON_TEST_NOW", rfc(t0 + day))
+        .output()
+        .unwrap();
+    assert_fails_with(&ahead, &["ahead of CloudWatch's", "NTP"]);
+    assert!(
+        !cp.exists() && appended(&out).is_empty(),
+        "nothing delivered or advanced"
     );
+
+    // The schedule on a good clock; then the clock goes back a day.
+    run(scheduled(&group, &cp, &out).args(["--since", "30m"]));
+    assert_eq!(appended(&out).len(), 2);
+    let before = std::fs::read(&cp).unwrap();
+    let behind = scheduled(&group, &cp, &out)
+        .env("KUBEANON_TEST_NOW", rfc(now_ms() - day))
+        .output()
+        .unwrap();
+    let stalled = [
+        "cp.json",
+        "later than this machine's clock",
+        "--rebaseline --start",
+    ];
+    assert_fails_with(&behind, &stalled);
     assert_eq!(
         std::fs::read(&cp).unwrap(),
         before,
         "checkpoint left as found"
     );
-    assert_eq!(appended(&out).len(), 2, "nothing delivered");
 
-    // The operator reads again from a time they trust: nothing is lost.
+    // A watermark that ran ahead anyway (an older kubeanon, a server with
+    // no Date header), seen on a right clock: loud, then recovered.
+    let mut state: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    for key in ["watermark_ms", "horizon_ms"] {
+        let v = state["groups"][0][key].as_i64().unwrap();
+        state["groups"][0][key] = (v + day).into();
+    }
+    std::fs::write(&cp, serde_json::to_vec(&state).unwrap()).unwrap();
+    anonymous(&group, &[now_ms() - 4 * MIN], 3010);
+    let edited = std::fs::read(&cp).unwrap();
+    assert_fails_with(&scheduled(&group, &cp, &out).output().unwrap(), &stalled);
+    assert_eq!(std::fs::read(&cp).unwrap(), edited);
+    assert_eq!(appended(&out).len(), 2, "nothing delivered");
+    // The operator reads again from a time they trust: nothing is lost,
+    // and the dedup set spares what it still holds.
     run(scheduled(&group, &cp, &out).args(["--rebaseline", "--since", "10m"]));
     let clean = run(poll(&group).args(["--since", "30m"]));
     assert_eq!(totals(&appended(&out)), totals(&rows(&clean.stdout)));

@@ -23,12 +23,18 @@ use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::Rows;
-use crate::source::cloudwatch::{self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy};
+use crate::source::cloudwatch::{
+    self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy, ServerClock,
+};
 use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
 const EXTRA: [&str; 4] = ["cluster", "log_group", "region", "id"];
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
+/// How far this machine's clock may run ahead of the server's before a
+/// checkpointed run refuses to commit (the Date header has whole seconds,
+/// and the answer took its time).
+const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
 
 /// The flags, checked.
 struct Plan {
@@ -143,7 +149,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (client, region) = runtime.block_on(cloudwatch::client(&plan.client))?;
+    let (client, region, server_clock) = runtime.block_on(cloudwatch::client(&plan.client))?;
     let units = plan
         .log_groups
         .iter()
@@ -187,6 +193,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         region: &region,
         delivery: &delivery,
         checkpointed,
+        server_clock: &server_clock,
         bar: &bar,
     };
     // The log groups are read concurrently on this task; they share the
@@ -364,7 +371,25 @@ struct Ctx<'a> {
     region: &'a str,
     delivery: &'a Mutex<Delivery>,
     checkpointed: bool,
+    server_clock: &'a ServerClock,
     bar: &'a ProgressBar,
+}
+
+impl Ctx<'_> {
+    /// A checkpointed step commits only while this machine's clock agrees
+    /// with the server's: a clock far ahead would move the watermark past
+    /// events not yet written.
+    fn check_clock(&self) -> Result<()> {
+        match self.server_clock.local_ahead_ms() {
+            Some(ahead) if self.checkpointed && ahead > MAX_CLOCK_AHEAD_MS => Err(anyhow!(
+                "this machine's clock is {} ahead of CloudWatch's (the Date header of its answers): \
+                 a checkpoint moved by it would skip events not yet written. Nothing was delivered or advanced for this log group; \
+                 fix the clock (NTP) and run again",
+                humantime::format_duration(Duration::from_secs((ahead / 1000) as u64))
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Counts of one log group's reads, or of the run.
@@ -468,6 +493,7 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
                 None => e = s + (e - s) / 2,
             }
         };
+        ctx.check_clock()?;
         let commit = Commit {
             region: ctx.region.to_string(),
             log_group: unit.log_group.clone(),

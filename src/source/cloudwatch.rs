@@ -8,8 +8,8 @@
 //! and so they can be counted.
 
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -18,11 +18,15 @@ use aws_config::retry::ErrorKind;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_cloudwatchlogs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatchlogs::operation::filter_log_events::{
     FilterLogEventsError, FilterLogEventsOutput,
 };
 use tokio::time::Instant;
+
+use crate::testhooks;
 
 /// The server-side filter: cuts transfer to (case-sensitively, valid JSON
 /// only) anonymous events. The detector re-checks every event in full.
@@ -52,10 +56,51 @@ pub struct ClientSettings {
 }
 
 /// A client from the standard credential chain (env, profile/SSO, web
-/// identity, container/Pod Identity, IMDS), and the region it talks to.
-pub async fn client(s: &ClientSettings) -> Result<(Client, String)> {
+/// identity, container/Pod Identity, IMDS), the region it talks to, and
+/// the server's clock as its responses tell it.
+pub async fn client(s: &ClientSettings) -> Result<(Client, String, ServerClock)> {
     let (config, region) = sdk_config(s).await?;
-    Ok((Client::new(&config), region))
+    let clock = ServerClock::default();
+    let conf = aws_sdk_cloudwatchlogs::config::Builder::from(&config)
+        .interceptor(clock.clone())
+        .build();
+    Ok((Client::from_conf(conf), region, clock))
+}
+
+/// The server's clock, read off the `Date` header of each response: a
+/// second opinion on this machine's, which may be far off (a VM booted
+/// before NTP) and would move a checkpoint into the future.
+#[derive(Debug, Default, Clone)]
+pub struct ServerClock(Arc<Mutex<Option<i64>>>);
+
+impl ServerClock {
+    /// How far this machine's clock was ahead of the server's (ms; negative
+    /// when behind) at the latest response, to the second.
+    pub fn local_ahead_ms(&self) -> Option<i64> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Intercept for ServerClock {
+    fn name(&self) -> &'static str {
+        "ServerClock"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        // `Date: Mon, 30 Nov 2026 11:10:37 GMT` (whole seconds).
+        if let Some(date) = ctx.response().headers().get("date")
+            && let Ok(server) = chrono::DateTime::parse_from_rfc2822(date)
+        {
+            let ahead = testhooks::now_ms() - server.timestamp_millis();
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(ahead);
+        }
+        Ok(())
+    }
 }
 
 /// The SDK configuration behind [`client`], and its region.
