@@ -8,28 +8,11 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use support::proxy::{Fault, Proxy};
 use support::*;
-
-fn rfc(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "kubeanon failed: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// `kubeanon poll` through `proxy` instead of straight to moto.
 fn poll_via(proxy: &Proxy, group: &str) -> Command {
@@ -280,6 +263,7 @@ fn schedule_with_kills(
     append: bool,
     kills_wanted: usize,
 ) -> (Vec<serde_json::Value>, String, i64, usize, u64) {
+    require_test_hooks();
     let group = format!("/aws/eks/{name}/cluster");
     create(&group, &[AUDIT_STREAM]);
     let dir = tempfile::tempdir().unwrap();

@@ -7,25 +7,7 @@ mod support;
 
 use std::process::{Command, Output};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use support::*;
-
-fn rfc(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run kubeanon");
-    assert!(
-        out.status.success(),
-        "kubeanon failed: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A log group with both an audit stream and the API server's own stream.
 fn setup(name: &str) -> String {
@@ -197,6 +179,7 @@ fn checkpoint_resumes_and_late_events_are_counted_exactly_once() {
 
 #[test]
 fn a_crash_after_stdout_repeats_rows_with_the_same_ids() {
+    require_test_hooks();
     let group = setup("crash-stdout");
     let dir = tempfile::tempdir().unwrap();
     let cp = dir.path().join("cp.json");
@@ -239,6 +222,7 @@ fn a_crash_after_stdout_repeats_rows_with_the_same_ids() {
 
 #[test]
 fn append_delivery_is_exactly_once_whatever_the_crash_point() {
+    require_test_hooks();
     for point in ["after-pending", "mid-append", "after-output"] {
         let group = setup(&format!("crash-{point}"));
         let dir = tempfile::tempdir().unwrap();

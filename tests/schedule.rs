@@ -9,27 +9,9 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use support::*;
 
 const MIN: i64 = 60_000;
-
-fn rfc(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run kubeanon");
-    assert!(
-        out.status.success(),
-        "kubeanon failed: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -62,16 +44,9 @@ fn anonymous(group: &str, times: &[i64], first: u64) {
     put(group, AUDIT_STREAM, &events);
 }
 
-fn hooks() {
-    assert!(
-        cfg!(feature = "test-hooks"),
-        "this test drives test-only hooks: run the tests with tests/run (cargo test --features test-hooks)"
-    );
-}
-
 #[test]
 fn a_clock_ahead_or_a_future_end_never_moves_the_watermark_past_now() {
-    hooks();
+    require_test_hooks();
     let group = setup("clock");
     let dir = tempfile::tempdir().unwrap();
     let (cp, out) = (dir.path().join("cp.json"), dir.path().join("f.ndjson"));
@@ -293,7 +268,7 @@ fn a_cluster_with_audit_logging_off_is_a_failure_even_when_quiet() {
 
 #[test]
 fn a_relative_append_path_is_recovered_into_the_same_file() {
-    hooks();
+    require_test_hooks();
     let group = setup("relative");
     anonymous(&group, &[now_ms() - 10 * MIN, now_ms() - 9 * MIN], 3500);
     let state = tempfile::tempdir().unwrap();

@@ -241,6 +241,39 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
 }
 pub mod proxy;
 
+/// An RFC 3339 time (ms precision) for `--start`/`--end`.
+pub fn rfc(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Fails a test that drives the test-only hooks (`KUBEANON_FAULT`,
+/// `KUBEANON_TEST_NOW`) in a build without them.
+pub fn require_test_hooks() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "this test drives test-only hooks: run the tests with tests/run (cargo test --features test-hooks)"
+        );
+    }
+}
+
+/// Asserts that a run succeeded, showing its stderr if not.
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "kubeanon failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd`, asserting success.
+pub fn run(cmd: &mut Command) -> Output {
+    ok(cmd.output().expect("run kubeanon"))
+}
+
 /// `cmd` run under tests/support/peak_rss.py, which adds `peak_rss_kb N`
 /// (the kernel's count for the child) to its stderr.
 pub fn with_peak_rss(cmd: &Command) -> Command {
