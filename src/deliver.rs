@@ -218,7 +218,12 @@ impl Delivery {
 
     /// Delivers one step's rows, then applies its commit.
     pub fn step(&mut self, rows: &Rows<'_>, commit: Option<Commit>) -> Result<()> {
+        self.deliver(rows, commit)?;
         self.rows += rows.findings.len() as u64;
+        Ok(())
+    }
+
+    fn deliver(&mut self, rows: &Rows<'_>, commit: Option<Commit>) -> Result<()> {
         let (Some(commit), Some(_)) = (commit, self.checkpoint.as_ref()) else {
             return self.out.write(|w| self.parts.write(rows, w));
         };

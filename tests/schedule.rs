@@ -232,6 +232,16 @@ fn one_missing_log_group_fails_alone_with_exit_4() {
         .unwrap();
     assert_fails_with(&all, &["iso-gone", "does not exist"]);
     assert_eq!(std::fs::read(&cp).unwrap(), before);
+    // ...and a previous --output file is left as it was.
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, "yesterday's report\n").unwrap();
+    let all = poll("/aws/eks/iso-gone/cluster")
+        .args(["--max-attempts", "2", "--format", "json", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_fails_with(&all, &["iso-gone"]);
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "yesterday's report\n");
 }
 
 #[test]

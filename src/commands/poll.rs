@@ -204,9 +204,6 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     bar.finish_and_clear();
     let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
     let delivered_rows = delivery.rows;
-    let empty = Findings::default();
-    let capped = with_rows(&empty, &region, "", |rows| delivery.finish(rows))?;
-
     let mut total = Total::default();
     let mut failed = Vec::new();
     for (log_group, result) in results {
@@ -218,6 +215,17 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             }
         }
     }
+    // Failures are never quiet: a blind or failing cluster must be seen.
+    for (log_group, err, _) in &failed {
+        eprintln!("kubeanon: error: log group {log_group}: {err:#}");
+    }
+    let advanced = failed.len() < plan.log_groups.len() || failed.iter().any(|f| f.2);
+    if !advanced {
+        // Nothing was read: leave a previous --output file as it was.
+        return Ok(Exit::Error);
+    }
+    let empty = Findings::default();
+    let capped = with_rows(&empty, &region, "", |rows| delivery.finish(rows))?;
     if !plan.out.quiet {
         eprintln!(
             "kubeanon poll: {}",
@@ -238,28 +246,19 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             rfc3339(*horizon)
         );
     }
-    // Failures are never quiet: a blind or failing cluster must be seen.
-    for (log_group, err, _) in &failed {
-        eprintln!("kubeanon: error: log group {log_group}: {err:#}");
-    }
     if failed.is_empty() {
         return Ok(Exit::for_findings(
             delivered_rows as usize,
             plan.out.fail_on_findings,
         ));
     }
-    let advanced = failed.len() < plan.log_groups.len() || failed.iter().any(|f| f.2);
-    if advanced {
-        eprintln!(
-            "kubeanon poll: {} of {} log group(s) failed; the others were delivered{}",
-            failed.len(),
-            plan.log_groups.len(),
-            if checkpointed { " and advanced" } else { "" }
-        );
-        Ok(Exit::Partial)
-    } else {
-        Ok(Exit::Error)
-    }
+    eprintln!(
+        "kubeanon poll: {} of {} log group(s) failed; the others were delivered{}",
+        failed.len(),
+        plan.log_groups.len(),
+        if checkpointed { " and advanced" } else { "" }
+    );
+    Ok(Exit::Partial)
 }
 
 /// Settles a journal an earlier run left, and says what it found.
