@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use aws_sdk_cloudwatchlogs::config::ProvideCredentials;
 use chrono::Utc;
 
 use crate::cli::{DoctorArgs, parse_duration};
 use crate::exit::Exit;
+use crate::source::advice;
 use crate::source::cloudwatch::{
     self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy, checks,
 };
@@ -38,20 +38,25 @@ pub fn run(args: DoctorArgs) -> Result<Exit> {
             }
         };
         report.pass(format!("region {region}"));
-        match config.credentials_provider() {
-            Some(p) => match p.provide_credentials().await {
-                // Say where they came from, never what they are.
-                Ok(_) => report.pass("credentials found in the standard chain".to_string()),
-                Err(e) => report.fail(format!(
-                    "no usable credentials: {}",
-                    aws_sdk_cloudwatchlogs::error::DisplayErrorContext(&e)
-                )),
-            },
-            None => report.fail("no credentials provider configured".to_string()),
+        // Say where they came from, never what they are; without them,
+        // nothing below could say anything true.
+        if let Err(e) = cloudwatch::check_credentials(&config, &settings).await {
+            report.fail(format!("{e:#}"));
+            return false;
         }
+        report.pass("credentials found in the standard chain".to_string());
         let client = aws_sdk_cloudwatchlogs::Client::new(&config);
+        let endpoint = advice::endpoint(settings.endpoint_url.as_deref(), &region);
         for group in &groups {
-            check_group(&client, group, &args.aws.stream_prefix, &mut report).await;
+            check_group(
+                &client,
+                &endpoint,
+                &region,
+                group,
+                &args.aws.stream_prefix,
+                &mut report,
+            )
+            .await;
         }
         !report.failed
     });
@@ -79,6 +84,8 @@ impl Report {
 
 async fn check_group(
     client: &aws_sdk_cloudwatchlogs::Client,
+    endpoint: &str,
+    region: &str,
     group: &str,
     prefix: &str,
     report: &mut Report,
@@ -89,12 +96,10 @@ async fn check_group(
     );
     match checks::log_group_exists(client, group).await {
         Ok(true) => report.pass(format!("log group {group} exists")),
-        Ok(false) => return report.fail(format!("log group {group} does not exist; {enable}")),
-        Err(e) => {
-            return report.fail(format!(
-                "cannot list log groups ({e:#}); see iam-policy.json"
-            ));
+        Ok(false) => {
+            return report.fail(cloudwatch::explain_missing(client, group, region).await);
         }
+        Err(e) => return report.fail(format!("cannot list log groups: {e:#}")),
     }
     match checks::latest_stream(client, group, prefix).await {
         Ok(Some(stream)) => {
@@ -117,15 +122,14 @@ async fn check_group(
         Ok(None) => report.fail(format!(
             "no log stream starting with {prefix} in {group}: audit logging is off; {enable}"
         )),
-        Err(e) => report.fail(format!(
-            "cannot list log streams ({e:#}); see iam-policy.json"
-        )),
+        Err(e) => report.fail(format!("cannot list log streams: {e:#}")),
     }
     // One small FilterLogEvents call proves the permission poll needs.
     let pacer = Pacer::new(4.0);
     let stats = ApiStats::default();
     let api = Api {
         client,
+        endpoint,
         pacer: &pacer,
         retry: RetryPolicy {
             max_attempts: 2,

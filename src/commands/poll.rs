@@ -23,8 +23,9 @@ use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::Rows;
+use crate::source::advice;
 use crate::source::cloudwatch::{
-    self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy, ServerClock,
+    self, Api, ApiStats, ClientSettings, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
 };
 use crate::testhooks;
 
@@ -172,8 +173,10 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     )?);
     let pacer = Pacer::new(plan.max_rps);
     let api_stats = ApiStats::default();
+    let endpoint = advice::endpoint(plan.client.endpoint_url.as_deref(), &region);
     let api = Api {
         client: &client,
+        endpoint: &endpoint,
         pacer: &pacer,
         retry: plan.retry,
         stats: &api_stats,
@@ -467,7 +470,15 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
     };
     // No audit events at all in the window: the cluster's audit logging is
     // off (or the prefix is wrong). Reporting "no findings" would be a lie.
-    if !plan.allow_idle && !cloudwatch::has_audit_events(ctx.api, &query(start, end)).await? {
+    let has_audit_events = match cloudwatch::has_audit_events(ctx.api, &query(start, end)).await {
+        Err(e) if e.is::<MissingLogGroup>() => {
+            return Err(anyhow!(
+                cloudwatch::explain_missing(ctx.api.client, &unit.log_group, ctx.region).await
+            ));
+        }
+        r => r?,
+    };
+    if !plan.allow_idle && !has_audit_events {
         let cluster = cloudwatch::cluster_name(&unit.log_group);
         return Err(anyhow!(
             "no audit events between {} and {} in streams starting with '{}': this cluster is not being watched. \

@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use aws_config::BehaviorVersion;
 use aws_config::retry::ErrorKind;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::config::ProvideCredentials;
 use aws_sdk_cloudwatchlogs::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_cloudwatchlogs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -26,6 +27,7 @@ use aws_sdk_cloudwatchlogs::operation::filter_log_events::{
 };
 use tokio::time::Instant;
 
+use super::advice;
 use crate::testhooks;
 
 /// The server-side filter: cuts transfer to (case-sensitively, valid JSON
@@ -60,6 +62,7 @@ pub struct ClientSettings {
 /// the server's clock as its responses tell it.
 pub async fn client(s: &ClientSettings) -> Result<(Client, String, ServerClock)> {
     let (config, region) = sdk_config(s).await?;
+    check_credentials(&config, s).await?;
     let clock = ServerClock::default();
     let conf = aws_sdk_cloudwatchlogs::config::Builder::from(&config)
         .interceptor(clock.clone())
@@ -109,7 +112,7 @@ pub async fn sdk_config(s: &ClientSettings) -> Result<(aws_config::SdkConfig, St
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .operation_attempt_timeout(s.attempt_timeout)
                 .build(),
         );
@@ -122,12 +125,35 @@ pub async fn sdk_config(s: &ClientSettings) -> Result<(aws_config::SdkConfig, St
     if let Some(url) = &s.endpoint_url {
         loader = loader.endpoint_url(url);
     }
+    if let Some(missing) = advice::missing_profile(s.profile.as_deref()) {
+        bail!(missing);
+    }
     let config = loader.load().await;
     let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
         anyhow!("no AWS region: pass --region, or set AWS_REGION or a profile's region")
     })?;
     Ok((config, region))
 }
+
+/// Loads credentials once, before any request, so that a missing or
+/// broken credential source is said plainly (never the credentials).
+pub async fn check_credentials(config: &aws_config::SdkConfig, s: &ClientSettings) -> Result<()> {
+    let Some(provider) = config.credentials_provider() else {
+        bail!("no AWS credentials: no credential provider is configured");
+    };
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(advice::credentials(&e, s.profile.as_deref())),
+    }
+}
+
+/// A connection that takes longer than this will not come (AWS endpoints
+/// answer in milliseconds).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attempts at a request that could not connect: a wrong endpoint or a
+/// network that is down does not heal in seconds, so fail soon and say so.
+const CONNECT_ATTEMPTS: u32 = 3;
 
 /// Spaces request starts at least `1 / max_rps` apart, across every task
 /// that shares it, so no window of time sees more than `max_rps` per second.
@@ -204,6 +230,8 @@ pub struct ApiStats {
 /// A FilterLogEvents caller: the client, the region's pacer, the policy.
 pub struct Api<'a> {
     pub client: &'a Client,
+    /// Where the client connects, for messages.
+    pub endpoint: &'a str,
     pub pacer: &'a Pacer,
     pub retry: RetryPolicy,
     pub stats: &'a ApiStats,
@@ -338,6 +366,13 @@ async fn fetch_page(
             Err(err) => err,
         };
         let class = classify(&err);
+        if class == Class::Unreachable && attempt >= CONNECT_ATTEMPTS.min(api.retry.max_attempts) {
+            return Err(anyhow!(
+                "cannot connect to CloudWatch Logs at {} ({}, {attempt} attempts): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
+                api.endpoint,
+                advice::short(&err)
+            ));
+        }
         if class == Class::Fatal || attempt >= api.retry.max_attempts {
             return Err(describe(&err, q, attempt));
         }
@@ -345,7 +380,11 @@ async fn fetch_page(
         if class == Class::Throttled {
             api.stats.throttled.fetch_add(1, Ordering::Relaxed);
         }
-        let delay = api.retry.delay(attempt - 1, class == Class::Throttled);
+        let delay = if class == Class::Unreachable {
+            Duration::from_millis(500)
+        } else {
+            api.retry.delay(attempt - 1, class == Class::Throttled)
+        };
         tracing::debug!(log_group = %q.log_group, attempt, ?delay, kind = ?class, "retrying FilterLogEvents");
         tokio::time::sleep(delay).await;
         attempt += 1;
@@ -356,10 +395,15 @@ async fn fetch_page(
 enum Class {
     Throttled,
     Transient,
+    /// Never reached the server: retried a few times, quickly.
+    Unreachable,
     Fatal,
 }
 
 fn classify(err: &SdkError<FilterLogEventsError>) -> Class {
+    if advice::is_connect_failure(err) {
+        return Class::Unreachable;
+    }
     match err {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Class::Transient,
         // As the SDK's own TransientErrorClassifier judges: I/O, timeouts,
@@ -393,25 +437,92 @@ fn classify(err: &SdkError<FilterLogEventsError>) -> Class {
     }
 }
 
-/// An error message that says what to do about the common cases.
+/// A log group that does not exist: the caller can say which do.
+#[derive(Debug)]
+pub struct MissingLogGroup(pub String);
+
+impl std::fmt::Display for MissingLogGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "log group {} does not exist", self.0)
+    }
+}
+
+impl std::error::Error for MissingLogGroup {}
+
+/// An error message that says what to do about the common cases; the SDK's
+/// whole error goes to `-v`.
 fn describe(err: &SdkError<FilterLogEventsError>, q: &Query, attempts: u32) -> anyhow::Error {
-    let detail = DisplayErrorContext(err).to_string();
-    let hint = match err.code() {
-        Some("ResourceNotFoundException") => format!(
-            ": log group {} does not exist in this region; is control-plane audit logging on? \
-             (aws eks update-cluster-config --name {} --logging '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}')",
-            q.log_group,
-            cluster_name(&q.log_group)
-        ),
-        Some("AccessDeniedException") => {
-            ": the credentials may not call logs:FilterLogEvents on this log group (see iam-policy.json)".to_string()
+    match err.code() {
+        Some("ResourceNotFoundException") => {
+            tracing::debug!(error = %DisplayErrorContext(err), "FilterLogEvents");
+            anyhow::Error::new(MissingLogGroup(q.log_group.clone()))
         }
-        _ => String::new(),
-    };
-    anyhow!("{detail}").context(format!(
-        "FilterLogEvents on {} failed after {attempts} attempt(s){hint}",
-        q.log_group
-    ))
+        Some("AccessDeniedException") => anyhow!(
+            "access denied: these credentials may not call logs:FilterLogEvents on log group {} \
+             (AWS said: {}); grant it as iam-policy.json does",
+            q.log_group,
+            advice::short(err)
+        ),
+        _ => anyhow!(
+            "FilterLogEvents on {} failed after {attempts} attempt(s): {} (-v shows the whole error)",
+            q.log_group,
+            advice::short(err)
+        ),
+    }
+}
+
+/// What to say about a missing log group: the EKS log groups the region
+/// does have, and the closest name.
+pub async fn explain_missing(client: &Client, log_group: &str, region: &str) -> String {
+    let mut groups = Vec::new();
+    let mut pages = client
+        .describe_log_groups()
+        .log_group_name_prefix("/aws/eks/")
+        .into_paginator()
+        .items()
+        .send();
+    while groups.len() < 1000 {
+        match pages.next().await {
+            Some(Ok(g)) => groups.extend(g.log_group_name().map(str::to_string)),
+            Some(Err(e)) => {
+                tracing::debug!(error = %DisplayErrorContext(&e), "DescribeLogGroups");
+                break;
+            }
+            None => break,
+        }
+    }
+    let clusters: Vec<String> = groups
+        .iter()
+        .map(|g| cluster_name(g))
+        .filter(|c| !c.starts_with('/'))
+        .map(str::to_string)
+        .collect();
+    let wanted = cluster_name(log_group);
+    let mut text = format!("log group {log_group} does not exist in {region}");
+    if let Some(near) = advice::closest(wanted, &clusters) {
+        text.push_str(&format!("; did you mean --cluster {near}?"));
+    }
+    if clusters.is_empty() {
+        text.push_str(&format!(
+            "; {region} has no EKS control-plane log groups at all: is --region right?"
+        ));
+    } else {
+        let mut shown: Vec<&str> = clusters.iter().map(String::as_str).take(10).collect();
+        shown.sort_unstable();
+        text.push_str(&format!(
+            " (EKS clusters with control-plane logs there: {}{})",
+            shown.join(", "),
+            if clusters.len() > 10 { ", ..." } else { "" }
+        ));
+    }
+    if !wanted.starts_with('/') {
+        text.push_str(&format!(
+            ". If cluster {wanted} exists in {region}, its control-plane logging was never turned on: \
+             aws eks update-cluster-config --name {wanted} --region {region} --logging \
+             '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
+        ));
+    }
+    text
 }
 
 /// Checks used by `kubeanon doctor`.
@@ -426,8 +537,7 @@ pub mod checks {
             .log_group_name_prefix(log_group)
             .send()
             .await
-            .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
-            .context("DescribeLogGroups failed")?;
+            .map_err(|e| anyhow!("DescribeLogGroups failed: {}", advice::short(&e)))?;
         Ok(out
             .log_groups()
             .iter()
@@ -448,8 +558,7 @@ pub mod checks {
             .log_stream_name_prefix(prefix)
             .send()
             .await
-            .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
-            .context("DescribeLogStreams failed")?;
+            .map_err(|e| anyhow!("DescribeLogStreams failed: {}", advice::short(&e)))?;
         Ok(out
             .log_streams()
             .iter()

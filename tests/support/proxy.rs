@@ -21,6 +21,8 @@ pub enum Fault {
     Delay(Duration),
     /// Forward, but send only half of the response and close.
     CutResponse,
+    /// Answer with this status, error type and message.
+    Reject(u16, &'static str, &'static str),
     /// Read the request, then close the connection without a word (a
     /// pooled keep-alive connection the server dropped).
     CloseBeforeAnswer,
@@ -142,6 +144,9 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
             }
             Fault::CloseBeforeAnswer => false,
+            Fault::Reject(status, kind, message) => {
+                client.write_all(&error(status, kind, message)).is_ok()
+            }
             Fault::CutResponse => {
                 if let Some(r) = forward(&head, &body, upstream) {
                     let _ = client.write_all(&r[..r.len() / 2]);

@@ -1,0 +1,249 @@
+//! Errors a person can act on. The SDK's own error chains are long debug
+//! dumps; they go to `-v` only, and the message says what went wrong in
+//! words and what to do: no credentials (and where the chain looked), a
+//! profile that does not exist, an endpoint that cannot be reached, a log
+//! group that does not exist (and the EKS ones that do), access denied.
+
+use std::path::PathBuf;
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// Where the standard credential chain looks, in its order.
+pub const CHAIN: &str = "environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), \
+     the shared config and credentials files (a profile: static keys, SSO, credential_process, role), \
+     web identity (AWS_WEB_IDENTITY_TOKEN_FILE: IRSA), container credentials (EKS Pod Identity, ECS) \
+     and instance metadata (IMDS)";
+
+/// Why credentials could not be loaded, in words.
+pub fn credentials(err: &CredentialsError, profile: Option<&str>) -> String {
+    tracing::debug!(error = %DisplayErrorContext(err), "loading credentials");
+    let fixes = match profile {
+        Some(p) => format!("run `aws sso login --profile {p}` if it is an SSO profile, or check its keys"),
+        None => "run `aws configure` or `aws sso login`, pass --profile, or run where a role is attached (IRSA, Pod Identity, an instance profile)".to_string(),
+    };
+    match err {
+        CredentialsError::CredentialsNotLoaded(_) => {
+            format!("no AWS credentials found: kubeanon looked in {CHAIN}; {fixes}")
+        }
+        CredentialsError::ProviderTimedOut(_) => format!(
+            "no AWS credentials: the credential provider timed out (instance metadata or the container endpoint did not answer); {fixes}"
+        ),
+        other => format!(
+            "cannot load AWS credentials: {}; {fixes}",
+            root_cause(other)
+        ),
+    }
+}
+
+/// The profile a run asks for (`--profile`, else `AWS_PROFILE`), when it is
+/// in none of the files the SDK reads: the message says which were read.
+pub fn missing_profile(profile: Option<&str>) -> Option<String> {
+    let from_env = std::env::var("AWS_PROFILE").ok();
+    let name = profile.or(from_env.as_deref())?;
+    let files = profile_files();
+    let mut read = Vec::new();
+    for (path, credentials) in &files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let names = sections(&text, *credentials);
+                if names.iter().any(|n| n == name) {
+                    return None;
+                }
+                read.push(format!(
+                    "{} (profiles: {})",
+                    path.display(),
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
+            }
+            Err(_) => read.push(format!("{} (not found)", path.display())),
+        }
+    }
+    Some(format!(
+        "AWS profile '{name}' does not exist{}: kubeanon read {}",
+        if profile.is_none() {
+            " (from AWS_PROFILE)"
+        } else {
+            ""
+        },
+        read.join(" and ")
+    ))
+}
+
+/// The config file and the credentials file, as the SDK finds them.
+fn profile_files() -> Vec<(PathBuf, bool)> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let pick = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws").join(default))
+    };
+    vec![
+        (pick("AWS_CONFIG_FILE", "config"), false),
+        (pick("AWS_SHARED_CREDENTIALS_FILE", "credentials"), true),
+    ]
+}
+
+/// Profile names in a config (`[profile x]`, `[default]`) or credentials
+/// (`[x]`) file.
+fn sections(text: &str, credentials: bool) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let inner = l.strip_prefix('[')?.strip_suffix(']')?.trim();
+            if credentials {
+                return Some(inner.to_string());
+            }
+            match inner.strip_prefix("profile") {
+                Some(rest) if rest.starts_with(char::is_whitespace) => {
+                    Some(rest.trim().to_string())
+                }
+                _ if inner == "default" => Some(inner.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The innermost message of an error chain: the part a person can read
+/// ("Connection refused (os error 111)").
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    e.to_string()
+}
+
+/// Did the request fail before it reached the server (refused, no such
+/// host, no route)?
+pub fn is_connect_failure<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let SdkError::DispatchFailure(d) = err else {
+        return false;
+    };
+    let Some(c) = d.as_connector_error() else {
+        return false;
+    };
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(c);
+    while let Some(cur) = e {
+        if let Some(h) = cur.downcast_ref::<hyper_util::client::legacy::Error>()
+            && h.is_connect()
+        {
+            return true;
+        }
+        if let Some(io) = cur.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        e = cur.source();
+    }
+    false
+}
+
+/// A short description of an SDK error: the service's code and message,
+/// or the innermost cause. The whole chain goes to `-v`.
+pub fn short<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    tracing::debug!(error = %DisplayErrorContext(err), "AWS error");
+    match err {
+        SdkError::ServiceError(e) => {
+            let e = e.err();
+            match (e.code(), e.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => e.to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "the request timed out".to_string(),
+        SdkError::DispatchFailure(d) => match d.as_connector_error() {
+            Some(c) => root_cause(c),
+            None => "the request could not be sent".to_string(),
+        },
+        SdkError::ResponseError(_) => "the response could not be read".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The endpoint a client talks to, for messages.
+pub fn endpoint(endpoint_url: Option<&str>, region: &str) -> String {
+    endpoint_url
+        .map(str::to_string)
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .unwrap_or_else(|| format!("https://logs.{region}.amazonaws.com"))
+}
+
+/// The closest of `names` to `wanted` (edit distance at most a third of
+/// its length, at least 2), for "did you mean".
+pub fn closest<'a>(wanted: &str, names: &'a [String]) -> Option<&'a str> {
+    let limit = (wanted.chars().count() / 3).max(2);
+    names
+        .iter()
+        .map(|n| (distance(wanted, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.as_str())
+}
+
+/// Levenshtein distance with transpositions counted as one edit.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names() {
+        let names: Vec<String> = ["demo", "prod-eu", "staging"].map(String::from).to_vec();
+        assert_eq!(closest("dmeo", &names), Some("demo"));
+        assert_eq!(closest("prod-us", &names), Some("prod-eu"));
+        assert_eq!(closest("analytics", &names), None);
+    }
+
+    #[test]
+    fn profile_sections() {
+        let config = "[default]\nregion=x\n[profile prod]\n[profilex]\n[sso-session s]\n";
+        assert_eq!(sections(config, false), ["default", "prod"]);
+        assert_eq!(sections("[a]\n[ b ]\n", true), ["a", "b"]);
+    }
+}

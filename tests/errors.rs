@@ -1,0 +1,203 @@
+//! Errors a person can act on: each common failure says what went wrong
+//! and what to do, with exit 1, and never dumps the SDK's error chain
+//! (that is for `-v`). Against moto's server, a closed port and the fault
+//! proxy.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::proxy::{Fault, Proxy};
+use support::*;
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// No debug dump of the SDK's error types reaches a person without -v.
+fn assert_no_dump(out: &Output) {
+    let t = text(out);
+    for dump in [
+        "DispatchFailure(",
+        "ServiceError {",
+        "ConnectorError",
+        "SdkBody",
+    ] {
+        assert!(!t.contains(dump), "{dump} in: {t}");
+    }
+}
+
+fn kubeanon(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    cmd.args(args);
+    cmd
+}
+
+#[test]
+fn no_credentials_anywhere_says_so_and_where_it_looked() {
+    for sub in ["poll", "doctor"] {
+        let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", &moto().endpoint])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{sub}: {}", text(&out));
+        for needle in [
+            "no AWS credentials found",
+            "environment",
+            "IRSA",
+            "Pod Identity",
+            "IMDS",
+            "aws configure",
+        ] {
+            assert!(
+                text(&out).contains(needle),
+                "{sub} {needle}: {}",
+                text(&out)
+            );
+        }
+        assert!(
+            !text(&out).contains("iam-policy.json"),
+            "not a permissions problem: {}",
+            text(&out)
+        );
+        assert_no_dump(&out);
+    }
+}
+
+#[test]
+fn a_profile_that_does_not_exist_is_named_with_the_files_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\n[profile staging]\n",
+    )
+    .unwrap();
+    let out = kubeanon(&[
+        "poll",
+        "--cluster",
+        "demo",
+        "--profile",
+        "prod",
+        "--endpoint-url",
+        &moto().endpoint,
+    ])
+    .env("AWS_CONFIG_FILE", &config)
+    .output()
+    .unwrap();
+    assert_fails_with(
+        &out,
+        &[
+            "profile 'prod' does not exist",
+            &config.display().to_string(),
+            "staging",
+            "nonexistent/kubeanon-test (not found)",
+        ],
+    );
+    assert_no_dump(&out);
+}
+
+#[test]
+fn a_misspelt_cluster_gets_the_clusters_that_exist_and_the_closest() {
+    create("/aws/eks/payments/cluster", &[AUDIT_STREAM]);
+    create("/aws/eks/search/cluster", &[AUDIT_STREAM]);
+    let out = kubeanon(&[
+        "poll",
+        "--cluster",
+        "paymnets",
+        "--endpoint-url",
+        &moto().endpoint,
+    ])
+    .output()
+    .unwrap();
+    assert_fails_with(
+        &out,
+        &[
+            "/aws/eks/paymnets/cluster does not exist in us-east-1",
+            "did you mean --cluster payments",
+            "search",
+        ],
+    );
+    assert_no_dump(&out);
+    let doctor = kubeanon(&[
+        "doctor",
+        "--cluster",
+        "paymnets",
+        "--endpoint-url",
+        &moto().endpoint,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(doctor.status.code(), Some(1));
+    assert!(
+        text(&doctor).contains("did you mean --cluster payments"),
+        "{}",
+        text(&doctor)
+    );
+}
+
+#[test]
+fn a_closed_port_fails_within_seconds_naming_the_endpoint() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let began = Instant::now();
+    let out = kubeanon(&["poll", "--cluster", "demo", "--endpoint-url", &endpoint])
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert_fails_with(
+        &out,
+        &[
+            "cannot connect to CloudWatch Logs",
+            &endpoint,
+            "--endpoint-url",
+        ],
+    );
+    assert!(!text(&out).contains("iam-policy.json"), "{}", text(&out));
+    assert_no_dump(&out);
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+}
+
+#[test]
+fn access_denied_names_the_action_and_the_resource() {
+    let group = "/aws/eks/denied/cluster";
+    create(group, &[AUDIT_STREAM]);
+    let proxy = Proxy::start(&moto().endpoint);
+    proxy.set_plan(|_, _| {
+        Fault::Reject(
+            400,
+            "AccessDeniedException",
+            "User: arn:aws:sts::123456789012:assumed-role/kubeanon/job is not authorized to perform: logs:FilterLogEvents on resource: arn:aws:logs:us-east-1:123456789012:log-group:/aws/eks/denied/cluster:log-stream:",
+        )
+    });
+    let out = poll_at(&proxy.endpoint, group).output().unwrap();
+    assert_fails_with(
+        &out,
+        &[
+            "access denied",
+            "logs:FilterLogEvents",
+            group,
+            "iam-policy.json",
+        ],
+    );
+    assert_no_dump(&out);
+    // The whole error is there for -v.
+    let verbose = poll_at(&proxy.endpoint, group).arg("-v").output().unwrap();
+    assert!(
+        text(&verbose).contains("ServiceError"),
+        "{}",
+        text(&verbose)
+    );
+}
