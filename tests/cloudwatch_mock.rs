@@ -63,6 +63,7 @@ async fn read(client: &Client, retry: RetryPolicy) -> (anyhow::Result<()>, Vec<S
     let stats = ApiStats::default();
     let api = Api {
         client,
+        endpoint: "https://logs.us-east-1.amazonaws.com",
         pacer: &pacer,
         retry,
         stats: &stats,
