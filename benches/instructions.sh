@@ -4,7 +4,7 @@
 # drift with the machine's load, for comparing two builds of a change on a
 # shared machine where wall times move by a third between runs.
 #
-#   benches/instructions.sh                  # the release build
+#   benches/instructions.sh                  # the profiling build
 #   benches/instructions.sh OLD_BIN NEW_BIN  # any builds, side by side
 #
 # Needs valgrind (sudo apt-get install -y valgrind) and the benchmark input
@@ -32,8 +32,8 @@ if [ ! -s "$SLICE" ]; then
     mv "$SLICE.tmp" "$SLICE"
 fi
 if [ $# -eq 0 ]; then
-    cargo build --release --bin kubeanon >&2
-    set -- target/release/kubeanon
+    cargo build --profile profiling --bin kubeanon >&2
+    set -- target/profiling/kubeanon
 fi
 n=0
 for bin in "$@"; do

@@ -4,7 +4,8 @@
 #   benches/run.sh            # from the repository root (or anywhere)
 #
 # What it does:
-#   1. builds kubeanon and the log generator (`cargo build --release`),
+#   1. builds kubeanon and the log generator (`cargo build --profile
+#      profiling`: release code with line tables),
 #   2. generates, unless already there, into ./bench-data/ (gitignored):
 #        realistic-1g.jsonl      1 GiB of EKS audit events, 0.2% anonymous
 #                                (gen_audit --size 1G --anonymous-ratio 0.002 --seed 1)
@@ -48,9 +49,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== build" >&2
-cargo build --release --bin kubeanon --example gen_audit >&2
-KUBEANON=$ROOT/target/release/kubeanon
-GEN=$ROOT/target/release/examples/gen_audit
+cargo build --profile profiling --bin kubeanon --example gen_audit >&2
+KUBEANON=$ROOT/target/profiling/kubeanon
+GEN=$ROOT/target/profiling/examples/gen_audit
 
 mkdir -p "$BENCH_DIR"
 REAL=$BENCH_DIR/realistic-1g.jsonl

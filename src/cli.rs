@@ -21,8 +21,9 @@ use crate::source::cloudwatch::cluster_log_group;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log what kubeanon does (pages, retries, recoveries) to stderr. Never
-    /// logs credentials or event contents.
+    /// Log kubeanon's own debug events to stderr (scan: how long reading,
+    /// sorting and writing took; poll: pages, retries, recoveries, AWS
+    /// errors in full). Never credentials or event contents.
     #[arg(long, short, global = true)]
     pub verbose: bool,
 }
@@ -34,10 +35,16 @@ pub enum Command {
     #[command(args_override_self = true)]
     Scan(ScanArgs),
     /// Page through EKS audit logs in CloudWatch Logs and report anonymous requests.
-    #[command(args_override_self = true)]
+    #[command(
+        args_override_self = true,
+        override_usage = "kubeanon poll (--cluster NAME | --log-group NAME)... [OPTIONS]"
+    )]
     Poll(Box<PollArgs>),
     /// Check that kubeanon can read a cluster's audit logs.
-    #[command(args_override_self = true)]
+    #[command(
+        args_override_self = true,
+        override_usage = "kubeanon doctor (--cluster NAME | --log-group NAME)... [OPTIONS]"
+    )]
     Doctor(DoctorArgs),
 }
 
@@ -221,8 +228,20 @@ impl OutputArgs {
 
 /// Parses `2m`, `1h30m`, `90s` and the like.
 pub fn parse_duration(flag: &str, text: &str) -> Result<Duration, UsageError> {
-    humantime::parse_duration(text)
-        .map_err(|e| UsageError(format!("{flag} '{text}': {e} (examples: 90s, 10m, 2h, 1d)")))
+    humantime::parse_duration(text).map_err(|e| {
+        // A bare number has no unit: suggest seconds and minutes, never
+        // humantime's own example of milliseconds.
+        let hint = match text.trim().parse::<u64>() {
+            Ok(n) if n % 60 == 0 && n > 0 => {
+                format!("a duration needs a unit: {n}s or {}m?", n / 60)
+            }
+            Ok(n) => format!("a duration needs a unit: {n}s or {n}m?"),
+            Err(_) => e.to_string(),
+        };
+        UsageError(format!(
+            "{flag} '{text}': {hint} (examples: 90s, 10m, 2h, 1d)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -303,5 +322,8 @@ mod tests {
                 .0
                 .contains("--lag")
         );
+        let bare = parse_duration("--since", "60").unwrap_err().0;
+        assert!(bare.contains("60s or 1m?"), "{bare}");
+        assert!(!bare.contains("ms"), "{bare}");
     }
 }

@@ -22,7 +22,12 @@ fn main() -> ExitCode {
         let filter = tracing_subscriber::filter::Targets::new()
             .with_target("kubeanon", tracing::Level::DEBUG);
         tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colours for a person; plain text for a log file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .with(filter)
             .init();
     }

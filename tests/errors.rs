@@ -201,3 +201,88 @@ fn access_denied_names_the_action_and_the_resource() {
         text(&verbose)
     );
 }
+
+#[test]
+fn the_window_a_user_sees_is_labelled_and_an_empty_one_refused() {
+    let group = "/aws/eks/window-ux/cluster";
+    create(group, &[AUDIT_STREAM]);
+    put(
+        group,
+        AUDIT_STREAM,
+        &[(now_ms() - 10 * 60_000, audit_event(1, false))],
+    );
+    // --since inside the lag: the window would be empty.
+    let out = poll(group).args(["--since", "1m"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--lag 2m"), "{}", text(&out));
+    // A bare number: seconds or minutes, not milliseconds.
+    let out = poll(group).args(["--since", "60"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("60s or 1m?"), "{}", text(&out));
+    // The summary says the end is now minus the lag; -v writes no colour
+    // codes into a file or pipe.
+    let out = run(poll(group).args(["--since", "30m", "-v"]));
+    assert!(text(&out).contains("(now - 2m lag)"), "{}", text(&out));
+    assert!(text(&out).contains("DEBUG"), "{}", text(&out));
+    assert!(!text(&out).contains('\u{1b}'), "{}", text(&out));
+}
+
+#[test]
+fn usage_says_poll_needs_a_cluster_or_log_group() {
+    for sub in ["poll", "doctor"] {
+        let out = kubeanon(&[sub, "--help"]).output().unwrap();
+        assert!(
+            text(&out).contains(&format!(
+                "Usage: kubeanon {sub} (--cluster NAME | --log-group NAME)..."
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    // -v's help says what it logs for each command.
+    let scan = kubeanon(&["scan", "--help"]).output().unwrap();
+    assert!(
+        text(&scan).contains("scan: how long reading"),
+        "{}",
+        text(&scan)
+    );
+}
+
+#[test]
+fn scan_on_a_terminal_says_it_reads_stdin() {
+    // A pseudo-terminal for stdin and stderr; Ctrl-D ends the input.
+    let script = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "scan", "--format", "ndjson"])
+out = b""
+deadline = time.time() + 20
+sent = False
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if b"stdin" in out and not sent:
+        os.write(fd, b"\x04")
+        sent = True
+if time.time() >= deadline:
+    os.kill(pid, 9)
+    out += b"\n(killed: still waiting for input after one Ctrl-D)"
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode("utf-8", "replace"))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, env!("CARGO_BIN_EXE_kubeanon")])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("reading audit events from stdin") && shown.contains("0 events"),
+        "{shown}"
+    );
+}

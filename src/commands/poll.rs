@@ -45,6 +45,8 @@ struct Plan {
     /// Explicit start (ms): the first run's, or a rebaseline's.
     start_ms: Option<i64>,
     end_ms: i64,
+    /// How the summary names the end: " (now - 2m lag)" unless --end.
+    end_label: String,
     now_ms: i64,
     overlap_ms: i64,
     step_ms: i64,
@@ -87,7 +89,17 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     }
     let start_ms = match (&args.start, &args.since) {
         (Some(t), _) => Some(parse_time("--start", t, now_ms)?),
-        (None, Some(d)) => Some(now_ms - ms(parse_duration("--since", d)?)),
+        (None, Some(d)) => {
+            let since = ms(parse_duration("--since", d)?);
+            if since <= lag && args.end.is_none() {
+                return Err(UsageError(format!(
+                    "--since {d} is not longer than --lag {}: the last --lag is left out (its events are still arriving), \
+                     so the window would be empty; ask for more (--since 1h), or pass --lag 0s to read up to now",
+                    args.lag
+                )));
+            }
+            Some(now_ms - since)
+        }
         (None, None) => None,
     };
     if let Some(start) = start_ms
@@ -105,6 +117,10 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         ));
     }
     Ok(Plan {
+        end_label: match &args.end {
+            Some(_) => String::new(),
+            None => format!(" (now - {} lag)", args.lag),
+        },
         log_groups,
         read: ReadSettings {
             stream_prefix: args.aws.stream_prefix.clone(),
@@ -235,7 +251,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             total.summary(
                 &region,
                 plan.log_groups.len(),
-                window,
+                (window, &plan.end_label),
                 &api_stats,
                 delivered_rows
             )
@@ -415,14 +431,14 @@ impl Total {
         &self,
         region: &str,
         groups: usize,
-        window: (i64, i64),
+        ((start, end), end_label): ((i64, i64), &str),
         api: &ApiStats,
         findings: u64,
     ) -> String {
         format!(
-            "{region}, {groups} log group(s), window {}..{}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
-            rfc3339(window.0),
-            rfc3339(window.1),
+            "{region}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            rfc3339(start),
+            rfc3339(end),
             self.steps,
             api.pages.load(Ordering::Relaxed),
             api.attempts.load(Ordering::Relaxed),

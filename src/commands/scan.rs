@@ -1,6 +1,6 @@
 //! `kubeanon scan`: files or stdin through the detector.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::Path;
 use std::time::Instant;
 
@@ -23,6 +23,11 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     } else {
         &args.paths[..]
     };
+    if args.paths.is_empty() && io::stdin().is_terminal() && !out.quiet {
+        eprintln!(
+            "kubeanon scan: reading audit events from stdin (pass files, or pipe them in; Ctrl-D ends)"
+        );
+    }
     for path in paths {
         bytes += read_path(path, &mut det)?;
     }

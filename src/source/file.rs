@@ -41,7 +41,10 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// number of (decompressed) bytes read. Errors are I/O errors only: bad
 /// content is counted, never fatal.
 pub fn read_input(input: impl Read, det: &mut Detector) -> io::Result<u64> {
-    let mut input = skip_bom(input)?;
+    let mut input = skip_bom(Fused {
+        inner: input,
+        done: false,
+    })?;
     // A pipe may hand over a single byte first: read the magic whole.
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut input, &mut magic)?;
@@ -61,6 +64,25 @@ pub fn read_input(input: impl Read, det: &mut Detector) -> io::Result<u64> {
         Ok(n)
     } else {
         read_plain(input, det, true)
+    }
+}
+
+/// Ends for good at the first end of input. A terminal's Ctrl-D ends one
+/// read only, and the reader asks more than once (the byte-order mark, the
+/// gzip magic, the first line): one Ctrl-D must end the input.
+struct Fused<R> {
+    inner: R,
+    done: bool,
+}
+
+impl<R: Read> Read for Fused<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.done = n == 0;
+        Ok(n)
     }
 }
 

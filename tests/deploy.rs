@@ -1,0 +1,197 @@
+//! The deployment files: the Kubernetes manifests validate against
+//! Kubernetes' own schemas (kubernetes-validate, installed by tests/run),
+//! the CronJob's arguments are flags kubeanon accepts, and the Dockerfile
+//! is the two-stage, non-root build the README describes. No container
+//! engine runs here, so the image itself is not built by the tests.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The CronJob container's `args:` list.
+fn cronjob_args() -> Vec<String> {
+    let yaml = read("examples/deploy/cronjob.yaml");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    let mut args = Vec::new();
+    for l in lines.by_ref() {
+        match l.trim().strip_prefix("- ") {
+            Some(arg) => args.push(arg.to_string()),
+            None => break,
+        }
+    }
+    assert!(!args.is_empty(), "no args in the CronJob");
+    args
+}
+
+#[test]
+fn the_manifests_validate_against_the_kubernetes_schemas() {
+    let validate = Path::new(&python()).with_file_name("kubernetes-validate");
+    let manifest = "examples/deploy/cronjob.yaml";
+    let out = Command::new(&validate)
+        .args(["--strict", "--quiet"])
+        .arg(repo(manifest))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (tests/run installs it)", validate.display()));
+    assert!(
+        out.status.success(),
+        "{manifest}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_cronjob_runs_one_region_with_flags_kubeanon_accepts() {
+    let args = cronjob_args();
+    assert_eq!(args[0], "poll");
+    assert_eq!(args.iter().filter(|a| a.starts_with("--region")).count(), 1);
+    // Its state where the test can write, and nothing to connect to: a run
+    // that gets as far as connecting took every flag.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().display().to_string();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    let out = cmd
+        .args(args.iter().map(|a| a.replace("/state", &state)))
+        .arg("--endpoint-url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_fails_with(&out, &["cannot connect to CloudWatch Logs"]);
+}
+
+#[test]
+fn the_dockerfile_is_a_two_stage_non_root_build_as_the_readme_says() {
+    let dockerfile = read("Dockerfile");
+    // Instructions, comments dropped and continuation lines joined.
+    let mut instructions: Vec<(String, String)> = Vec::new();
+    let mut pending = String::new();
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        pending.push_str(line.trim_end_matches('\\'));
+        if line.ends_with('\\') {
+            pending.push(' ');
+            continue;
+        }
+        let (word, rest) = pending.split_once(' ').expect("instruction with arguments");
+        assert!(
+            [
+                "FROM",
+                "WORKDIR",
+                "COPY",
+                "RUN",
+                "USER",
+                "ENTRYPOINT",
+                "ENV",
+                "ARG",
+                "LABEL"
+            ]
+            .contains(&word),
+            "unknown instruction {word}"
+        );
+        instructions.push((word.to_string(), rest.trim().to_string()));
+        pending.clear();
+    }
+    let froms: Vec<&String> = instructions
+        .iter()
+        .filter(|i| i.0 == "FROM")
+        .map(|i| &i.1)
+        .collect();
+    assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
+    assert!(froms[0].ends_with(" AS build"), "{}", froms[0]);
+    assert!(froms[1].starts_with("gcr.io/distroless/"), "{}", froms[1]);
+    let runtime = &instructions[instructions.iter().rposition(|i| i.0 == "FROM").unwrap()..];
+    assert!(
+        !runtime.iter().any(|i| i.0 == "RUN"),
+        "nothing runs in the runtime image"
+    );
+    let user = &runtime.iter().find(|i| i.0 == "USER").expect("a USER").1;
+    assert!(
+        !user.starts_with("0") && !user.starts_with("root"),
+        "non-root: {user}"
+    );
+    let entry = &runtime
+        .iter()
+        .find(|i| i.0 == "ENTRYPOINT")
+        .expect("an ENTRYPOINT")
+        .1;
+    let entry: Vec<String> = serde_json::from_str(entry).expect("exec form");
+    assert_eq!(entry, ["/usr/local/bin/kubeanon"]);
+    assert!(
+        instructions
+            .iter()
+            .any(|i| i.0 == "RUN" && i.1.contains("cargo build --locked --release")),
+        "the locked release build"
+    );
+    // What the build stage copies exists.
+    for (word, rest) in &instructions {
+        if word == "COPY" && !rest.starts_with("--from") {
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            for src in &parts[..parts.len() - 1] {
+                assert!(repo(src).exists(), "COPY {src}: not in the repository");
+            }
+        }
+    }
+    // The build command is the same in the Dockerfile, the README and the
+    // image the CronJob runs.
+    let build = "docker build -t kubeanon:0.1.0 .";
+    assert!(dockerfile.contains(build));
+    assert!(
+        read("README.md").contains(build),
+        "the README shows {build}"
+    );
+    assert!(read("examples/deploy/cronjob.yaml").contains("/kubeanon:0.1.0"));
+}
+
+#[test]
+fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
+    // examples/moto_demo.py loads the sample as cluster "demo"; poll then
+    // finds what `scan` finds in the sample.
+    let load = Command::new(python())
+        .arg(repo("examples/moto_demo.py"))
+        .arg(&moto().endpoint)
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    let polled = run(cmd.args([
+        "poll",
+        "--cluster",
+        "demo",
+        "--endpoint-url",
+        &moto().endpoint,
+    ]));
+    let scanned = run(Command::new(env!("CARGO_BIN_EXE_kubeanon"))
+        .arg("scan")
+        .arg(repo("examples/eks-audit-sample.jsonl")));
+    assert_eq!(rows(&polled.stdout).len(), 28);
+    assert_eq!(
+        totals(&rows(&polled.stdout)),
+        totals(&rows(&scanned.stdout))
+    );
+}
