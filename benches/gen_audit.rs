@@ -10,6 +10,9 @@
 //!
 //!     cargo run --example gen_audit -- --sample > examples/eks-audit-sample.jsonl
 //!
+//! (It lives in benches/ with the scripts that use it; Cargo builds it as a
+//! dev-only example target, never installed.)
+//!
 //! (`--sample` is seed 2025, 440 generated events at a 5% anonymous share,
 //! plus hand-written events: a phpunit exploit probe, an anonymous read of
 //! secrets that RBAC allowed, kube-probe health checks from 10.0.x, a request
@@ -18,22 +21,10 @@
 //!
 //! Benchmark inputs (what `benches/run.sh` runs):
 //!
-//!     cargo run --release --example gen_audit -- --size 1G --anonymous-ratio 0.002 --seed 1 > bench-data/realistic-1g.jsonl
-//!     cargo run --release --example gen_audit -- --size 500M --anonymous-ratio 1 --seed 2 > bench-data/anonymous-500m.jsonl
+//!     cargo run --profile profiling --example gen_audit -- --size 1G --anonymous-ratio 0.002 --seed 1 > bench-data/realistic-1g.jsonl
+//!     cargo run --profile profiling --example gen_audit -- --size 500M --anonymous-ratio 1 --seed 2 > bench-data/anonymous-500m.jsonl
 //!
-//! Options:
-//!
-//!   --size N[K|M|G]         stop after at least N bytes (K/M/G are 1024-based)
-//!   --events N              stop after N events (default 1000 when no --size)
-//!   --anonymous-ratio R     share of anonymous events, 0..=1 (default 0.002)
-//!   --seed N                PRNG seed (default 1)
-//!   --tricky R              share of anonymous events written in edge-case
-//!                           encodings (case-varied, `\uXXXX`-escaped names and
-//!                           keys, groups as a string, no groups, trailing
-//!                           space...), about half of which must match and half
-//!                           must not; for testing a fast path against a full
-//!                           parse (default 0)
-//!   --sample                the bundled sample (ignores the other options)
+//! Options: `cargo run --example gen_audit -- --help`.
 //!
 //! A summary goes to stderr: events, events that match the rule
 //! (`user.username` == system:anonymous and `system:unauthenticated` in
@@ -2022,95 +2013,54 @@ fn request(out: &mut Out, rng: &mut Rng, ev: Ev, received_share: f64) {
     out.event(&ev);
 }
 
+/// Generates realistic EKS audit log lines on stdout (deterministic for a
+/// seed and options).
+#[derive(clap::Parser)]
+#[command(name = "gen_audit")]
 struct Opts {
+    /// Stop after at least N bytes (K/M/G are 1024-based) [default: 1000 events].
+    #[arg(long, value_name = "N[K|M|G]", value_parser = parse_size, conflicts_with = "events")]
     size: Option<u64>,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
     events: Option<u64>,
+    /// Share of anonymous events, 0 to 1.
+    #[arg(long = "anonymous-ratio", value_name = "R", default_value_t = 0.002, value_parser = ratio)]
     ratio: f64,
+    /// PRNG seed.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Share of anonymous events written in edge-case encodings, 0 to 1.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = ratio)]
     tricky: f64,
+    /// Write the bundled sample (examples/eks-audit-sample.jsonl) instead.
+    #[arg(long, conflicts_with_all = ["size", "events", "ratio", "seed", "tricky"])]
     sample: bool,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("gen_audit: {msg}");
-    eprintln!(
-        "usage: gen_audit [--size N[K|M|G] | --events N] [--anonymous-ratio R] [--seed N] [--tricky R] | --sample"
-    );
-    exit(2);
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    match num.parse::<f64>() {
+        Ok(n) if n >= 0.0 => Ok((n * mul as f64) as u64),
+        _ => Err(format!("'{s}' is not a size (N, NK, NM or NG)")),
+    }
 }
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().trim_end_matches(['B', 'b']);
-    let (num, mul) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: f64 = num.parse().ok()?;
-    (n >= 0.0).then_some((n * mul as f64) as u64)
-}
-
-fn parse_args() -> Opts {
-    let mut o = Opts {
-        size: None,
-        events: None,
-        ratio: 0.002,
-        seed: 1,
-        tricky: 0.0,
-        sample: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
-        };
-        match flag.as_str() {
-            "--size" => {
-                o.size = Some(parse_size(&value("--size")).unwrap_or_else(|| usage("bad --size")))
-            }
-            "--events" => {
-                o.events = Some(
-                    value("--events")
-                        .parse()
-                        .unwrap_or_else(|_| usage("bad --events")),
-                )
-            }
-            "--anonymous-ratio" => {
-                o.ratio = value("--anonymous-ratio")
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad --anonymous-ratio"))
-            }
-            "--seed" => {
-                o.seed = value("--seed")
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad --seed"))
-            }
-            "--tricky" => {
-                o.tricky = value("--tricky")
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad --tricky"))
-            }
-            "--sample" => o.sample = true,
-            "-h" | "--help" => usage("generate EKS audit log lines on stdout"),
-            _ => usage(&format!("unknown argument {a}")),
-        }
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("'{s}' is not a ratio between 0 and 1")),
     }
-    if !(0.0..=1.0).contains(&o.ratio) || !(0.0..=1.0).contains(&o.tricky) {
-        usage("ratios must be between 0 and 1");
-    }
-    o
 }
 
 fn main() {
-    let o = parse_args();
+    let o = <Opts as clap::Parser>::parse();
     let mut out = Out {
         w: BufWriter::with_capacity(1 << 20, io::stdout().lock()),
         line: String::with_capacity(16 << 10),
