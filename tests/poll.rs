@@ -371,3 +371,43 @@ fn doctor_passes_a_good_cluster_and_explains_audit_logging_off() {
         "{text}"
     );
 }
+
+#[test]
+fn steps_make_one_document_in_every_format() {
+    let group = setup("steps-formats");
+    put(
+        &group,
+        AUDIT_STREAM,
+        &(0..7)
+            .map(|i| {
+                (
+                    now_ms() - 20 * 60_000 + i * 60_000,
+                    audit_event(700 + i as u64, true),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    // Two matched events a step at most: several steps.
+    let stepped = |format: &str| {
+        let out =
+            run(poll(&group).args(["--since", "30m", "--step-matches", "2", "--format", format]));
+        assert!(
+            summary_number(&out.stderr, "steps") >= 4,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&stepped("json")).expect("one JSON array");
+    assert_eq!(json.len(), 7);
+    let csv = stepped("csv");
+    assert_eq!(
+        csv.matches("objectRef.name,").count(),
+        1,
+        "one header: {csv}"
+    );
+    assert_eq!(csv.lines().count(), 8);
+    assert_eq!(rows(stepped("ndjson").as_bytes()).len(), 7);
+    assert_eq!(totals(&json), totals(&rows(stepped("ndjson").as_bytes())));
+}
