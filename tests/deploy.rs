@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -61,17 +60,13 @@ fn the_cronjob_runs_one_region_with_flags_kubeanon_accepts() {
     // that gets as far as connecting took every flag.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().display().to_string();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let endpoint = closed_endpoint();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
     aws_env(&mut cmd);
     let out = cmd
         .args(args.iter().map(|a| a.replace("/state", &state)))
         .arg("--endpoint-url")
-        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&endpoint)
         .output()
         .unwrap();
     assert_fails_with(&out, &["cannot connect to CloudWatch Logs"]);

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -146,12 +145,7 @@ fn a_misspelt_cluster_gets_the_clusters_that_exist_and_the_closest() {
 
 #[test]
 fn a_closed_port_fails_within_seconds_naming_the_endpoint() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = closed_endpoint();
     let began = Instant::now();
     let out = kubeanon(&["poll", "--cluster", "demo", "--endpoint-url", &endpoint])
         .output()

@@ -45,6 +45,23 @@ fn group_with_events(name: &str, n: u64) -> (String, i64) {
     (group, base)
 }
 
+/// `--start`/`--end` from `base` to now, and the rows of a clean run (no
+/// proxy) over that window with these extra arguments.
+fn window_and_clean(
+    group: &str,
+    base: i64,
+    extra: &[&str],
+) -> ([String; 4], Vec<serde_json::Value>) {
+    let window = [
+        "--start".to_string(),
+        rfc(base),
+        "--end".to_string(),
+        rfc(now_ms()),
+    ];
+    let clean = rows(&run(poll(group).args(&window).args(extra)).stdout);
+    (window, clean)
+}
+
 fn ids(rows: &[serde_json::Value]) -> Vec<String> {
     let mut v: Vec<String> = rows
         .iter()
@@ -57,20 +74,7 @@ fn ids(rows: &[serde_json::Value]) -> Vec<String> {
 #[test]
 fn throttling_storm_gives_exact_results_within_the_rate_limit() {
     let (group, base) = group_with_events("storm", 80);
-    let window = [
-        "--start".to_string(),
-        rfc(base),
-        "--end".to_string(),
-        rfc(now_ms()),
-    ];
-    let clean = rows(
-        &ok(poll(&group)
-            .args(&window)
-            .args(["--page-size", "4"])
-            .output()
-            .unwrap())
-        .stdout,
-    );
+    let (window, clean) = window_and_clean(&group, base, &["--page-size", "4"]);
     assert_eq!(clean.len(), 20);
 
     let proxy = Proxy::start(&moto().endpoint);
@@ -113,13 +117,7 @@ fn throttling_storm_gives_exact_results_within_the_rate_limit() {
 #[test]
 fn server_errors_dropped_connections_and_timeouts_lose_nothing() {
     let (group, base) = group_with_events("flaky", 60);
-    let window = [
-        "--start".to_string(),
-        rfc(base),
-        "--end".to_string(),
-        rfc(now_ms()),
-    ];
-    let clean = rows(&ok(poll(&group).args(&window).output().unwrap()).stdout);
+    let (window, clean) = window_and_clean(&group, base, &[]);
     let proxy = Proxy::start(&moto().endpoint);
     let mut rng = Rng(11);
     proxy.set_plan(move |_, _| match rng.below(8) {
@@ -157,20 +155,7 @@ fn server_errors_dropped_connections_and_timeouts_lose_nothing() {
 #[test]
 fn connections_closed_before_the_answer_are_retried_and_lose_nothing() {
     let (group, base) = group_with_events("dropped", 200);
-    let window = [
-        "--start".to_string(),
-        rfc(base),
-        "--end".to_string(),
-        rfc(now_ms()),
-    ];
-    let clean = rows(
-        &ok(poll(&group)
-            .args(&window)
-            .args(["--page-size", "3"])
-            .output()
-            .unwrap())
-        .stdout,
-    );
+    let (window, clean) = window_and_clean(&group, base, &["--page-size", "3"]);
     let proxy = Proxy::start(&moto().endpoint);
     let mut rng = Rng(23);
     // About one connection in twenty is dropped before the answer.

@@ -248,6 +248,16 @@ pub fn rfc(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// `http://127.0.0.1:PORT` where nothing listens (a port just freed).
+pub fn closed_endpoint() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
 /// Fails a test that drives the test-only hooks (`KUBEANON_FAULT`,
 /// `KUBEANON_TEST_NOW`) in a build without them.
 pub fn require_test_hooks() {
