@@ -585,6 +585,8 @@ fn hostile_input() -> String {
         "@SUM(A1:A9)",
         "a,\"b\"\r\nc",
         "evil\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}txt.exe\u{9b}31m",
+        // Hidden in a terminal: zero-width, line separator, BOM, DEL.
+        "in\u{200b}vis\u{2028}ible\u{feff}\u{7f}\u{2066}",
     ];
     agents
         .iter()
@@ -624,7 +626,7 @@ fn ndjson_format() {
         .success();
     let stdout = &out.get_output().stdout;
     let text = std::str::from_utf8(stdout).expect("UTF-8");
-    assert_eq!(text.lines().count(), 6);
+    assert_eq!(text.lines().count(), 7);
     assert!(text.ends_with('\n'));
     let rows = ndjson_rows(stdout);
     // Values come back exactly (JSON escaping, no neutralising).
@@ -632,8 +634,20 @@ fn ndjson_format() {
     assert!(agents.contains(&"a,\"b\"\r\nc"));
     assert!(agents.contains(&"=HYPERLINK(\"http://evil.example\",\"x\")"));
     assert!(agents.contains(&"evil\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}txt.exe\u{9b}31m"));
-    // The output itself carries no raw ESC.
-    assert!(!stdout.contains(&0x1b));
+    assert!(agents.contains(&"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}\u{2066}"));
+    // The output itself carries no raw control, bidi or invisible
+    // character: each is a \uXXXX escape (`tail -F` is safe).
+    for bad in [
+        '\u{1b}', '\u{7}', '\u{7f}', '\u{9b}', '\u{202e}', '\u{2066}', '\u{200b}', '\u{2028}',
+        '\u{feff}', '\r', '\0',
+    ] {
+        assert!(!text.contains(bad), "{bad:?} written raw: {text:?}");
+    }
+    for escape in [
+        r"\u001b", r"\u007f", r"\u009b", r"\u202e", r"\u200b", r"\u2028", r"\ufeff",
+    ] {
+        assert!(text.contains(escape), "no {escape} in {text}");
+    }
 }
 
 #[test]
@@ -682,7 +696,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         .records()
         .collect::<Result<_, _>>()
         .expect("valid CSV");
-    assert_eq!(records.len(), 6);
+    assert_eq!(records.len(), 7);
     let agents: Vec<&str> = records.iter().map(|r| &r[11]).collect();
     for want in [
         "'=HYPERLINK(\"http://evil.example\",\"x\")",
@@ -717,7 +731,10 @@ fn table_format_neutralises_terminal_controls() {
         .success();
     let stdout = out.get_output().stdout.clone();
     let text = String::from_utf8(stdout.clone()).expect("UTF-8");
-    for bad in ['\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r'] {
+    for bad in [
+        '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
+        '\u{2028}', '\u{feff}', '\0',
+    ] {
         assert!(
             !text.contains(bad),
             "{bad:?} reached the terminal: {text:?}"
@@ -727,8 +744,12 @@ fn table_format_neutralises_terminal_controls() {
     for name in COLUMNS {
         assert!(first.contains(name), "{name} not in header {first:?}");
     }
-    // Header and six rows.
-    assert_eq!(text.lines().count(), 7, "{text}");
+    // Header and seven rows.
+    assert_eq!(text.lines().count(), 8, "{text}");
+    assert!(
+        text.contains(r"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}"),
+        "{text}"
+    );
     assert!(text.contains("198.51.100.7"));
     assert!(text.contains("evil"));
 }

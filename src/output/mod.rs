@@ -3,8 +3,9 @@
 //!
 //! The formats know nothing of the rule: they get a header and rows of
 //! text. Every value that came from an audit event is attacker-controlled:
-//! the table neutralises terminal controls and bidi overrides, the CSV
-//! neutralises spreadsheet formulas, and JSON escaping does the rest.
+//! the table shows the characters [`is_hidden`] names as visible escapes,
+//! JSON writes them as `\uXXXX` escapes, and the CSV neutralises
+//! spreadsheet formulas.
 
 mod csv;
 mod json;
@@ -29,6 +30,23 @@ pub enum Format {
     Json,
     /// RFC 4180 CSV with a header row.
     Csv,
+}
+
+/// Whether `c` must never reach a terminal raw: C0 and C1 controls and DEL
+/// (`Cc`), the line and paragraph separators U+2028/U+2029, and the
+/// invisible format characters that reorder or hide text: U+061C, U+200B to
+/// U+200F, U+202A to U+202E, U+2060 to U+2069, U+FEFF. The table shows them
+/// as `\u{..}`, JSON as `\uXXXX`.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 /// Where the rows go.
