@@ -587,6 +587,10 @@ fn hostile_input() -> String {
         "evil\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}txt.exe\u{9b}31m",
         // Hidden in a terminal: zero-width, line separator, BOM, DEL.
         "in\u{200b}vis\u{2028}ible\u{feff}\u{7f}\u{2066}",
+        // Formulas behind blanks, and a NUL first.
+        " =cmd|' /C calc'!A0",
+        "\r\n@SUM(A1:A9)",
+        "\u{0}=1+1",
     ];
     agents
         .iter()
@@ -626,7 +630,7 @@ fn ndjson_format() {
         .success();
     let stdout = &out.get_output().stdout;
     let text = std::str::from_utf8(stdout).expect("UTF-8");
-    assert_eq!(text.lines().count(), 7);
+    assert_eq!(text.lines().count(), 10);
     assert!(text.ends_with('\n'));
     let rows = ndjson_rows(stdout);
     // Values come back exactly (JSON escaping, no neutralising).
@@ -696,7 +700,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         .records()
         .collect::<Result<_, _>>()
         .expect("valid CSV");
-    assert_eq!(records.len(), 7);
+    assert_eq!(records.len(), 10);
     let agents: Vec<&str> = records.iter().map(|r| &r[11]).collect();
     for want in [
         "'=HYPERLINK(\"http://evil.example\",\"x\")",
@@ -704,6 +708,9 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         "'-2+3",
         "'@SUM(A1:A9)",
         "a,\"b\"\r\nc",
+        "' =cmd|' /C calc'!A0",
+        "'\r\n@SUM(A1:A9)",
+        "'\u{0}=1+1",
     ] {
         assert!(agents.contains(&want), "{want:?} not in {agents:?}");
     }
@@ -712,10 +719,13 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         assert_eq!(&r[5], "403");
         assert_eq!(&r[6], "198.51.100.7");
         assert_eq!(&r[13], "1");
-        // No cell starts with a formula character.
+        // No cell starts with a formula character, behind blanks or not,
+        // or with a NUL.
         for cell in r.iter() {
             assert!(
-                !cell.starts_with(['=', '+', '-', '@']),
+                !cell
+                    .trim_start_matches([' ', '\t', '\r', '\n'])
+                    .starts_with(['=', '+', '-', '@', '\0']),
                 "formula cell {cell:?}"
             );
         }
@@ -744,8 +754,8 @@ fn table_format_neutralises_terminal_controls() {
     for name in COLUMNS {
         assert!(first.contains(name), "{name} not in header {first:?}");
     }
-    // Header and seven rows.
-    assert_eq!(text.lines().count(), 8, "{text}");
+    // Header and ten rows.
+    assert_eq!(text.lines().count(), 11, "{text}");
     assert!(
         text.contains(r"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}"),
         "{text}"
