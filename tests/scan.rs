@@ -892,6 +892,58 @@ fn append_ndjson_adds_lines() {
     assert_eq!(rows, want);
 }
 
+#[cfg(unix)]
+#[test]
+fn append_files_are_created_private_and_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for format in ["ndjson", "csv"] {
+        let path = dir.path().join(format!("new.{format}"));
+        kubeanon()
+            .args(["scan", "--format", format, "--append"])
+            .arg(&path)
+            .args(all_fixture_paths())
+            .assert()
+            .success();
+        assert_eq!(mode(&path), 0o600, "{format}");
+        assert!(!std::fs::read(&path).expect("read").is_empty());
+    }
+    // Created with nothing to append: private too.
+    let empty = dir.path().join("empty.ndjson");
+    kubeanon()
+        .args(["scan", "--append"])
+        .arg(&empty)
+        .arg(fixture("liggitt_audit2rbac_demo_log.jsonl"))
+        .assert()
+        .success();
+    assert_eq!(mode(&empty), 0o600);
+    // An existing file keeps the mode its owner gave it.
+    let shared = dir.path().join("shared.ndjson");
+    std::fs::write(&shared, "").expect("write");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    kubeanon()
+        .args(["scan", "--append"])
+        .arg(&shared)
+        .args(all_fixture_paths())
+        .assert()
+        .success();
+    assert_eq!(mode(&shared), 0o644);
+    assert_eq!(
+        ndjson_rows(&std::fs::read(&shared).expect("read")),
+        sample_rows()
+    );
+    // And -o, as the README says.
+    let replaced = dir.path().join("out.ndjson");
+    kubeanon()
+        .args(["scan", "-o"])
+        .arg(&replaced)
+        .args(all_fixture_paths())
+        .assert()
+        .success();
+    assert_eq!(mode(&replaced), 0o600);
+}
+
 // ---------------------------------------------------------------------------
 // --exclude
 

@@ -56,6 +56,7 @@ pub enum Target {
     /// Written to a temporary file beside it, synced, then renamed over it.
     Replace(PathBuf),
     /// Appended (and synced); CSV writes its header only into an empty file.
+    /// A new file is created with mode 0600.
     Append(PathBuf),
 }
 
@@ -158,9 +159,13 @@ impl Out {
                 Err(_) => Out::Replace(Replacement::begin(path)?),
             },
             Target::Append(path) => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
+                let mut options = OpenOptions::new();
+                options.create(true).append(true);
+                // Created private, as `-o` files and the checkpoint are; an
+                // existing file keeps its mode.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let file = options
                     .open(path)
                     .with_context(|| format!("cannot open {} for appending", path.display()))?;
                 Out::Append(path.clone(), file)
