@@ -973,6 +973,68 @@ fn exclude_drops_matching_rows() {
     assert_eq!(run(&["userAgent=Go-http-client"]), all);
 }
 
+/// A matching event from `ip` with user agent `agent`.
+fn anonymous_from(ip: &str, agent: &str) -> String {
+    json!({
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "sourceIPs": [ip],
+        "userAgent": agent,
+        "verb": "get",
+    })
+    .to_string()
+        + "\n"
+}
+
+#[test]
+fn exclude_conditions_joined_by_commas_must_all_match() {
+    let input: String = [
+        anonymous_from("10.0.0.5", "kube-probe/1.30"),
+        anonymous_from("203.0.113.9", "kube-probe/1.30"),
+        anonymous_from("10.0.0.6", "curl/8.5.0"),
+        anonymous_from("10.0.0.7", "Mozilla/5.0 (X11, Linux)"),
+    ]
+    .concat();
+    let run = |excludes: &[&str]| -> Vec<(String, String)> {
+        let mut cmd = kubeanon();
+        cmd.arg("scan");
+        for x in excludes {
+            cmd.arg("--exclude").arg(x);
+        }
+        let out = cmd.write_stdin(input.clone()).assert().success();
+        ndjson_rows(&out.get_output().stdout)
+            .into_iter()
+            .map(|(c, _)| (c[6].clone(), c[11].clone()))
+            .collect()
+    };
+    let pair = |ip: &str, agent: &str| (ip.to_string(), agent.to_string());
+    // Only the probe from inside the cluster's network is dropped: the one
+    // from outside spoofed an agent it chose.
+    assert_eq!(
+        run(&["userAgent=kube-probe/*,src_ip=10.0.0.0/8"]),
+        [
+            pair("10.0.0.6", "curl/8.5.0"),
+            pair("10.0.0.7", "Mozilla/5.0 (X11, Linux)"),
+            pair("203.0.113.9", "kube-probe/1.30"),
+        ]
+    );
+    // Alone, each condition drops more.
+    assert_eq!(run(&["userAgent=kube-probe/*"]).len(), 2);
+    assert_eq!(run(&["src_ip=10.0.0.0/8"]).len(), 1);
+    // A literal comma is written \, ...
+    assert_eq!(
+        run(&[r"userAgent=Mozilla/5.0 (X11\, Linux),src_ip=10.0.0.7"]).len(),
+        3
+    );
+    // ... and unescaped it is a usage error, not another exclusion.
+    let out = kubeanon()
+        .args(["scan", "--exclude", "userAgent=Mozilla/5.0 (X11, Linux)"])
+        .write_stdin(input.clone())
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(stderr.contains(r"\,"), "{stderr}");
+}
+
 #[test]
 fn exclude_with_an_unknown_column_is_a_usage_error() {
     for spec in ["sourceIPs{}=10.0.0.1", "nope=1", "userAgent"] {
