@@ -764,6 +764,31 @@ fn table_format_neutralises_terminal_controls() {
     assert!(text.contains("evil"));
 }
 
+#[test]
+fn a_lone_surrogate_is_shown_as_the_replacement_character() {
+    // serde_json's `json!` cannot write a lone surrogate: written by hand.
+    let lines = [
+        r#"{"user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"sourceIPs":["198.51.100.7"],"userAgent":"curl\ud800/8","requestURI":"/\udc00","verb":"get"}"#,
+        // The same event as CloudWatch delivers it: escaped once more.
+        r#"{"message":"{\"user\":{\"username\":\"system:anonymous\",\"groups\":[\"system:unauthenticated\"]},\"sourceIPs\":[\"198.51.100.8\"],\"userAgent\":\"curl\\ud800/8\",\"requestURI\":\"/\\udc00\",\"verb\":\"get\"}","eventId":"1"}"#,
+    ];
+    let out = kubeanon()
+        .args(["scan", "--format", "ndjson"])
+        .write_stdin(lines.join("\n") + "\n")
+        .assert()
+        .success();
+    let output = out.get_output();
+    let s = summary(&output.stderr);
+    assert_eq!((s.events, s.malformed, s.matched), (2, 0, 2), "{s:?}");
+    let rows = ndjson_rows(&output.stdout);
+    assert_eq!(rows.len(), 2);
+    for (ip, (cols, _)) in ["198.51.100.7", "198.51.100.8"].iter().zip(&rows) {
+        assert_eq!(cols[6], *ip);
+        assert_eq!(cols[11], "curl\u{fffd}/8");
+        assert_eq!(cols[4], "/\u{fffd}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // --output, --append
 
