@@ -1510,6 +1510,43 @@ fn fast_path_corpus_covers_escaped_and_case_varied_names() {
     check_fast_path(&records).expect("fast path agrees on the fixed corpus");
 }
 
+/// What the README says of duplicated keys.
+#[test]
+fn duplicated_keys_are_judged_as_serde_json_judges_them() {
+    // A field the rule reads, twice at the top level: malformed, also
+    // when one of the two is spelled with escapes.
+    for record in [
+        anon(r#""userAgent":"a","userAgent":"b""#),
+        anon(r#""userAgent":"a","user\u0041gent":"b""#),
+        anon(ANON),
+        anon(r#""sourceIPs":["1.2.3.4"],"sourceIPs":[]"#),
+        r#"{"message":"anonymous","message":"x"}"#.to_string(),
+        r#"{"kind":"EventList","items":[],"items":["anonymous"]}"#.to_string(),
+    ] {
+        let (findings, stats) = run(&[&record]);
+        assert!(findings.is_empty(), "{record}");
+        assert_eq!((stats.events, stats.malformed), (0, 1), "{record}");
+    }
+    // Twice inside user: the object reads as empty, no match.
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymous","username":"system:anonymous","groups":["system:unauthenticated"]}"#,
+        "",
+    ));
+    // Twice inside objectRef: its fields are "0".
+    let found = assert_single_match(&anon(
+        r#""objectRef":{"name":"a","name":"b","resource":"pods"},"verb":"get""#,
+    ));
+    assert_eq!(
+        table(&found),
+        vec![(row(&[("verb", "get")]), 1)],
+        "objectRef read as empty"
+    );
+    // Keys the rule does not read may repeat.
+    assert_single_match(&anon(
+        r#""apiVersion":"a","apiVersion":"b","requestObject":{"x":1,"x":2}"#,
+    ));
+}
+
 #[test]
 fn lone_surrogates_are_shown_as_replacement_characters() {
     let event = anon(
