@@ -241,7 +241,10 @@ fn one_missing_log_group_fails_alone_with_exit_4() {
         .output()
         .unwrap();
     assert_fails_with(&all, &["iso-gone"]);
-    assert_eq!(std::fs::read_to_string(&report).unwrap(), "yesterday's report\n");
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "yesterday's report\n"
+    );
 }
 
 #[test]
