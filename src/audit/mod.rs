@@ -8,6 +8,9 @@
 
 mod lazy;
 
+/// [`json_stop`], also stopping at DEL and at any byte of a non-ASCII
+/// character: for output, which escapes some of those (never the parser).
+pub use lazy::find_output_stop as json_output_stop;
 /// The first byte a JSON string cannot hold as is: `"`, `\\`, or a control
 /// character.
 pub use lazy::find_stop as json_stop;

@@ -1608,7 +1608,7 @@ proptest! {
     /// nothing JSON would escape.
     #[test]
     fn row_keys_round_trip_and_sort_like_their_values(
-        a in prop::collection::vec("[a\\x00\\x01\\x1f\\xff\"\\\\-]{0,4}", 13),
+        a in prop::collection::vec("[a\\x00\\x01\\x1f\\x7e\\x7f\\x80\\xff\u{2028}é\"\\\\-]{0,4}", 13),
         b in prop::collection::vec("[a\\x00\\x01\\xff-]{0,4}", 13),
     ) {
         let (ka, kb) = (Key::of(&a, 7), Key::of(&b, 7));
@@ -1619,7 +1619,10 @@ proptest! {
         prop_assert_eq!(each.len(), a.len());
         for ((value, plain), want) in each.iter().zip(&a) {
             prop_assert_eq!(value, want);
-            let needs_escape = value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+            // Quotes, backslashes, controls, DEL and non-ASCII bytes.
+            let needs_escape = value
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b));
             prop_assert_eq!(*plain, !needs_escape, "{:?}", value);
         }
         prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
@@ -1637,6 +1640,13 @@ fn values_read_back_exactly_whatever_they_hold() {
         "plain".to_string(),
         long.clone(),
         format!(r"{long}\u0000"),
+        // DEL and non-ASCII characters, escaped or not.
+        r"del\u007f".to_string(),
+        "del\u{7f}".to_string(),
+        r"caf\u00e9".to_string(),
+        "café".to_string(),
+        "a\u{2028}b".to_string(),
+        format!("{long}é"),
     ];
     for ua in agents {
         let found = assert_single_match(&anon(&format!(
@@ -1651,12 +1661,11 @@ fn values_read_back_exactly_whatever_they_hold() {
         let mut n = 0;
         f.each_value(|c, plain| {
             assert_eq!(c, cols[n]);
-            if plain {
-                assert!(
-                    !c.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
-                    "{c:.20} marked plain"
-                );
-            }
+            // Plain: nothing JSON output might escape.
+            let escapable = c
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b));
+            assert_eq!(plain, !escapable, "{c:.20}");
             n += 1;
         });
         assert_eq!(n, 13);

@@ -103,7 +103,10 @@ impl ColumnKey {
 const COUNT_COLUMN: usize = COLUMNS.len() - 1;
 
 /// One row as a JSON object; `count` is a number, the rest strings. The
-/// values are copied straight out of the finding, not collected first.
+/// values are copied straight out of the finding, not collected first; the
+/// walk over the row's key already tells which are plain (ASCII without
+/// controls, DEL, quotes or backslashes: nothing to escape), and only the
+/// others are looked at again.
 fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
     // Header order: the 13 values, count, the extra columns.
     let mut keys = keys.iter();
@@ -114,13 +117,10 @@ fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut 
     };
     f.each_value(|value, plain| {
         key(out);
-        let bytes = value.as_bytes();
-        if !below_del(bytes) {
-            push_escaped_wide(out, &value);
-        } else if plain {
-            out.extend_from_slice(bytes);
+        if plain {
+            out.extend_from_slice(value.as_bytes());
         } else {
-            push_escaped_ascii(out, bytes);
+            push_escaped(out, &value);
         }
     });
     key(out);
@@ -156,12 +156,30 @@ fn push_escaped(out: &mut Vec<u8>, s: &str) {
 
 /// Whether every byte of `s` is below DEL (0x7f): ASCII without DEL, where
 /// only serde_json's escapes apply. Every character [`is_hidden`] names
-/// beyond those has a byte of 0x7f or more. No early exit, so the loop
-/// runs vector-wide over a value's bytes.
+/// beyond those has a byte of 0x7f or more. Eight bytes a step, the last
+/// step overlapping the one before (most values are short).
 #[inline(always)]
 fn below_del(s: &[u8]) -> bool {
-    // b has its high bit set from 0x80 on, and b + 1 for 0x7f.
-    s.iter().fold(0u8, |acc, &b| acc | b | b.wrapping_add(1)) & 0x80 == 0
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte's high bit is set from 0x80 on, and that of the byte plus one
+    // for 0x7f. A carry comes only out of 0xff, whose own bit is set.
+    let flags = |w: u64| (w | w.wrapping_add(ONES)) & HIGH;
+    let n = s.len();
+    if n >= 8 {
+        let word = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        let mut any = 0;
+        let mut i = 0;
+        while i + 8 < n {
+            any |= flags(word(i));
+            i += 8;
+        }
+        any | flags(word(n - 8)) == 0
+    } else {
+        let mut word = [0; 8];
+        word[..n].copy_from_slice(s);
+        flags(u64::from_le_bytes(word)) == 0
+    }
 }
 
 /// [`push_escaped`] for a value that is ASCII without DEL: the stop bytes
@@ -416,13 +434,23 @@ mod tests {
 
     #[test]
     fn below_del_is_ascii_without_del() {
-        for b in 0..=0xffu8 {
-            assert_eq!(below_del(&[b'a', b, b'z']), b < 0x7f, "{b:#x}");
+        // Every length around the word size, every byte at every place,
+        // next to bytes that carry (0xff) or nearly do (0x7e).
+        for len in 1..40 {
+            for at in 0..len {
+                for b in 0..=0xffu8 {
+                    for fill in [b'a', 0x7e, 0x00] {
+                        let mut s = vec![fill; len];
+                        s[at] = b;
+                        assert_eq!(below_del(&s), b < 0x7f, "{s:?}");
+                    }
+                }
+            }
         }
         assert!(below_del(b""));
-        assert!(below_del(
-            "a long plain value, longer than a vector".as_bytes()
-        ));
+        let mut carry = [0x7e; 16];
+        carry[3] = 0xff;
+        assert!(!below_del(&carry));
     }
 
     proptest::proptest! {
