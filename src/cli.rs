@@ -67,9 +67,12 @@ pub struct OutputArgs {
     /// Append rows to FILE (ndjson or csv; fsynced before the run ends).
     #[arg(long, value_name = "FILE")]
     pub append: Option<PathBuf>,
-    /// Drop result rows whose COLUMN matches PATTERN (`*` wildcard, ASCII
-    /// case-insensitive; CIDR for src_ip). Repeatable.
-    #[arg(long, value_name = "COLUMN=PATTERN")]
+    /// Drop result rows whose COLUMN matches PATTERN (whole value, `*`
+    /// wildcard, ASCII case-insensitive; CIDR for src_ip). Conditions joined
+    /// by commas must all match: 'userAgent=kube-probe/*,src_ip=10.0.0.0/8'.
+    /// In a pattern `\,` is a literal comma and `\\` a backslash.
+    /// Repeatable: a row matching any --exclude is dropped.
+    #[arg(long, value_name = "COLUMN=PATTERN[,...]")]
     pub exclude: Vec<String>,
     /// Exit 3 when there are findings.
     #[arg(long)]
@@ -283,6 +286,16 @@ mod tests {
     #[test]
     fn bad_exclusion_is_a_usage_error() {
         assert!(output_args(&["--exclude", "nope=1"]).resolve().is_err());
+        assert!(
+            output_args(&["--exclude", "userAgent=a,b"])
+                .resolve()
+                .is_err()
+        );
+        assert!(
+            output_args(&["--exclude", r"userAgent=a\,b,verb=get"])
+                .resolve()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -585,6 +585,12 @@ fn hostile_input() -> String {
         "@SUM(A1:A9)",
         "a,\"b\"\r\nc",
         "evil\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}txt.exe\u{9b}31m",
+        // Hidden in a terminal: zero-width, line separator, BOM, DEL.
+        "in\u{200b}vis\u{2028}ible\u{feff}\u{7f}\u{2066}",
+        // Formulas behind blanks, and a NUL first.
+        " =cmd|' /C calc'!A0",
+        "\r\n@SUM(A1:A9)",
+        "\u{0}=1+1",
     ];
     agents
         .iter()
@@ -624,7 +630,7 @@ fn ndjson_format() {
         .success();
     let stdout = &out.get_output().stdout;
     let text = std::str::from_utf8(stdout).expect("UTF-8");
-    assert_eq!(text.lines().count(), 6);
+    assert_eq!(text.lines().count(), 10);
     assert!(text.ends_with('\n'));
     let rows = ndjson_rows(stdout);
     // Values come back exactly (JSON escaping, no neutralising).
@@ -632,8 +638,20 @@ fn ndjson_format() {
     assert!(agents.contains(&"a,\"b\"\r\nc"));
     assert!(agents.contains(&"=HYPERLINK(\"http://evil.example\",\"x\")"));
     assert!(agents.contains(&"evil\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}txt.exe\u{9b}31m"));
-    // The output itself carries no raw ESC.
-    assert!(!stdout.contains(&0x1b));
+    assert!(agents.contains(&"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}\u{2066}"));
+    // The output itself carries no raw control, bidi or invisible
+    // character: each is a \uXXXX escape (`tail -F` is safe).
+    for bad in [
+        '\u{1b}', '\u{7}', '\u{7f}', '\u{9b}', '\u{202e}', '\u{2066}', '\u{200b}', '\u{2028}',
+        '\u{feff}', '\r', '\0',
+    ] {
+        assert!(!text.contains(bad), "{bad:?} written raw: {text:?}");
+    }
+    for escape in [
+        r"\u001b", r"\u007f", r"\u009b", r"\u202e", r"\u200b", r"\u2028", r"\ufeff",
+    ] {
+        assert!(text.contains(escape), "no {escape} in {text}");
+    }
 }
 
 #[test]
@@ -682,7 +700,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         .records()
         .collect::<Result<_, _>>()
         .expect("valid CSV");
-    assert_eq!(records.len(), 6);
+    assert_eq!(records.len(), 10);
     let agents: Vec<&str> = records.iter().map(|r| &r[11]).collect();
     for want in [
         "'=HYPERLINK(\"http://evil.example\",\"x\")",
@@ -690,6 +708,9 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         "'-2+3",
         "'@SUM(A1:A9)",
         "a,\"b\"\r\nc",
+        "' =cmd|' /C calc'!A0",
+        "'\r\n@SUM(A1:A9)",
+        "'\u{0}=1+1",
     ] {
         assert!(agents.contains(&want), "{want:?} not in {agents:?}");
     }
@@ -698,10 +719,13 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         assert_eq!(&r[5], "403");
         assert_eq!(&r[6], "198.51.100.7");
         assert_eq!(&r[13], "1");
-        // No cell starts with a formula character.
+        // No cell starts with a formula character, behind blanks or not,
+        // or with a NUL.
         for cell in r.iter() {
             assert!(
-                !cell.starts_with(['=', '+', '-', '@']),
+                !cell
+                    .trim_start_matches([' ', '\t', '\r', '\n'])
+                    .starts_with(['=', '+', '-', '@', '\0']),
                 "formula cell {cell:?}"
             );
         }
@@ -717,7 +741,10 @@ fn table_format_neutralises_terminal_controls() {
         .success();
     let stdout = out.get_output().stdout.clone();
     let text = String::from_utf8(stdout.clone()).expect("UTF-8");
-    for bad in ['\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r'] {
+    for bad in [
+        '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
+        '\u{2028}', '\u{feff}', '\0',
+    ] {
         assert!(
             !text.contains(bad),
             "{bad:?} reached the terminal: {text:?}"
@@ -727,10 +754,39 @@ fn table_format_neutralises_terminal_controls() {
     for name in COLUMNS {
         assert!(first.contains(name), "{name} not in header {first:?}");
     }
-    // Header and six rows.
-    assert_eq!(text.lines().count(), 7, "{text}");
+    // Header and ten rows.
+    assert_eq!(text.lines().count(), 11, "{text}");
+    assert!(
+        text.contains(r"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}"),
+        "{text}"
+    );
     assert!(text.contains("198.51.100.7"));
     assert!(text.contains("evil"));
+}
+
+#[test]
+fn a_lone_surrogate_is_shown_as_the_replacement_character() {
+    // serde_json's `json!` cannot write a lone surrogate: written by hand.
+    let lines = [
+        r#"{"user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"sourceIPs":["198.51.100.7"],"userAgent":"curl\ud800/8","requestURI":"/\udc00","verb":"get"}"#,
+        // The same event as CloudWatch delivers it: escaped once more.
+        r#"{"message":"{\"user\":{\"username\":\"system:anonymous\",\"groups\":[\"system:unauthenticated\"]},\"sourceIPs\":[\"198.51.100.8\"],\"userAgent\":\"curl\\ud800/8\",\"requestURI\":\"/\\udc00\",\"verb\":\"get\"}","eventId":"1"}"#,
+    ];
+    let out = kubeanon()
+        .args(["scan", "--format", "ndjson"])
+        .write_stdin(lines.join("\n") + "\n")
+        .assert()
+        .success();
+    let output = out.get_output();
+    let s = summary(&output.stderr);
+    assert_eq!((s.events, s.malformed, s.matched), (2, 0, 2), "{s:?}");
+    let rows = ndjson_rows(&output.stdout);
+    assert_eq!(rows.len(), 2);
+    for (ip, (cols, _)) in ["198.51.100.7", "198.51.100.8"].iter().zip(&rows) {
+        assert_eq!(cols[6], *ip);
+        assert_eq!(cols[11], "curl\u{fffd}/8");
+        assert_eq!(cols[4], "/\u{fffd}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -861,6 +917,58 @@ fn append_ndjson_adds_lines() {
     assert_eq!(rows, want);
 }
 
+#[cfg(unix)]
+#[test]
+fn append_files_are_created_private_and_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for format in ["ndjson", "csv"] {
+        let path = dir.path().join(format!("new.{format}"));
+        kubeanon()
+            .args(["scan", "--format", format, "--append"])
+            .arg(&path)
+            .args(all_fixture_paths())
+            .assert()
+            .success();
+        assert_eq!(mode(&path), 0o600, "{format}");
+        assert!(!std::fs::read(&path).expect("read").is_empty());
+    }
+    // Created with nothing to append: private too.
+    let empty = dir.path().join("empty.ndjson");
+    kubeanon()
+        .args(["scan", "--append"])
+        .arg(&empty)
+        .arg(fixture("liggitt_audit2rbac_demo_log.jsonl"))
+        .assert()
+        .success();
+    assert_eq!(mode(&empty), 0o600);
+    // An existing file keeps the mode its owner gave it.
+    let shared = dir.path().join("shared.ndjson");
+    std::fs::write(&shared, "").expect("write");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    kubeanon()
+        .args(["scan", "--append"])
+        .arg(&shared)
+        .args(all_fixture_paths())
+        .assert()
+        .success();
+    assert_eq!(mode(&shared), 0o644);
+    assert_eq!(
+        ndjson_rows(&std::fs::read(&shared).expect("read")),
+        sample_rows()
+    );
+    // And -o, as the README says.
+    let replaced = dir.path().join("out.ndjson");
+    kubeanon()
+        .args(["scan", "-o"])
+        .arg(&replaced)
+        .args(all_fixture_paths())
+        .assert()
+        .success();
+    assert_eq!(mode(&replaced), 0o600);
+}
+
 // ---------------------------------------------------------------------------
 // --exclude
 
@@ -888,6 +996,68 @@ fn exclude_drops_matching_rows() {
     );
     // Whole-value match: a prefix alone drops nothing.
     assert_eq!(run(&["userAgent=Go-http-client"]), all);
+}
+
+/// A matching event from `ip` with user agent `agent`.
+fn anonymous_from(ip: &str, agent: &str) -> String {
+    json!({
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "sourceIPs": [ip],
+        "userAgent": agent,
+        "verb": "get",
+    })
+    .to_string()
+        + "\n"
+}
+
+#[test]
+fn exclude_conditions_joined_by_commas_must_all_match() {
+    let input: String = [
+        anonymous_from("10.0.0.5", "kube-probe/1.30"),
+        anonymous_from("203.0.113.9", "kube-probe/1.30"),
+        anonymous_from("10.0.0.6", "curl/8.5.0"),
+        anonymous_from("10.0.0.7", "Mozilla/5.0 (X11, Linux)"),
+    ]
+    .concat();
+    let run = |excludes: &[&str]| -> Vec<(String, String)> {
+        let mut cmd = kubeanon();
+        cmd.arg("scan");
+        for x in excludes {
+            cmd.arg("--exclude").arg(x);
+        }
+        let out = cmd.write_stdin(input.clone()).assert().success();
+        ndjson_rows(&out.get_output().stdout)
+            .into_iter()
+            .map(|(c, _)| (c[6].clone(), c[11].clone()))
+            .collect()
+    };
+    let pair = |ip: &str, agent: &str| (ip.to_string(), agent.to_string());
+    // Only the probe from inside the cluster's network is dropped: the one
+    // from outside spoofed an agent it chose.
+    assert_eq!(
+        run(&["userAgent=kube-probe/*,src_ip=10.0.0.0/8"]),
+        [
+            pair("10.0.0.6", "curl/8.5.0"),
+            pair("10.0.0.7", "Mozilla/5.0 (X11, Linux)"),
+            pair("203.0.113.9", "kube-probe/1.30"),
+        ]
+    );
+    // Alone, each condition drops more.
+    assert_eq!(run(&["userAgent=kube-probe/*"]).len(), 2);
+    assert_eq!(run(&["src_ip=10.0.0.0/8"]).len(), 1);
+    // A literal comma is written \, ...
+    assert_eq!(
+        run(&[r"userAgent=Mozilla/5.0 (X11\, Linux),src_ip=10.0.0.7"]).len(),
+        3
+    );
+    // ... and unescaped it is a usage error, not another exclusion.
+    let out = kubeanon()
+        .args(["scan", "--exclude", "userAgent=Mozilla/5.0 (X11, Linux)"])
+        .write_stdin(input.clone())
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(stderr.contains(r"\,"), "{stderr}");
 }
 
 #[test]

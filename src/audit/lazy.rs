@@ -52,6 +52,71 @@ pub fn find_stop(s: &[u8]) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// [`find_stop`] for output, not for the parser: the first byte that is a
+/// stop byte, DEL, or a byte of a non-ASCII character (0x80 and up). A
+/// value without any is written to JSON as it is; a value with one may hold
+/// a character that output escapes (see `output::is_hidden`). Sixteen bytes
+/// a step, as [`find_stop`], with one more test per step.
+#[inline(always)]
+pub fn find_output_stop(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 16) {
+        let chunk = chunk.try_into().expect("16 bytes");
+        let flags = stops16(chunk) | wide16(chunk);
+        if flags != 0 {
+            return Some(i + flags.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    s[i..]
+        .iter()
+        .position(|&c| STOP[usize::from(c)] || c >= 0x7f)
+        .map(|p| i + p)
+}
+
+/// One bit per byte of `chunk`, set where it is DEL or 0x80 and up (only
+/// the lowest bit set is sure to be right).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+use vector_wide as wide16;
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+use word_wide as wide16;
+
+/// [`wide16`] with SSE2: the mask of the bytes' own high bits, and DEL.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn vector_wide(chunk: &[u8; 16]) -> u32 {
+    use safe_arch::{
+        cmp_eq_mask_i8_m128i as eq, load_unaligned_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i as splat,
+    };
+    let v = load_unaligned_m128i(chunk);
+    move_mask_i8_m128i(v | eq(v, splat(0x7f))) as u32
+}
+
+/// [`wide16`] with two 64-bit words, for other CPUs.
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "sse2"),
+    allow(dead_code, reason = "tested against the vector version")
+)]
+#[inline(always)]
+fn word_wide(chunk: &[u8; 16]) -> u32 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of a byte from 0x80 on, or of the byte plus one for
+    // 0x7f. A carry comes only out of 0xff, itself flagged lower down.
+    let flags = |h: &[u8]| {
+        let w = u64::from_le_bytes(h.try_into().expect("8 bytes"));
+        (w | w.wrapping_add(ONES)) & HIGH
+    };
+    let (a, b) = (flags(&chunk[..8]), flags(&chunk[8..]));
+    let bits = |w: u64| 1u32 << (w.trailing_zeros() / 8);
+    match (a, b) {
+        (0, 0) => 0,
+        (0, b) => bits(b) << 8,
+        (a, _) => bits(a),
+    }
+}
+
 /// Whether `s` holds a stop byte anywhere, for a string whose answer is
 /// all that matters (a value already checked, asked if it has escapes).
 /// Its steps overlap rather than end in a byte-at-a-time tail: most values
@@ -454,6 +519,7 @@ mod tests {
             "\"a\\u0026b\"",
             "\"bad\\x\"",
             "\"\\ud800\"",
+            "\"\\udc00x\\ud800\\ud800\\udc00\"",
             "\"tab\there\"",
             "{}",
             "[]",
@@ -558,6 +624,50 @@ mod tests {
                 one[at] = stop;
                 prop_assert!(has_stop(&one), "{:?}", one);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn output_stop_flags_agree_on_the_first_stop(chunk in prop::array::uniform16(prop::sample::select(
+            vec![b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0x9f, 0xc2, 0xe2, 0xff],
+        ))) {
+            let first = chunk.iter().position(|&c| STOP[usize::from(c)] || c >= 0x7f);
+            let lowest = |flags: u32| (flags != 0).then(|| flags.trailing_zeros() as usize);
+            prop_assert_eq!(lowest(word_stops(&chunk) | word_wide(&chunk)), first);
+            prop_assert_eq!(lowest(stops16(&chunk) | wide16(&chunk)), first);
+            prop_assert_eq!(find_output_stop(&chunk), first);
+        }
+    }
+
+    #[test]
+    fn find_output_stop_finds_the_first_stop_del_or_wide_byte_anywhere() {
+        for len in 0..40 {
+            for at in 0..len {
+                for stop in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xc2, 0xef, 0xff] {
+                    let mut s = vec![b'a'; len];
+                    // Bytes that look close to stops must not count.
+                    for (j, b) in s.iter_mut().enumerate() {
+                        *b = [b'a', 0x20, 0x21, 0x5b, 0x5d, 0x7e, 0x23, b'~'][j % 8];
+                    }
+                    s[at] = stop;
+                    if at + 1 < len {
+                        s[at + 1] = 0xff;
+                    }
+                    assert_eq!(
+                        find_output_stop(&s),
+                        Some(at),
+                        "len {len} at {at} stop {stop}"
+                    );
+                    // The parser's search is not changed by it.
+                    let parser_stop = STOP[usize::from(stop)].then_some(at);
+                    if at + 1 == len {
+                        assert_eq!(find_stop(&s), parser_stop);
+                    }
+                }
+            }
+            assert_eq!(find_output_stop(&vec![b'~'; len]), None);
         }
     }
 

@@ -8,6 +8,9 @@
 
 mod lazy;
 
+/// [`json_stop`], also stopping at DEL and at any byte of a non-ASCII
+/// character: for output, which escapes some of those (never the parser).
+pub use lazy::find_output_stop as json_output_stop;
 /// The first byte a JSON string cannot hold as is: `"`, `\\`, or a control
 /// character.
 pub use lazy::find_stop as json_stop;
@@ -348,7 +351,9 @@ fn sub<'a, W: Deserialize<'a> + Default, const N: usize>(
 }
 
 /// The unescaped text of a JSON string (given as its raw JSON text);
-/// `None` for any other type.
+/// `None` for any other type. A lone surrogate escape (`\ud800` not
+/// followed by a low surrogate's, or a low one alone) decodes to U+FFFD,
+/// one for each, as a lossy UTF-16 decoder gives.
 pub fn string(text: &str) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
@@ -360,8 +365,43 @@ pub fn string(text: &str) -> Option<Cow<'_, str>> {
         n if n >= 2 && !lazy::has_stop(&text.as_bytes()[1..n - 1]) => {
             Some(Cow::Borrowed(&text[1..n - 1]))
         }
-        _ => serde_json::from_str::<Cow<'_, str>>(text).ok(),
+        _ => serde_json::from_str::<Cow<'_, str>>(text)
+            .ok()
+            .or_else(|| string_lossy(text).map(Cow::Owned)),
     }
+}
+
+/// A JSON string that serde_json will not read as a `str`: one holding a
+/// lone surrogate escape, which it reads only as bytes (WTF-8: each lone
+/// surrogate as the three bytes `ED A0..BF xx`, which UTF-8 never holds;
+/// a pair is decoded as one character). Each such sequence becomes U+FFFD.
+/// `None` for anything else that is not a JSON string.
+fn string_lossy(text: &str) -> Option<String> {
+    struct Bytes;
+    impl serde::de::Visitor<'_> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON string")
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let wtf8 = serde::Deserializer::deserialize_bytes(&mut de, Bytes).ok()?;
+    de.end().ok()?;
+    let mut out = Vec::with_capacity(wtf8.len());
+    let mut rest = wtf8.as_slice();
+    while let Some(at) = rest.windows(2).position(|w| w[0] == 0xed && w[1] >= 0xa0) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice("\u{fffd}".as_bytes());
+        rest = rest.get(at + 3..)?;
+    }
+    out.extend_from_slice(rest);
+    String::from_utf8(out).ok()
 }
 
 /// The elements of a JSON array, as raw JSON texts; `None` for any other
@@ -485,6 +525,29 @@ mod tests {
                 assert!(e.groups().is_empty());
             },
         );
+    }
+
+    #[test]
+    fn lone_surrogates_decode_to_the_replacement_character() {
+        for (text, want) in [
+            (r#""\ud800""#, "\u{fffd}"),
+            (r#""\uDC00""#, "\u{fffd}"),
+            (r#""a\ud83dZ""#, "a\u{fffd}Z"),
+            (r#""\ud800\u0041""#, "\u{fffd}A"),
+            (r#""\ud800\n""#, "\u{fffd}\n"),
+            (r#""\ud800\ud83d\ude00""#, "\u{fffd}😀"),
+            (r#""\ude00\ud83d""#, "\u{fffd}\u{fffd}"),
+            (r#""é\udbff\udbff\udfff日""#, "é\u{fffd}\u{10ffff}日"),
+            (r#""x\udfff""#, "x\u{fffd}"),
+        ] {
+            assert_eq!(string(text).as_deref(), Some(want), "{text}");
+            assert_eq!(scalar(text).as_deref(), Some(want), "{text}");
+        }
+        // A pair is one character, and not a string is still not one.
+        assert_eq!(string(r#""\ud83d\ude00""#).as_deref(), Some("😀"));
+        for bad in [r#""\ud800"x"#, r#""\ud800"#, r#""\ud800\x""#, "42"] {
+            assert_eq!(string(bad), None, "{bad}");
+        }
     }
 
     #[test]

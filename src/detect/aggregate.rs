@@ -10,7 +10,7 @@ use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::json_stop;
+use crate::audit::{json_output_stop, json_stop};
 
 /// The aggregate's key: the 13 values and the scope in one string, so that
 /// rows hash, compare and sort as plain bytes. Each value is written with
@@ -68,9 +68,10 @@ impl Key {
 
     /// The 13 values one at a time, in order, without collecting them:
     /// `each` gets each value and whether it is plain (holds no quote,
-    /// backslash or control character). Values are short: the inline search
-    /// for those bytes (NUL is one of them) finds their ends sooner than a
-    /// vector search, and tells plain values apart on the way.
+    /// backslash, control character, DEL or non-ASCII character: nothing
+    /// JSON output escapes). Values are short: the inline search for those
+    /// bytes (NUL is one of them) finds their ends sooner than a vector
+    /// search, and tells plain values apart on the way.
     pub(super) fn each_value<'k>(key: &'k str, mut each: impl FnMut(Cow<'k, str>, bool)) {
         let bytes = key.as_bytes();
         let (mut start, mut i) = (0, 0);
@@ -78,7 +79,16 @@ impl Key {
             let mut escaped = false;
             let mut stopped = false;
             let end = loop {
-                let Some(at) = json_stop(bytes.get(i..).unwrap_or_default()).map(|n| i + n) else {
+                let rest = bytes.get(i..).unwrap_or_default();
+                // Once a value is known not to be plain, only its end
+                // matters: a value of non-ASCII text is not searched byte
+                // by byte.
+                let found = if stopped {
+                    json_stop(rest)
+                } else {
+                    json_output_stop(rest)
+                };
+                let Some(at) = found.map(|n| i + n) else {
                     break bytes.len();
                 };
                 match (bytes[at], bytes.get(at + 1)) {
@@ -88,7 +98,8 @@ impl Key {
                     }
                     (0, _) => break at,
                     _ => {
-                        // A quote, backslash or control: value text.
+                        // A quote, backslash, control, DEL or a byte of a
+                        // non-ASCII character: value text.
                         stopped = true;
                         i = at + 1;
                     }
@@ -369,8 +380,9 @@ impl<'a> Finding<'a> {
 
     /// [`Finding::cols`] one value at a time, for a sink that copies them
     /// out as they come: `each` gets each value, in order, and whether it
-    /// is plain (holds no quote, backslash or control character, so it may
-    /// be copied where those would be escaped).
+    /// is plain (holds no quote, backslash, control character, DEL or
+    /// non-ASCII character, so it may be copied where any of those might be
+    /// escaped).
     pub fn each_value(&self, each: impl FnMut(Cow<'a, str>, bool)) {
         Key::each_value(self.key, each);
     }

@@ -1056,6 +1056,32 @@ fn fuzzed(rng: &mut Rng, base: &str) -> String {
     json_string(rng, &text, esc)
 }
 
+/// With probability `p` percent, puts lone surrogate escapes (a high one
+/// not followed by a low one, a low one alone) at the start or the end of
+/// the string literal `literal`.
+fn with_lone_surrogate(rng: &mut Rng, literal: String, p: u64) -> String {
+    if !rng.pct(p) {
+        return literal;
+    }
+    let lone = rng.pick(&[
+        r"\ud800",
+        r"\uDBFF",
+        r"\udc00",
+        r"\uDFFF",
+        r"\ud83d",
+        r"\ud800\ud800\udc00",
+        r"\udc00\ud800",
+        r"\ud800\u0041",
+        r"\uD800\n",
+    ]);
+    let inner = &literal[1..literal.len() - 1];
+    if rng.pct(50) {
+        format!("\"{lone}{inner}\"")
+    } else {
+        format!("\"{inner}{lone}\"")
+    }
+}
+
 /// One audit event as JSON text, fields in random order.
 fn gen_event(rng: &mut Rng) -> String {
     let username = match rng.below(12) {
@@ -1099,7 +1125,8 @@ fn gen_event(rng: &mut Rng) -> String {
                     2 => r#""""#.to_string(),
                     _ => {
                         let g = rng.pick(&group_pool);
-                        fuzzed(rng, g)
+                        let g = fuzzed(rng, g);
+                        with_lone_surrogate(rng, g, 5)
                     }
                 })
                 .collect();
@@ -1111,10 +1138,8 @@ fn gen_event(rng: &mut Rng) -> String {
         user.push(format!(r#""groups":{g}"#));
     }
     if rng.pct(20) {
-        user.push(format!(
-            r#""uid":{}"#,
-            fuzzed(rng, "aws-iam-authenticator:1")
-        ));
+        let uid = fuzzed(rng, "aws-iam-authenticator:1");
+        user.push(format!(r#""uid":{}"#, with_lone_surrogate(rng, uid, 10)));
     }
     if rng.pct(10) {
         let last = user.len() - 1;
@@ -1159,7 +1184,11 @@ fn gen_event(rng: &mut Rng) -> String {
             "/vendor/phpunit/src/Util/PHP/eval-stdin.php",
             "/",
         ]);
-        fields.push(format!(r#""requestURI":{}"#, fuzzed(rng, uri)));
+        let uri = fuzzed(rng, uri);
+        fields.push(format!(
+            r#""requestURI":{}"#,
+            with_lone_surrogate(rng, uri, 5)
+        ));
     }
     if rng.pct(70) {
         let agent = rng.pick(&[
@@ -1168,7 +1197,11 @@ fn gen_event(rng: &mut Rng) -> String {
             "Go-http-client/1.1",
             "a\"b\\c\u{1b}é😀",
         ]);
-        fields.push(format!(r#""userAgent":{}"#, fuzzed(rng, agent)));
+        let agent = fuzzed(rng, agent);
+        fields.push(format!(
+            r#""userAgent":{}"#,
+            with_lone_surrogate(rng, agent, 15)
+        ));
     }
     if rng.pct(70) {
         let code = rng.pick(&["403", "200", "401", "null", r#""x""#, "{}"]);
@@ -1256,6 +1289,41 @@ struct Reference {
     rows: BTreeMap<Vec<String>, u64>,
 }
 
+/// Parses JSON text as the spec reads it. serde_json's `Value` refuses a
+/// lone surrogate escape, which the spec decodes to U+FFFD: so each one in
+/// the text's strings is first rewritten as `\ufffd`.
+fn ref_parse(text: &str) -> serde_json::Result<Value> {
+    let b = text.as_bytes();
+    // The code unit of a `\uXXXX` escape at `at`.
+    let unit = |at: usize| -> Option<u32> {
+        let hex = text.get(at..at + 6)?.strip_prefix("\\u")?;
+        u32::from_str_radix(hex, 16).ok()
+    };
+    let high = |u: Option<u32>| u.is_some_and(|u| (0xd800..0xdc00).contains(&u));
+    let low = |u: Option<u32>| u.is_some_and(|u| (0xdc00..0xe000).contains(&u));
+    let mut out = Vec::with_capacity(b.len());
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        let n = match b[i] {
+            b'"' => {
+                in_string = !in_string;
+                1
+            }
+            b'\\' if in_string && high(unit(i)) && low(unit(i + 6)) => 12,
+            b'\\' if in_string && (high(unit(i)) || low(unit(i))) => {
+                out.extend_from_slice(br"\ufffd");
+                i += 6;
+                continue;
+            }
+            b'\\' if in_string => 2,
+            _ => 1,
+        };
+        out.extend_from_slice(&b[i..(i + n).min(b.len())]);
+        i += n;
+    }
+    serde_json::from_slice(&out)
+}
+
 fn ref_scalar(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -1303,7 +1371,7 @@ fn ref_list(v: &Value) -> Option<&Vec<Value>> {
 /// Whether any event in this record (unwrapping as needed) matches.
 fn ref_record_matches(v: &Value) -> bool {
     if let Some(m) = v.get("message").and_then(Value::as_str) {
-        return serde_json::from_str::<Value>(m).is_ok_and(|inner| ref_record_matches(&inner));
+        return ref_parse(m).is_ok_and(|inner| ref_record_matches(&inner));
     }
     if let Some(items) = ref_list(v) {
         return items.iter().any(ref_record_matches);
@@ -1314,7 +1382,7 @@ fn ref_record_matches(v: &Value) -> bool {
 impl Reference {
     fn record(&mut self, v: &Value) {
         if let Some(m) = v.get("message").and_then(Value::as_str) {
-            if let Ok(inner) = serde_json::from_str::<Value>(m) {
+            if let Ok(inner) = ref_parse(m) {
                 self.record(&inner);
             }
             return;
@@ -1364,7 +1432,7 @@ fn check_fast_path(records: &[String]) -> Result<(), TestCaseError> {
     let mut reference = Reference::default();
     let mut det = Detector::new(Vec::new());
     for r in records {
-        let v: Value = serde_json::from_str(r).expect("generated records are valid JSON");
+        let v = ref_parse(r).expect("generated records are valid JSON");
         if ref_record_matches(&v) {
             prop_assert!(
                 prefilter.could_match(r.as_bytes()),
@@ -1403,7 +1471,7 @@ fn fast_path_corpus_covers_escaped_and_case_varied_names() {
     let mut rejected = 0;
     let mut prefilter = Prefilter::new();
     for r in &records {
-        let v: Value = serde_json::from_str(r).expect("valid JSON");
+        let v = ref_parse(r).expect("valid JSON");
         if !prefilter.could_match(r.as_bytes()) {
             rejected += 1;
         }
@@ -1428,7 +1496,78 @@ fn fast_path_corpus_covers_escaped_and_case_varied_names() {
     assert!(case_varied > 50, "{case_varied}");
     // And the fast path does reject some records.
     assert!(rejected > 100, "{rejected}");
+    // Lone surrogate escapes reach rows, as U+FFFD.
+    let mut reference = Reference::default();
+    for r in &records {
+        reference.record(&ref_parse(r).expect("valid JSON"));
+    }
+    let replaced = reference
+        .rows
+        .keys()
+        .filter(|row| row.iter().any(|c| c.contains('\u{fffd}')))
+        .count();
+    assert!(replaced > 30, "{replaced}");
     check_fast_path(&records).expect("fast path agrees on the fixed corpus");
+}
+
+/// What the README says of duplicated keys.
+#[test]
+fn duplicated_keys_are_judged_as_serde_json_judges_them() {
+    // A field the rule reads, twice at the top level: malformed, also
+    // when one of the two is spelled with escapes.
+    for record in [
+        anon(r#""userAgent":"a","userAgent":"b""#),
+        anon(r#""userAgent":"a","user\u0041gent":"b""#),
+        anon(ANON),
+        anon(r#""sourceIPs":["1.2.3.4"],"sourceIPs":[]"#),
+        r#"{"message":"anonymous","message":"x"}"#.to_string(),
+        r#"{"kind":"EventList","items":[],"items":["anonymous"]}"#.to_string(),
+    ] {
+        let (findings, stats) = run(&[&record]);
+        assert!(findings.is_empty(), "{record}");
+        assert_eq!((stats.events, stats.malformed), (0, 1), "{record}");
+    }
+    // Twice inside user: the object reads as empty, no match.
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymous","username":"system:anonymous","groups":["system:unauthenticated"]}"#,
+        "",
+    ));
+    // Twice inside objectRef: its fields are "0".
+    let found = assert_single_match(&anon(
+        r#""objectRef":{"name":"a","name":"b","resource":"pods"},"verb":"get""#,
+    ));
+    assert_eq!(
+        table(&found),
+        vec![(row(&[("verb", "get")]), 1)],
+        "objectRef read as empty"
+    );
+    // Keys the rule does not read may repeat.
+    assert_single_match(&anon(
+        r#""apiVersion":"a","apiVersion":"b","requestObject":{"x":1,"x":2}"#,
+    ));
+}
+
+#[test]
+fn lone_surrogates_are_shown_as_replacement_characters() {
+    let event = anon(
+        r#""userAgent":"curl\ud800/8","requestURI":"/\uDC00","verb":"get\ud83d","stage":"\ud800\ud83d\ude00""#,
+    );
+    // The fast parse answers for it (and the reference agrees, below).
+    assert!(crate::audit::Record::parse_fast(event.as_bytes()).is_some());
+    for record in [event.clone(), cloudwatch(&event, "7")] {
+        let found = assert_single_match(&record);
+        let cols = found.get(0).expect("one row").cols();
+        assert_eq!(cols[col("userAgent")], "curl\u{fffd}/8", "{record}");
+        assert_eq!(cols[col("requestURI")], "/\u{fffd}");
+        assert_eq!(cols[col("verb")], "get\u{fffd}");
+        assert_eq!(cols[col("stage")], "\u{fffd}😀");
+        check_fast_path(&[record]).expect("agrees with the reference");
+    }
+    // A username with one is not the anonymous user.
+    assert_no_match(&with_user(
+        r#"{"username":"system:anonymous\ud800","groups":["system:unauthenticated"]}"#,
+        "",
+    ));
 }
 
 #[test]
@@ -1469,7 +1608,7 @@ proptest! {
     /// nothing JSON would escape.
     #[test]
     fn row_keys_round_trip_and_sort_like_their_values(
-        a in prop::collection::vec("[a\\x00\\x01\\x1f\\xff\"\\\\-]{0,4}", 13),
+        a in prop::collection::vec("[a\\x00\\x01\\x1f\\x7e\\x7f\\x80\\xff\u{2028}é\"\\\\-]{0,4}", 13),
         b in prop::collection::vec("[a\\x00\\x01\\xff-]{0,4}", 13),
     ) {
         let (ka, kb) = (Key::of(&a, 7), Key::of(&b, 7));
@@ -1480,7 +1619,10 @@ proptest! {
         prop_assert_eq!(each.len(), a.len());
         for ((value, plain), want) in each.iter().zip(&a) {
             prop_assert_eq!(value, want);
-            let needs_escape = value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+            // Quotes, backslashes, controls, DEL and non-ASCII bytes.
+            let needs_escape = value
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b));
             prop_assert_eq!(*plain, !needs_escape, "{:?}", value);
         }
         prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
@@ -1498,6 +1640,13 @@ fn values_read_back_exactly_whatever_they_hold() {
         "plain".to_string(),
         long.clone(),
         format!(r"{long}\u0000"),
+        // DEL and non-ASCII characters, escaped or not.
+        r"del\u007f".to_string(),
+        "del\u{7f}".to_string(),
+        r"caf\u00e9".to_string(),
+        "café".to_string(),
+        "a\u{2028}b".to_string(),
+        format!("{long}é"),
     ];
     for ua in agents {
         let found = assert_single_match(&anon(&format!(
@@ -1512,12 +1661,11 @@ fn values_read_back_exactly_whatever_they_hold() {
         let mut n = 0;
         f.each_value(|c, plain| {
             assert_eq!(c, cols[n]);
-            if plain {
-                assert!(
-                    !c.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
-                    "{c:.20} marked plain"
-                );
-            }
+            // Plain: nothing JSON output might escape.
+            let escapable = c
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b));
+            assert_eq!(plain, !escapable, "{c:.20}");
             n += 1;
         });
         assert_eq!(n, 13);

@@ -18,13 +18,22 @@ pub fn write(rows: &Rows<'_>, out: &mut dyn Write, header: bool) -> io::Result<(
     w.flush()
 }
 
-/// A cell that a spreadsheet would evaluate as a formula (`=`, `+`, `-`,
-/// `@`, or a leading tab or carriage return, per OWASP's CSV injection
-/// advice) gets a leading `'`, which spreadsheets show as text.
+/// A cell that a spreadsheet would evaluate as a formula gets a leading
+/// `'`, which spreadsheets show as text (OWASP's CSV injection advice,
+/// ASVS 5.0 1.2.10): one that starts with `=`, `+`, `-`, `@`, tab, carriage
+/// return or NUL, and one where blanks (space, tab, CR, LF) come before
+/// `=`, `+`, `-` or `@`, which some spreadsheets skip.
 pub fn neutralise_formula(cell: Cow<'_, str>) -> Cow<'_, str> {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{cell}")),
-        _ => cell,
+    let bytes = cell.as_bytes();
+    let first_not_blank = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    let risky = matches!(bytes.first(), Some(b'\t' | b'\r' | b'\0'))
+        || matches!(first_not_blank, Some(b'=' | b'+' | b'-' | b'@'));
+    if risky {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        cell
     }
 }
 
@@ -40,8 +49,25 @@ mod tests {
             ("-1", "'-1"),
             ("@SUM(A1)", "'@SUM(A1)"),
             ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("\0x", "'\0x"),
+            ("\0", "'\0"),
+            // Blanks before a formula character.
+            (" =1+1", "' =1+1"),
+            ("  +1", "'  +1"),
+            ("\n-1", "'\n-1"),
+            ("\r\n@SUM(A1)", "'\r\n@SUM(A1)"),
+            (" \t\r\n=x", "' \t\r\n=x"),
+            // Not formulas: text first, or blanks alone, or other blanks.
             ("curl/8", "curl/8"),
             ("0", "0"),
+            ("", ""),
+            (" ", " "),
+            ("\n", "\n"),
+            ("a=1", "a=1"),
+            (" a-1", " a-1"),
+            ("x\0", "x\0"),
+            ("\u{b}=1", "\u{b}=1"),
         ] {
             assert_eq!(neutralise_formula(Cow::Borrowed(cell)), want);
         }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::Rows;
+use super::{Rows, is_hidden};
 use crate::audit::json_stop;
 use crate::detect::{COLUMNS, Finding};
 
@@ -103,7 +103,10 @@ impl ColumnKey {
 const COUNT_COLUMN: usize = COLUMNS.len() - 1;
 
 /// One row as a JSON object; `count` is a number, the rest strings. The
-/// values are copied straight out of the finding, not collected first.
+/// values are copied straight out of the finding, not collected first; the
+/// walk over the row's key already tells which are plain (ASCII without
+/// controls, DEL, quotes or backslashes: nothing to escape), and only the
+/// others are looked at again.
 fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
     // Header order: the 13 values, count, the extra columns.
     let mut keys = keys.iter();
@@ -130,8 +133,12 @@ fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut 
     out.push(b'}');
 }
 
-/// A JSON string literal, escaped exactly as serde_json escapes: `"`, `\`
-/// and control characters; everything else (UTF-8 included) as is.
+/// A JSON string literal, escaped as serde_json escapes (`"`, `\\` and
+/// C0 controls, the short forms where JSON has them), and also every other
+/// character [`is_hidden`] names, as `\uXXXX`: DEL, C1 controls, bidi and
+/// invisible format characters, U+2028/U+2029. So the output is pure JSON
+/// that serde_json reads back to the same string, and safe to print to a
+/// terminal (`tail -F findings.ndjson`).
 fn push_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     push_escaped(out, s);
@@ -140,27 +147,132 @@ fn push_string(out: &mut Vec<u8>, s: &str) {
 
 /// The inside of [`push_string`]'s literal.
 fn push_escaped(out: &mut Vec<u8>, s: &str) {
-    let mut rest = s.as_bytes();
+    if below_del(s.as_bytes()) {
+        push_escaped_ascii(out, s.as_bytes());
+    } else {
+        push_escaped_wide(out, s);
+    }
+}
+
+/// Whether every byte of `s` is below DEL (0x7f): ASCII without DEL, where
+/// only serde_json's escapes apply. Every character [`is_hidden`] names
+/// beyond those has a byte of 0x7f or more. Eight bytes a step, the last
+/// step overlapping the one before (most values are short).
+#[inline(always)]
+fn below_del(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte's high bit is set from 0x80 on, and that of the byte plus one
+    // for 0x7f. A carry comes only out of 0xff, whose own bit is set.
+    let flags = |w: u64| (w | w.wrapping_add(ONES)) & HIGH;
+    let n = s.len();
+    if n >= 8 {
+        let word = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        let mut any = 0;
+        let mut i = 0;
+        while i + 8 < n {
+            any |= flags(word(i));
+            i += 8;
+        }
+        any | flags(word(n - 8)) == 0
+    } else {
+        let mut word = [0; 8];
+        word[..n].copy_from_slice(s);
+        flags(u64::from_le_bytes(word)) == 0
+    }
+}
+
+/// [`push_escaped`] for a value that is ASCII without DEL: the stop bytes
+/// the parser's string scan finds are all there is to escape.
+fn push_escaped_ascii(out: &mut Vec<u8>, s: &[u8]) {
+    let mut rest = s;
     while let Some(at) = json_stop(rest) {
         out.extend_from_slice(&rest[..at]);
-        match rest[at] {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            c => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(c >> 4)]);
-                out.push(HEX[usize::from(c & 0xf)]);
-            }
-        }
+        push_escape(out, rest[at]);
         rest = &rest[at + 1..];
     }
     out.extend_from_slice(rest);
+}
+
+/// The escape of one ASCII byte that [`json_stop`] stops on, or DEL.
+fn push_escape(out: &mut Vec<u8>, c: u8) {
+    match c {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        c => push_unit(out, u16::from(c)),
+    }
+}
+
+/// `\uXXXX` with lowercase hex digits, as serde_json writes them.
+fn push_unit(out: &mut Vec<u8>, unit: u16) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[usize::from((unit >> shift) & 0xf)]);
+    }
+}
+
+/// The bytes at which [`push_escaped_wide`] stops: the ASCII stop bytes,
+/// DEL, and the UTF-8 lead bytes of the other characters [`is_hidden`]
+/// names: 0xc2 (U+0080..U+00BF: the C1 controls), 0xd8 (U+0600..U+063F:
+/// U+061C), 0xe2 (U+2000..U+2FFF: the U+20xx ones), 0xef (U+F000..U+FFFF:
+/// U+FEFF). No continuation byte is among them.
+static WIDE_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t[0xc2] = true;
+    t[0xd8] = true;
+    t[0xe2] = true;
+    t[0xef] = true;
+    t
+};
+
+/// [`push_escaped`] for a value with bytes of 0x7f or more: at each stop
+/// byte of [`WIDE_STOP`], the character there is escaped when it must be
+/// and copied when it need not (most characters after 0xe2 are
+/// punctuation, after 0xef CJK and others).
+fn push_escaped_wide(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let (mut copied, mut i) = (0, 0);
+    while i < b.len() {
+        let c = b[i];
+        if !WIDE_STOP[usize::from(c)] {
+            i += 1;
+            continue;
+        }
+        if c.is_ascii() {
+            out.extend_from_slice(&b[copied..i]);
+            push_escape(out, c);
+            i += 1;
+            copied = i;
+            continue;
+        }
+        // A lead byte, so a character starts here.
+        match s.get(i..).and_then(|t| t.chars().next()) {
+            Some(ch) if is_hidden(ch) => {
+                out.extend_from_slice(&b[copied..i]);
+                for &unit in ch.encode_utf16(&mut [0; 2]).iter() {
+                    push_unit(out, unit);
+                }
+                i += ch.len_utf8();
+                copied = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.extend_from_slice(&b[copied..]);
 }
 
 #[cfg(test)]
@@ -246,8 +358,24 @@ mod tests {
         }
     }
 
+    /// serde_json's escaping, with each hidden character it leaves raw
+    /// (all but the C0 controls, which it escapes) written as `\uXXXX`:
+    /// they cannot be part of an escape it writes, so replacing them in its
+    /// output is the answer.
+    fn serde_then_hidden_escaped(s: &str) -> String {
+        let mut want = String::new();
+        for c in serde_json::to_string(s).unwrap().chars() {
+            if is_hidden(c) {
+                want.push_str(&format!("\\u{:04x}", c as u32));
+            } else {
+                want.push(c);
+            }
+        }
+        want
+    }
+
     #[test]
-    fn strings_are_escaped_exactly_as_serde_json_does() {
+    fn strings_are_escaped_as_serde_json_does_and_hidden_characters_too() {
         let mut all: String = (0u8..0x80).map(char::from).collect();
         all.push_str("é\u{202e}\u{2028}😀\"\\");
         for s in [
@@ -258,14 +386,84 @@ mod tests {
             "a\\b",
             "\u{1b}[2J",
             "x\u{7f}y",
+            "\u{85}\u{9b}31m\u{9f}\u{a0}\u{bf}",
+            "a\u{200b}b\u{200f}\u{202a}\u{202e}\u{2060}\u{2066}\u{2069}\u{feff}\u{2028}\u{2029}\u{61c}",
+            // Near the hidden ones, and after the same lead bytes: kept.
+            "\u{2000}\u{200a}\u{2010}\u{2027}\u{202f}\u{205f}\u{206a}\u{20ac}\u{fefe}\u{ff01}\u{fffd}\u{61b}\u{61d}",
+            "日本語\u{10ffff}\u{e000}\u{d7ff}",
         ] {
             let mut ours = Vec::new();
             push_string(&mut ours, s);
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(s).unwrap(),
-                "{s:?}"
-            );
+            let ours = String::from_utf8(ours).unwrap();
+            assert_eq!(ours, serde_then_hidden_escaped(s), "{s:?}");
+            assert_eq!(serde_json::from_str::<String>(&ours).unwrap(), s);
+        }
+        // Spelled out once, so the helper above cannot hide a mistake.
+        let mut ours = Vec::new();
+        push_string(&mut ours, "\u{7f}\u{85}é\u{200b}\u{2028}\u{feff}\u{61c}\n");
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            r#""\u007f\u0085é\u200b\u2028\ufeff\u061c\n""#
+        );
+    }
+
+    /// Every hidden character starts with a byte the wide path stops on,
+    /// and sends a value down it unless the ASCII path stops on it: none
+    /// can slip through either raw.
+    #[test]
+    fn every_hidden_character_starts_with_a_wide_stop_byte() {
+        let mut hidden = 0;
+        for c in (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|&c| is_hidden(c))
+        {
+            hidden += 1;
+            let mut buf = [0; 4];
+            let lead = c.encode_utf8(&mut buf).as_bytes()[0];
+            assert!(WIDE_STOP[usize::from(lead)], "{c:?}");
+            if c < '\u{7f}' {
+                // The C0 controls: the ASCII path stops on them.
+                assert_eq!(json_stop(&buf[..1]), Some(0), "{c:?}");
+            } else {
+                assert!(!below_del(&buf[..c.len_utf8()]), "{c:?}");
+            }
+        }
+        // 65 Cc, U+061C, 5 + 7 + 10 format and separator characters, U+FEFF.
+        assert_eq!(hidden, 65 + 1 + 5 + 7 + 10 + 1);
+    }
+
+    #[test]
+    fn below_del_is_ascii_without_del() {
+        // Every length around the word size, every byte at every place,
+        // next to bytes that carry (0xff) or nearly do (0x7e).
+        for len in 1..40 {
+            for at in 0..len {
+                for b in 0..=0xffu8 {
+                    for fill in [b'a', 0x7e, 0x00] {
+                        let mut s = vec![fill; len];
+                        s[at] = b;
+                        assert_eq!(below_del(&s), b < 0x7f, "{s:?}");
+                    }
+                }
+            }
+        }
+        assert!(below_del(b""));
+        let mut carry = [0x7e; 16];
+        carry[3] = 0xff;
+        assert!(!below_del(&carry));
+    }
+
+    proptest::proptest! {
+        /// Any string: serde_json reads the literal back to it, and the
+        /// literal holds no hidden character raw.
+        #[test]
+        fn any_string_reads_back_and_hides_nothing(s in "(\\PC|\\p{Cc}|\\p{Cf}|[\u{7f}-\u{9f}\u{2028}\u{2029}\u{d7ff}\u{e000}\u{fffd}\u{10000}-\u{10ffff}\"\\\\])*") {
+            let mut ours = Vec::new();
+            push_string(&mut ours, &s);
+            let text = String::from_utf8(ours).unwrap();
+            proptest::prop_assert_eq!(serde_json::from_str::<String>(&text).unwrap(), s.clone());
+            proptest::prop_assert!(!text.chars().any(is_hidden), "{:?}", text);
+            proptest::prop_assert_eq!(&text, &serde_then_hidden_escaped(&s));
         }
     }
 }

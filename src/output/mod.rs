@@ -3,8 +3,9 @@
 //!
 //! The formats know nothing of the rule: they get a header and rows of
 //! text. Every value that came from an audit event is attacker-controlled:
-//! the table neutralises terminal controls and bidi overrides, the CSV
-//! neutralises spreadsheet formulas, and JSON escaping does the rest.
+//! the table shows the characters [`is_hidden`] names as visible escapes,
+//! JSON writes them as `\uXXXX` escapes, and the CSV neutralises
+//! spreadsheet formulas.
 
 mod csv;
 mod json;
@@ -31,6 +32,23 @@ pub enum Format {
     Csv,
 }
 
+/// Whether `c` must never reach a terminal raw: C0 and C1 controls and DEL
+/// (`Cc`), the line and paragraph separators U+2028/U+2029, and the
+/// invisible format characters that reorder or hide text: U+061C, U+200B to
+/// U+200F, U+202A to U+202E, U+2060 to U+2069, U+FEFF. The table shows them
+/// as `\u{..}`, JSON as `\uXXXX`.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
 /// Where the rows go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -38,6 +56,7 @@ pub enum Target {
     /// Written to a temporary file beside it, synced, then renamed over it.
     Replace(PathBuf),
     /// Appended (and synced); CSV writes its header only into an empty file.
+    /// A new file is created with mode 0600.
     Append(PathBuf),
 }
 
@@ -140,9 +159,13 @@ impl Out {
                 Err(_) => Out::Replace(Replacement::begin(path)?),
             },
             Target::Append(path) => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
+                let mut options = OpenOptions::new();
+                options.create(true).append(true);
+                // Created private, as `-o` files and the checkpoint are; an
+                // existing file keeps its mode.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let file = options
                     .open(path)
                     .with_context(|| format!("cannot open {} for appending", path.display()))?;
                 Out::Append(path.clone(), file)
@@ -329,3 +352,6 @@ pub fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests;

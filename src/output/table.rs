@@ -1,13 +1,14 @@
 //! Aligned columns for a terminal. Values are attacker-controlled, so every
-//! control character and bidi override is shown as an escape instead of
-//! being sent to the terminal, and long values are cut to keep rows
+//! control character, bidi override, invisible format character and line
+//! separator ([`is_hidden`]) is shown as an escape instead of being sent to
+//! the terminal, and long values are cut to keep rows
 //! readable (use ndjson for the full text).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::Rows;
+use super::{Rows, is_hidden};
 
 const MAX_WIDTH: usize = 80;
 
@@ -41,29 +42,25 @@ pub fn write(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces C0 and C1 controls, DEL, and Unicode bidi controls with a
+/// Replaces C0 and C1 controls, DEL, bidi controls, invisible format
+/// characters and the line separators U+2028/U+2029 ([`is_hidden`]) with a
 /// visible `\u{..}` escape. A backslash is doubled so the escape cannot be
 /// forged by the input.
 pub fn neutralise_terminal(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| needs_escape(c) || c == '\\') {
+    if !s.chars().any(|c| is_hidden(c) || c == '\\') {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         if c == '\\' {
             out.push_str("\\\\");
-        } else if needs_escape(c) {
+        } else if is_hidden(c) {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
             out.push(c);
         }
     }
     Cow::Owned(out)
-}
-
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Cuts a cell to [`MAX_WIDTH`] characters, marking the cut.
@@ -90,6 +87,20 @@ mod tests {
         );
         assert_eq!(neutralise_terminal("\u{9b}31m"), "\\u{9b}31m");
         assert_eq!(neutralise_terminal("\r\n\x7f"), "\\u{d}\\u{a}\\u{7f}");
+        // Invisible format characters and line separators too.
+        assert_eq!(
+            neutralise_terminal("a\u{200b}b\u{200d}\u{2060}\u{2064}\u{feff}\u{61c}"),
+            "a\\u{200b}b\\u{200d}\\u{2060}\\u{2064}\\u{feff}\\u{61c}"
+        );
+        assert_eq!(
+            neutralise_terminal("line\u{2028}para\u{2029}"),
+            "line\\u{2028}para\\u{2029}"
+        );
+        // Their neighbours are text.
+        assert_eq!(
+            neutralise_terminal("\u{200a}\u{2010}\u{2027}\u{202f}\u{206a}\u{fefe}é"),
+            "\u{200a}\u{2010}\u{2027}\u{202f}\u{206a}\u{fefe}é"
+        );
         // A literal backslash-u in the input stays distinguishable.
         assert_eq!(neutralise_terminal("\\u{1b}"), "\\\\u{1b}");
     }
