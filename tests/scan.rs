@@ -1282,10 +1282,19 @@ fn a_reader_that_closes_a_fifo_fails_the_run_only_stdout_may_close() {
         let fifo = fifo.clone();
         std::thread::spawn(move || drop(std::fs::File::open(fifo).unwrap()))
     };
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl");
+    // Rows far beyond a pipe's buffer (64 KiB): whenever the reader leaves,
+    // before or during the write, the write meets a closed pipe.
+    let input: String = (0..5000)
+        .map(|i| {
+            format!(
+                "{{\"user\":{{\"username\":\"system:anonymous\",\"groups\":[\"system:unauthenticated\"]}},\"requestURI\":\"/probe/{i}\",\"sourceIPs\":[\"203.0.113.7\"]}}\n"
+            )
+        })
+        .collect();
+    let input = write_file(dir.path(), "many.jsonl", input.as_bytes());
     let out = kubeanon()
         .arg("scan")
-        .arg(&sample)
+        .arg(&input)
         .arg("-o")
         .arg(&fifo)
         .output()
