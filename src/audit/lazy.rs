@@ -18,7 +18,10 @@ use super::{
 
 /// Bytes that end a run of plain string content: the closing quote, an
 /// escape, or a control character (not allowed inside JSON strings).
-static STOP: [bool; 256] = {
+static STOP: [bool; 256] = STOP_BYTES;
+
+/// [`STOP`]'s table, for tables that stop on more (the JSON writer's).
+pub(crate) const STOP_BYTES: [bool; 256] = {
     let mut t = [false; 256];
     let mut c = 0;
     while c < 0x20 {

@@ -8,6 +8,7 @@
 
 mod lazy;
 
+pub(crate) use lazy::STOP_BYTES as JSON_STOP_BYTES;
 /// [`json_stop`], also stopping at DEL and at any byte of a non-ASCII
 /// character: for output, which escapes some of those (never the parser).
 pub use lazy::find_output_stop as json_output_stop;

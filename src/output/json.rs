@@ -223,14 +223,7 @@ fn push_unit(out: &mut Vec<u8>, unit: u16) {
 /// U+061C), 0xe2 (U+2000..U+2FFF: the U+20xx ones), 0xef (U+F000..U+FFFF:
 /// U+FEFF). No continuation byte is among them.
 static WIDE_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut c = 0;
-    while c < 0x20 {
-        t[c] = true;
-        c += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
+    let mut t = crate::audit::JSON_STOP_BYTES;
     t[0x7f] = true;
     t[0xc2] = true;
     t[0xd8] = true;
