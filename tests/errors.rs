@@ -19,6 +19,14 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Asserts that stdout or stderr says each of `needles`.
+fn assert_says(out: &Output, needles: &[&str]) {
+    let t = text(out);
+    for needle in needles {
+        assert!(t.contains(needle), "{needle:?} not in: {t}");
+    }
+}
+
 /// No debug dump of the SDK's error types reaches a person without -v.
 fn assert_no_dump(out: &Output) {
     let t = text(out);
@@ -48,20 +56,17 @@ fn no_credentials_anywhere_says_so_and_where_it_looked() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{sub}: {}", text(&out));
-        for needle in [
-            "no AWS credentials found",
-            "environment",
-            "IRSA",
-            "Pod Identity",
-            "IMDS",
-            "aws configure",
-        ] {
-            assert!(
-                text(&out).contains(needle),
-                "{sub} {needle}: {}",
-                text(&out)
-            );
-        }
+        assert_says(
+            &out,
+            &[
+                "no AWS credentials found",
+                "environment",
+                "IRSA",
+                "Pod Identity",
+                "IMDS",
+                "aws configure",
+            ],
+        );
         assert!(
             !text(&out).contains("iam-policy.json"),
             "not a permissions problem: {}",
@@ -136,11 +141,7 @@ fn a_misspelt_cluster_gets_the_clusters_that_exist_and_the_closest() {
     .output()
     .unwrap();
     assert_eq!(doctor.status.code(), Some(1));
-    assert!(
-        text(&doctor).contains("did you mean --cluster payments"),
-        "{}",
-        text(&doctor)
-    );
+    assert_says(&doctor, &["did you mean --cluster payments"]);
 }
 
 #[test]
@@ -189,11 +190,7 @@ fn access_denied_names_the_action_and_the_resource() {
     assert_no_dump(&out);
     // The whole error is there for -v.
     let verbose = poll_at(&proxy.endpoint, group).arg("-v").output().unwrap();
-    assert!(
-        text(&verbose).contains("ServiceError"),
-        "{}",
-        text(&verbose)
-    );
+    assert_says(&verbose, &["ServiceError"]);
 }
 
 #[test]
@@ -208,16 +205,15 @@ fn the_window_a_user_sees_is_labelled_and_an_empty_one_refused() {
     // --since inside the lag: the window would be empty.
     let out = poll(group).args(["--since", "1m"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("--lag 2m"), "{}", text(&out));
+    assert_says(&out, &["--lag 2m"]);
     // A bare number: seconds or minutes, not milliseconds.
     let out = poll(group).args(["--since", "60"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("60s or 1m?"), "{}", text(&out));
+    assert_says(&out, &["60s or 1m?"]);
     // The summary says the end is now minus the lag; -v writes no colour
     // codes into a file or pipe.
     let out = run(poll(group).args(["--since", "30m", "-v"]));
-    assert!(text(&out).contains("(now - 2m lag)"), "{}", text(&out));
-    assert!(text(&out).contains("DEBUG"), "{}", text(&out));
+    assert_says(&out, &["(now - 2m lag)", "DEBUG"]);
     assert!(!text(&out).contains('\u{1b}'), "{}", text(&out));
 }
 
@@ -225,21 +221,12 @@ fn the_window_a_user_sees_is_labelled_and_an_empty_one_refused() {
 fn usage_says_poll_needs_a_cluster_or_log_group() {
     for sub in ["poll", "doctor"] {
         let out = kubeanon(&[sub, "--help"]).output().unwrap();
-        assert!(
-            text(&out).contains(&format!(
-                "Usage: kubeanon {sub} (--cluster NAME | --log-group NAME)..."
-            )),
-            "{}",
-            text(&out)
-        );
+        let usage = format!("Usage: kubeanon {sub} (--cluster NAME | --log-group NAME)...");
+        assert_says(&out, &[&usage]);
     }
     // -v's help says what it logs for each command.
     let scan = kubeanon(&["scan", "--help"]).output().unwrap();
-    assert!(
-        text(&scan).contains("scan: how long reading"),
-        "{}",
-        text(&scan)
-    );
+    assert_says(&scan, &["scan: how long reading"]);
 }
 
 #[test]
