@@ -1,4 +1,4 @@
-//! The poller's checkpoint: per log group, what was read (the read
+//! The poller's checkpoint: per work unit (account, region, log group), what was read (the read
 //! settings), up to where (the watermark), and which matched events near
 //! that point were already reported (the dedup set, and how far back it
 //! reaches: the horizon).
@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::WorkUnit;
 use crate::output;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The most eventIds one log group remembers. A flood beyond it moves the
 /// horizon forward (the run says so): the checkpoint stays small, at the
@@ -35,7 +36,8 @@ pub const MAX_SEEN: usize = 100_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
-    /// One entry per (region, log group) ever polled with this file.
+    /// One entry per work unit (account, region, log group) ever polled
+    /// with this file.
     pub groups: Vec<GroupState>,
 }
 
@@ -64,6 +66,10 @@ impl std::fmt::Display for ReadSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
+    /// Empty in an entry from version 2 (before accounts) until a run
+    /// adopts it for the caller's account ([`State::adopt`]).
+    #[serde(default)]
+    pub account: String,
     pub region: String,
     pub log_group: String,
     pub read: ReadSettings,
@@ -82,6 +88,9 @@ pub struct GroupState {
 /// delivered. Applying it twice changes nothing (a recovered journal may).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
+    /// Empty in a journal written before accounts (see [`GroupState`]).
+    #[serde(default)]
+    pub account: String,
     pub region: String,
     pub log_group: String,
     pub read: ReadSettings,
@@ -99,30 +108,45 @@ impl State {
         }
     }
 
-    pub fn group(&self, region: &str, log_group: &str) -> Option<&GroupState> {
-        self.groups
-            .iter()
-            .find(|g| g.region == region && g.log_group == log_group)
+    pub fn group(&self, unit: &WorkUnit) -> Option<&GroupState> {
+        self.groups.iter().find(|g| g.is(unit))
     }
 
-    /// Puts `g` in place of the entry for its log group (a rebaseline).
+    /// Puts `g` in place of the entry for its unit (a rebaseline).
     pub fn replace(&mut self, g: GroupState) {
-        self.groups
-            .retain(|o| !(o.region == g.region && o.log_group == g.log_group));
+        let unit = g.unit();
+        self.groups.retain(|o| !o.is(&unit));
         self.groups.push(g);
+    }
+
+    /// Entries from before accounts (version 2) belong to the account
+    /// whose credentials wrote them, the caller's: they become its.
+    /// Returns whether there were any.
+    pub fn adopt(&mut self, caller_account: &str) -> bool {
+        let mut any = false;
+        for g in self.groups.iter_mut().filter(|g| g.account.is_empty()) {
+            g.account = caller_account.to_string();
+            any = true;
+        }
+        any
+    }
+
+    /// Whether [`State::adopt`] has anything to do.
+    pub fn has_entries_without_account(&self) -> bool {
+        self.groups.iter().any(|g| g.account.is_empty())
     }
 
     /// Applies a step's commit. Returns the horizon when the dedup cap
     /// moved it past where the commit asked.
     pub fn apply(&mut self, c: &Commit) -> Option<i64> {
-        let at = self
-            .groups
-            .iter()
-            .position(|g| g.region == c.region && g.log_group == c.log_group);
+        let at = self.groups.iter().position(|g| {
+            g.account == c.account && g.region == c.region && g.log_group == c.log_group
+        });
         let g = match at {
             Some(i) => &mut self.groups[i],
             None => {
                 self.groups.push(GroupState {
+                    account: c.account.clone(),
                     region: c.region.clone(),
                     log_group: c.log_group.clone(),
                     read: c.read.clone(),
@@ -137,7 +161,29 @@ impl State {
     }
 }
 
+impl Commit {
+    pub fn unit(&self) -> WorkUnit {
+        WorkUnit {
+            account: self.account.clone(),
+            region: self.region.clone(),
+            log_group: self.log_group.clone(),
+        }
+    }
+}
+
 impl GroupState {
+    pub fn unit(&self) -> WorkUnit {
+        WorkUnit {
+            account: self.account.clone(),
+            region: self.region.clone(),
+            log_group: self.log_group.clone(),
+        }
+    }
+
+    fn is(&self, u: &WorkUnit) -> bool {
+        self.account == u.account && self.region == u.region && self.log_group == u.log_group
+    }
+
     /// See [`State::apply`].
     pub fn apply(&mut self, c: &Commit) -> Option<i64> {
         self.read = c.read.clone();
@@ -273,12 +319,17 @@ fn read(path: &Path) -> Result<State> {
         .ok()
         .and_then(|v| v.get("version").and_then(|v| v.as_u64()));
     let state: State = match version {
-        Some(v) if v == u64::from(VERSION) => serde_json::from_str(&text)
-            .with_context(|| format!("checkpoint {} is corrupt; {RECOVER}", path.display()))?,
+        // Version 2 is version 3 without accounts (adopted by the run).
+        Some(v) if v == u64::from(VERSION) || v == 2 => {
+            let mut state: State = serde_json::from_str(&text)
+                .with_context(|| format!("checkpoint {} is corrupt; {RECOVER}", path.display()))?;
+            state.version = VERSION;
+            state
+        }
         Some(1) => migrate_v1(&text)
             .with_context(|| format!("checkpoint {} (version 1)", path.display()))?,
         Some(v) => bail!(
-            "checkpoint {} has version {v}, this kubeanon reads versions 1 and {VERSION}; {RECOVER}",
+            "checkpoint {} has version {v}, this kubeanon reads versions 1 to {VERSION}; {RECOVER}",
             path.display()
         ),
         None => bail!(
@@ -326,6 +377,7 @@ fn migrate_v1(text: &str) -> Result<State> {
         .groups
         .into_iter()
         .map(|g| GroupState {
+            account: String::new(),
             // Version 1 kept the ids from `watermark - overlap`, an overlap
             // it did not record: its oldest id is a horizon that is safe.
             horizon_ms: g
@@ -364,6 +416,7 @@ mod tests {
 
     fn commit(watermark: i64, horizon: i64, seen: &[(&str, i64)]) -> Commit {
         Commit {
+            account: "111122223333".into(),
             region: "us-east-1".into(),
             log_group: "/aws/eks/a/cluster".into(),
             read: ReadSettings {
@@ -374,6 +427,53 @@ mod tests {
             horizon_ms: horizon,
             new_seen: seen.iter().map(|(k, t)| (k.to_string(), *t)).collect(),
         }
+    }
+
+    fn unit(account: &str, region: &str, log_group: &str) -> WorkUnit {
+        WorkUnit {
+            account: account.into(),
+            region: region.into(),
+            log_group: log_group.into(),
+        }
+    }
+
+    #[test]
+    fn version_2_entries_are_the_callers_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        std::fs::write(
+            &path,
+            r#"{"version":2,"groups":[{"region":"r","log_group":"/g","read":{"stream_prefix":"k","server_filter":true},"watermark_ms":5,"horizon_ms":4,"seen":{}}]}"#,
+        )
+        .unwrap();
+        let mut cp = Checkpoint::open(&path).unwrap();
+        assert_eq!(cp.state.version, VERSION);
+        assert!(cp.state.has_entries_without_account());
+        assert_eq!(cp.state.group(&unit("111122223333", "r", "/g")), None);
+        assert!(cp.state.adopt("111122223333"));
+        assert!(!cp.state.adopt("444455556666"), "adopted once");
+        assert_eq!(
+            cp.state
+                .group(&unit("111122223333", "r", "/g"))
+                .unwrap()
+                .watermark_ms,
+            5
+        );
+        assert_eq!(cp.state.group(&unit("444455556666", "r", "/g")), None);
+    }
+
+    #[test]
+    fn accounts_keep_their_own_entries() {
+        let mut s = State::new();
+        let mut other = commit(2000, 1500, &[("x", 1600)]);
+        other.account = "444455556666".into();
+        s.apply(&commit(1000, 900, &[]));
+        s.apply(&other);
+        assert_eq!(s.groups.len(), 2);
+        let mine = s.group(&unit("111122223333", "us-east-1", "/aws/eks/a/cluster"));
+        assert_eq!(mine.unwrap().watermark_ms, 1000);
+        let theirs = s.group(&unit("444455556666", "us-east-1", "/aws/eks/a/cluster"));
+        assert_eq!(theirs.unwrap().seen.len(), 1);
     }
 
     #[test]
@@ -461,7 +561,9 @@ mod tests {
         )
         .unwrap();
         let cp = Checkpoint::open(&path).unwrap();
-        let g = cp.state.group("r", "/g").unwrap();
+        let mut cp = cp;
+        assert!(cp.state.adopt("111122223333"));
+        let g = cp.state.group(&unit("111122223333", "r", "/g")).unwrap();
         assert_eq!((g.watermark_ms, g.horizon_ms), (1000, 700));
         assert_eq!(g.seen.get(&seen_key("e1")), Some(&700));
         drop(cp);

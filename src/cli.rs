@@ -37,13 +37,14 @@ pub enum Command {
     /// Page through EKS audit logs in CloudWatch Logs and report anonymous requests.
     #[command(
         args_override_self = true,
-        override_usage = "kubeanon poll (--cluster NAME | --log-group NAME)... [OPTIONS]"
+        override_usage = "kubeanon poll (--all-clusters | --cluster NAME | --log-group NAME)... [OPTIONS]"
     )]
     Poll(Box<PollArgs>),
-    /// Check that kubeanon can read a cluster's audit logs.
+    /// Check that kubeanon can read clusters' audit logs (with
+    /// --all-clusters: the fleet's coverage, one line per cluster).
     #[command(
         args_override_self = true,
-        override_usage = "kubeanon doctor (--cluster NAME | --log-group NAME)... [OPTIONS]"
+        override_usage = "kubeanon doctor (--all-clusters | --cluster NAME | --log-group NAME)... [OPTIONS]"
     )]
     Doctor(DoctorArgs),
 }
@@ -84,19 +85,40 @@ pub struct OutputArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
-    /// EKS cluster name: reads log group /aws/eks/NAME/cluster. Repeatable.
+    /// Every EKS cluster of each account and region (eks:ListClusters,
+    /// eks:DescribeCluster): reads those with audit logging on, fails
+    /// those with it off.
+    #[arg(long)]
+    pub all_clusters: bool,
+    /// With --all-clusters, only clusters whose name matches GLOB (`*`
+    /// wildcard, ASCII case-insensitive). Repeatable.
+    #[arg(long = "cluster-match", value_name = "GLOB", requires = "all_clusters")]
+    pub cluster_match: Vec<String>,
+    /// EKS cluster name: reads log group /aws/eks/NAME/cluster in every
+    /// account and region of the run. Repeatable.
     #[arg(long = "cluster", value_name = "NAME")]
     pub clusters: Vec<String>,
-    /// CloudWatch Logs log group to read. Repeatable.
+    /// CloudWatch Logs log group to read, in every account and region of
+    /// the run. Repeatable.
     #[arg(long = "log-group", value_name = "NAME")]
     pub log_groups: Vec<String>,
-    /// AWS region [default: from the AWS config chain].
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Named profile from the AWS config files.
+    /// AWS region; repeatable or comma-separated (`us-east-1,eu-west-1`)
+    /// [default: from the AWS config chain].
+    #[arg(long = "region", value_name = "REGION", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// IAM role to assume (session name `kubeanon`), one account each;
+    /// repeatable [default: the caller's own account].
+    #[arg(long = "role-arn", value_name = "ARN")]
+    pub role_arns: Vec<String>,
+    /// External id the roles' trust policies ask for.
+    #[arg(long, value_name = "ID", requires = "role_arns")]
+    pub external_id: Option<String>,
+    /// Named profile from the AWS config files: the credentials a run
+    /// starts from (and assumes roles with).
     #[arg(long)]
     pub profile: Option<String>,
-    /// Endpoint for CloudWatch Logs (emulators, VPC endpoints). AWS_ENDPOINT_URL also works.
+    /// Endpoint for every AWS service a run calls (CloudWatch Logs, STS,
+    /// EKS): emulators, VPC endpoints. AWS_ENDPOINT_URL also works.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Only log streams whose name starts with this (`kube-apiserver-` would
@@ -167,23 +189,78 @@ pub struct PollArgs {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// `text` for a person, `ndjson` (one object per cluster) for tools.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DoctorFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoctorFormat {
+    Text,
+    Ndjson,
 }
 
 impl AwsArgs {
-    /// The log groups to read: `--cluster` ones first, each once.
+    /// The log groups named on the command line: `--cluster` ones first,
+    /// each once. Empty only with --all-clusters.
     pub fn log_groups(&self) -> Result<Vec<String>, UsageError> {
         let mut groups: Vec<String> = self.clusters.iter().map(|c| cluster_log_group(c)).collect();
         groups.extend(self.log_groups.iter().cloned());
         // The same group named twice (as --cluster and --log-group) is read once.
         let mut named = std::collections::HashSet::new();
         groups.retain(|g| named.insert(g.clone()));
-        if groups.is_empty() {
+        if groups.is_empty() && !self.all_clusters {
             return Err(UsageError(
-                "name at least one --cluster or --log-group".into(),
+                "name at least one --cluster or --log-group, or pass --all-clusters".into(),
             ));
+        }
+        for r in &self.role_arns {
+            crate::fleet::role_account(r)?;
+        }
+        if let Some(bad) = self.regions.iter().find(|r| !is_region_name(r)) {
+            return Err(UsageError(format!(
+                "--region '{bad}' is not a region name (like us-east-1)"
+            )));
         }
         Ok(groups)
     }
+
+    /// Which accounts and regions the run covers.
+    pub fn fleet(&self, attempt_timeout: Duration) -> crate::fleet::Settings {
+        let mut regions = Vec::new();
+        for r in &self.regions {
+            if !regions.contains(r) {
+                regions.push(r.clone());
+            }
+        }
+        let mut roles = Vec::new();
+        for r in &self.role_arns {
+            if !roles.contains(r) {
+                roles.push(r.clone());
+            }
+        }
+        crate::fleet::Settings {
+            client: crate::source::cloudwatch::ClientSettings {
+                region: None,
+                profile: self.profile.clone(),
+                endpoint_url: self.endpoint_url.clone(),
+                attempt_timeout,
+            },
+            regions,
+            roles,
+            external_id: self.external_id.clone(),
+        }
+    }
+}
+
+/// `us-east-1`, `us-gov-west-1`, `cn-north-1`: letters, digits and dashes,
+/// never empty (a stray comma in `--region a,,b`).
+fn is_region_name(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && r.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
 }
 
 /// Output settings, checked.
@@ -319,7 +396,30 @@ mod tests {
             parse(&["kubeanon", "doctor"])
                 .unwrap_err()
                 .0
-                .contains("--cluster")
+                .contains("--all-clusters")
+        );
+        assert!(
+            parse(&["kubeanon", "doctor", "--all-clusters"])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            parse(&[
+                "kubeanon",
+                "doctor",
+                "--all-clusters",
+                "--region",
+                "us-east-1,,eu-west-1"
+            ])
+            .unwrap_err()
+            .0
+            .contains("--region")
+        );
+        assert!(
+            parse(&["kubeanon", "doctor", "--all-clusters", "--role-arn", "nope"])
+                .unwrap_err()
+                .0
+                .contains("--role-arn")
         );
     }
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, Commit, sibling};
+use crate::fleet::WorkUnit;
 use crate::output::{self, Format, Out, Parts, Rows, Target};
 use crate::testhooks;
 
@@ -189,7 +190,7 @@ pub struct Delivery {
     /// Commits that wait for the end of the run (a replaced file).
     held: Vec<Commit>,
     /// Log groups whose dedup set hit its cap, with the horizon it moved to.
-    pub capped: Vec<(String, i64)>,
+    pub capped: Vec<(WorkUnit, i64)>,
     pub rows: u64,
 }
 
@@ -311,8 +312,8 @@ impl Delivery {
     }
 
     /// Ends the run's output; then applies the commits that waited for it.
-    /// Returns the log groups whose dedup set hit its cap.
-    pub fn finish(mut self, empty: &Rows<'_>) -> Result<Vec<(String, i64)>> {
+    /// Returns the units whose dedup set hit its cap.
+    pub fn finish(mut self, empty: &Rows<'_>) -> Result<Vec<(WorkUnit, i64)>> {
         let parts = &mut self.parts;
         self.out.write(|w| parts.finish(empty, w))?;
         let Delivery {
@@ -334,11 +335,16 @@ impl Delivery {
 }
 
 /// Applies a commit to the checkpoint and saves it.
-fn commit(cp: Option<&mut Checkpoint>, capped: &mut Vec<(String, i64)>, c: &Commit) -> Result<()> {
+fn commit(
+    cp: Option<&mut Checkpoint>,
+    capped: &mut Vec<(WorkUnit, i64)>,
+    c: &Commit,
+) -> Result<()> {
     let cp = cp.expect("a commit needs a checkpoint");
     if let Some(h) = cp.state.apply(c) {
-        capped.retain(|(g, _)| *g != c.log_group);
-        capped.push((c.log_group.clone(), h));
+        let unit = c.unit();
+        capped.retain(|(u, _)| *u != unit);
+        capped.push((unit, h));
     }
     cp.save()
 }
@@ -350,6 +356,7 @@ mod tests {
 
     fn commit() -> Commit {
         Commit {
+            account: "111122223333".into(),
             region: "r".into(),
             log_group: "/g".into(),
             read: ReadSettings {
@@ -387,7 +394,7 @@ mod tests {
     fn a_complete_append_is_committed() {
         let (_d, mut cp, file) = setup("row1\nrow2\n", "row1\nrow2\n");
         assert_eq!(settle(&mut cp).unwrap().unwrap().0, Settled::Delivered);
-        assert_eq!(cp.state.group("r", "/g").unwrap().watermark_ms, 1000);
+        assert_eq!(cp.state.group(&commit().unit()).unwrap().watermark_ms, 1000);
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "old\nrow1\nrow2\n");
         assert!(!journal_path(cp.path()).exists());
         assert!(settle(&mut cp).unwrap().is_none(), "settled once");

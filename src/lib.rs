@@ -21,6 +21,7 @@ pub mod commands;
 pub mod deliver;
 pub mod detect;
 pub mod exit;
+pub mod fleet;
 pub mod output;
 pub mod source;
 pub mod testhooks;

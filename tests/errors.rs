@@ -147,6 +147,8 @@ fn a_misspelt_cluster_gets_the_clusters_that_exist_and_the_closest() {
 #[test]
 fn a_closed_port_fails_within_seconds_naming_the_endpoint() {
     let endpoint = closed_endpoint();
+    // Nothing answers: the run's first call (STS, for the caller's
+    // account) says so.
     let began = Instant::now();
     let out = kubeanon(&["poll", "--cluster", "demo", "--endpoint-url", &endpoint])
         .output()
@@ -154,13 +156,21 @@ fn a_closed_port_fails_within_seconds_naming_the_endpoint() {
     let took = began.elapsed();
     assert_fails_with(
         &out,
-        &[
-            "cannot connect to CloudWatch Logs",
-            &endpoint,
-            "--endpoint-url",
-        ],
+        &["cannot connect to AWS STS", &endpoint, "--endpoint-url"],
     );
     assert!(!text(&out).contains("iam-policy.json"), "{}", text(&out));
+    assert_no_dump(&out);
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+
+    // STS answers, CloudWatch Logs does not (its own endpoint variable).
+    let began = Instant::now();
+    let out = kubeanon(&["poll", "--cluster", "demo"])
+        .env("AWS_ENDPOINT_URL", &moto().endpoint)
+        .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", &endpoint)
+        .output()
+        .unwrap();
+    let took = began.elapsed();
+    assert_fails_with(&out, &["cannot connect to CloudWatch Logs", &endpoint]);
     assert_no_dump(&out);
     assert!(took < Duration::from_secs(10), "gave up after {took:?}");
 }
@@ -221,7 +231,9 @@ fn the_window_a_user_sees_is_labelled_and_an_empty_one_refused() {
 fn usage_says_poll_needs_a_cluster_or_log_group() {
     for sub in ["poll", "doctor"] {
         let out = kubeanon(&[sub, "--help"]).output().unwrap();
-        let usage = format!("Usage: kubeanon {sub} (--cluster NAME | --log-group NAME)...");
+        let usage = format!(
+            "Usage: kubeanon {sub} (--all-clusters | --cluster NAME | --log-group NAME)..."
+        );
         assert_says(&out, &[&usage]);
     }
     // -v's help says what it logs for each command.

@@ -172,8 +172,10 @@ fn checkpoint_resumes_and_late_events_are_counted_exactly_once() {
 
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
-    assert_eq!(state["version"], 2);
+    assert_eq!(state["version"], 3);
     assert_eq!(state["groups"][0]["log_group"], group.as_str());
+    // moto's default account: the caller's, from STS.
+    assert_eq!(state["groups"][0]["account"], "123456789012");
     assert_eq!(state["groups"][0]["seen"].as_object().unwrap().len(), 4);
 }
 

@@ -1,135 +1,253 @@
-//! `kubeanon doctor`: can kubeanon read this cluster's audit logs? Checks,
-//! in order, what usually goes wrong: no credentials, no log group, audit
-//! logging off (no audit streams, or none written lately), and IAM.
+//! `kubeanon doctor`: can kubeanon read these clusters' audit logs? For
+//! each (account, region) of the run: credentials (and the assumed role),
+//! then one coverage line per cluster or log group: audit logging on or
+//! off (with --all-clusters, as EKS says), log group present, the newest
+//! audit event's age, logs:FilterLogEvents allowed. A blind or unreadable
+//! cluster fails the run (exit 1); the lines say what to do.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use chrono::Utc;
+use futures_util::StreamExt;
+use serde::Serialize;
 
-use crate::cli::{DoctorArgs, parse_duration};
+use super::poll::enable_audit;
+use crate::cli::{DoctorArgs, DoctorFormat, parse_duration};
 use crate::exit::Exit;
+use crate::fleet::discover::{self, Coverage};
+use crate::fleet::{self, Scope};
 use crate::source::advice;
-use crate::source::cloudwatch::{
-    self, Api, ApiStats, ClientSettings, Pacer, Query, RetryPolicy, checks,
-};
+use crate::source::cloudwatch::{self, Api, ApiStats, Pacer, Query, RetryPolicy, checks};
+use crate::testhooks;
 
 /// Audit streams silent for longer than this get a warning.
 const QUIET_AFTER: Duration = Duration::from_secs(3600);
+/// Clusters checked at once per scope, and scopes at once.
+const AT_ONCE: usize = 4;
+
+/// One line of the coverage report: a cluster (or a named log group) of
+/// one account and region, or the account or region itself when it could
+/// not be reached.
+#[derive(Debug, Default, Serialize)]
+struct Line {
+    account: Option<String>,
+    region: Option<String>,
+    cluster: Option<String>,
+    log_group: Option<String>,
+    /// "on" or "off" as EKS says (--all-clusters); null when not asked.
+    audit_logging: Option<&'static str>,
+    log_group_present: Option<bool>,
+    /// Seconds since the newest audit event, as CloudWatch reports it.
+    newest_audit_event_age_s: Option<i64>,
+    filter_allowed: Option<bool>,
+    status: Status,
+    /// What is wrong and what to do, when something is.
+    problem: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    #[default]
+    Ok,
+    /// Readable, but no audit event lately (idle, or logging just off).
+    Quiet,
+    /// Nothing can be seen: audit logging off, no audit streams.
+    Blind,
+    /// Could not be read: no log group, access denied, an error.
+    Unreadable,
+    /// The cluster is gone; its log group remains.
+    Deleted,
+}
+
+impl Status {
+    fn fails(self) -> bool {
+        matches!(self, Status::Blind | Status::Unreadable)
+    }
+    fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => "ok    ",
+            Status::Quiet => "warn  ",
+            Status::Deleted => "note  ",
+            Status::Blind | Status::Unreadable => "FAIL  ",
+        }
+    }
+}
 
 pub fn run(args: DoctorArgs) -> Result<Exit> {
-    let groups = args.aws.log_groups()?;
-    let settings = ClientSettings {
-        region: args.aws.region.clone(),
-        profile: args.aws.profile.clone(),
-        endpoint_url: args.aws.endpoint_url.clone(),
-        attempt_timeout: parse_duration("--attempt-timeout", "20s")?,
-    };
+    let named = args.aws.log_groups()?;
+    let settings = args.aws.fleet(parse_duration("--attempt-timeout", "20s")?);
+    let text = args.format == DoctorFormat::Text;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let ok = runtime.block_on(async {
-        let mut report = Report::default();
-        let (config, region) = match cloudwatch::sdk_config(&settings).await {
-            Ok(c) => c,
+    let lines = runtime.block_on(async {
+        let fleet = match fleet::scopes(&settings).await {
+            Ok(f) => f,
             Err(e) => {
-                report.fail(format!("{e:#}"));
-                return !report.failed;
+                return vec![Line {
+                    status: Status::Unreadable,
+                    problem: Some(format!("{e:#}")),
+                    ..Line::default()
+                }];
             }
         };
-        report.pass(format!("region {region}"));
-        // Say where they came from, never what they are; without them,
-        // nothing below could say anything true.
-        if let Err(e) = cloudwatch::check_credentials(&config, &settings).await {
-            report.fail(format!("{e:#}"));
-            return false;
+        if text {
+            // Say where they came from, never what they are.
+            println!("ok    credentials found in the standard chain");
         }
-        report.pass("credentials found in the standard chain".to_string());
-        let client = aws_sdk_cloudwatchlogs::Client::new(&config);
-        let endpoint = advice::endpoint(settings.endpoint_url.as_deref(), &region);
-        for group in &groups {
-            check_group(
-                &client,
-                &endpoint,
-                &region,
-                group,
-                &args.aws.stream_prefix,
-                &mut report,
-            )
+        let mut lines: Vec<Line> = fleet
+            .unreachable
+            .into_iter()
+            .map(|u| Line {
+                account: Some(u.account),
+                status: Status::Unreadable,
+                problem: Some(format!("{:#}", u.error)),
+                ..Line::default()
+            })
+            .collect();
+        let scoped: Vec<Vec<Line>> = futures_util::stream::iter(&fleet.scopes)
+            .map(|scope| check_scope(scope, &named, args.aws.all_clusters, &args.aws))
+            .buffered(AT_ONCE)
+            .collect()
             .await;
-        }
-        !report.failed
+        lines.extend(scoped.into_iter().flatten());
+        lines
     });
-    Ok(if ok { Exit::Ok } else { Exit::Error })
-}
-
-/// Prints each check's result; any failure makes the run fail.
-#[derive(Default)]
-struct Report {
-    failed: bool,
-}
-
-impl Report {
-    fn pass(&mut self, what: String) {
-        println!("ok    {what}");
-    }
-    fn warn(&mut self, what: String) {
-        println!("warn  {what}");
-    }
-    fn fail(&mut self, what: String) {
-        self.failed = true;
-        println!("FAIL  {what}");
-    }
-}
-
-async fn check_group(
-    client: &aws_sdk_cloudwatchlogs::Client,
-    endpoint: &str,
-    region: &str,
-    group: &str,
-    prefix: &str,
-    report: &mut Report,
-) {
-    let cluster = cloudwatch::cluster_name(group);
-    let enable = format!(
-        "enable audit logs with: aws eks update-cluster-config --name {cluster} --logging '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
-    );
-    match checks::log_group_exists(client, group).await {
-        Ok(true) => report.pass(format!("log group {group} exists")),
-        Ok(false) => {
-            return report.fail(cloudwatch::explain_missing(client, group, region).await);
+    let mut failed = false;
+    for line in &lines {
+        failed |= line.status.fails();
+        if text {
+            println!("{}", render(line));
+        } else {
+            println!(
+                "{}",
+                serde_json::to_string(line).expect("a coverage line serialises")
+            );
         }
-        Err(e) => return report.fail(format!("cannot list log groups: {e:#}")),
     }
-    match checks::latest_stream(client, group, prefix).await {
-        Ok(Some(stream)) => {
-            let name = stream.log_stream_name().unwrap_or_default();
-            let last = stream
-                .last_event_timestamp()
-                .or(stream.last_ingestion_time());
-            let age = last.map(|t| Utc::now().timestamp_millis() - t);
-            match age {
-                Some(age) if age <= QUIET_AFTER.as_millis() as i64 => {
-                    report.pass(format!("audit stream {name} has events from the last {} min", age / 60_000 + 1))
+    Ok(if failed { Exit::Error } else { Exit::Ok })
+}
+
+/// One line for a person: where, what, and what to do.
+fn render(l: &Line) -> String {
+    let mut where_ = Vec::new();
+    if let Some(a) = &l.account {
+        where_.push(format!("account {a}"));
+    }
+    if let Some(r) = &l.region {
+        where_.push(r.clone());
+    }
+    let subject = match (&l.cluster, &l.log_group) {
+        (Some(c), _) => format!("cluster {c}"),
+        (None, Some(g)) => format!("log group {g}"),
+        (None, None) => String::new(),
+    };
+    let mut facts = Vec::new();
+    if let Some(on) = l.audit_logging {
+        facts.push(format!("audit logging {on}"));
+    }
+    match (l.log_group_present, &l.log_group) {
+        (Some(true), Some(g)) => facts.push(format!("log group {g} exists")),
+        (Some(false), Some(g)) => facts.push(format!("no log group {g}")),
+        _ => {}
+    }
+    if let Some(age) = l.newest_audit_event_age_s {
+        facts.push(format!("newest audit event {} min ago", age / 60));
+    }
+    if l.filter_allowed == Some(true) {
+        facts.push("logs:FilterLogEvents is allowed".to_string());
+    }
+    let mut text = format!("{}{}", l.status.mark(), where_.join(", "));
+    if !subject.is_empty() {
+        text.push_str(&format!(" {subject}"));
+    }
+    if !facts.is_empty() {
+        text.push_str(&format!(": {}", facts.join(", ")));
+    }
+    if let Some(p) = &l.problem {
+        text.push_str(&format!(
+            "{}{p}",
+            if facts.is_empty() { ": " } else { "; " }
+        ));
+    }
+    text
+}
+
+/// The lines of one scope: its discovered clusters and the named groups.
+async fn check_scope(
+    scope: &Scope,
+    named: &[String],
+    all_clusters: bool,
+    aws: &crate::cli::AwsArgs,
+) -> Vec<Line> {
+    let base = Line {
+        account: Some(scope.account.clone()),
+        region: Some(scope.region.clone()),
+        ..Line::default()
+    };
+    let mut targets: Vec<(Line, Option<String>)> = Vec::new();
+    if all_clusters {
+        match discover::find(scope, Duration::from_secs(20)).await {
+            Err(e) => {
+                return vec![Line {
+                    status: Status::Unreadable,
+                    problem: Some(format!("{e:#}")),
+                    ..base
+                }];
+            }
+            Ok(found) => {
+                for c in discover::select(&found, &aws.cluster_match) {
+                    let mut line = Line {
+                        cluster: Some(c.cluster().to_string()),
+                        ..clone_where(&base)
+                    };
+                    match c {
+                        Coverage::Readable { log_group, .. } => {
+                            line.audit_logging = Some("on");
+                            targets.push((line, Some(log_group)));
+                        }
+                        Coverage::AuditOff { cluster } => {
+                            line.audit_logging = Some("off");
+                            line.status = Status::Blind;
+                            line.problem = Some(format!(
+                                "nothing it is asked can be seen. {}",
+                                enable_audit(&cluster, &scope.region)
+                            ));
+                            targets.push((line, None));
+                        }
+                        Coverage::Deleted { log_group, cluster } => {
+                            line.log_group = Some(log_group);
+                            line.log_group_present = Some(true);
+                            line.status = Status::Deleted;
+                            line.problem = Some(format!(
+                                "cluster deleted, log group remains: --all-clusters does not read it (--cluster {cluster} does)"
+                            ));
+                            targets.push((line, None));
+                        }
+                    }
                 }
-                Some(age) => report.warn(format!(
-                    "audit stream {name} has no events in the last {} min: was audit logging turned off? {enable}",
-                    age / 60_000
-                )),
-                None => report.warn(format!("audit stream {name} reports no event time")),
             }
         }
-        Ok(None) => report.fail(format!(
-            "no log stream starting with {prefix} in {group}: audit logging is off; {enable}"
-        )),
-        Err(e) => report.fail(format!("cannot list log streams: {e:#}")),
     }
-    // One small FilterLogEvents call proves the permission poll needs.
+    for g in named {
+        if targets.iter().any(|(_, t)| t.as_ref() == Some(g)) {
+            continue;
+        }
+        let cluster = cloudwatch::cluster_name(g);
+        let line = Line {
+            cluster: (cluster != g).then(|| cluster.to_string()),
+            ..clone_where(&base)
+        };
+        targets.push((line, Some(g.clone())));
+    }
+    let (client, _) = cloudwatch::logs_client(&scope.config);
+    let endpoint = advice::endpoint(aws.endpoint_url.as_deref(), &scope.region);
     let pacer = Pacer::new(4.0);
     let stats = ApiStats::default();
     let api = Api {
-        client,
-        endpoint,
+        client: &client,
+        endpoint: &endpoint,
         pacer: &pacer,
         retry: RetryPolicy {
             max_attempts: 2,
@@ -137,7 +255,90 @@ async fn check_group(
         },
         stats: &stats,
     };
-    let now = Utc::now().timestamp_millis();
+    futures_util::stream::iter(targets)
+        .map(|(line, group)| {
+            let api = &api;
+            async move {
+                match group {
+                    Some(g) => check_group(api, &scope.region, &g, &aws.stream_prefix, line).await,
+                    None => line,
+                }
+            }
+        })
+        .buffered(AT_ONCE)
+        .collect()
+        .await
+}
+
+fn clone_where(l: &Line) -> Line {
+    Line {
+        account: l.account.clone(),
+        region: l.region.clone(),
+        ..Line::default()
+    }
+}
+
+/// The checks of one log group: present, audit streams written lately,
+/// FilterLogEvents allowed.
+async fn check_group(
+    api: &Api<'_>,
+    region: &str,
+    group: &str,
+    prefix: &str,
+    mut line: Line,
+) -> Line {
+    line.log_group = Some(group.to_string());
+    let cluster = cloudwatch::cluster_name(group);
+    let enable = enable_audit(cluster, region);
+    let client = api.client;
+    match checks::log_group_exists(client, group).await {
+        Ok(true) => line.log_group_present = Some(true),
+        Ok(false) => {
+            line.log_group_present = Some(false);
+            line.status = if line.audit_logging == Some("on") {
+                Status::Unreadable
+            } else {
+                Status::Blind
+            };
+            line.problem = Some(cloudwatch::explain_missing(client, group, region).await);
+            return line;
+        }
+        Err(e) => {
+            line.status = Status::Unreadable;
+            line.problem = Some(format!("cannot list log groups: {e:#}"));
+            return line;
+        }
+    }
+    match checks::latest_stream(client, group, prefix).await {
+        Ok(Some(stream)) => {
+            let last = stream
+                .last_event_timestamp()
+                .or(stream.last_ingestion_time());
+            let age = last.map(|t| (testhooks::now_ms() - t).max(0));
+            line.newest_audit_event_age_s = age.map(|a| a / 1000);
+            if age.is_none_or(|a| a > QUIET_AFTER.as_millis() as i64) {
+                line.status = Status::Quiet;
+                line.problem = Some(format!(
+                    "no audit event in the last {} min: is the cluster idle, or was audit logging turned off? {enable}",
+                    QUIET_AFTER.as_secs() / 60
+                ));
+            }
+        }
+        Ok(None) => {
+            line.status = Status::Blind;
+            line.problem = Some(format!(
+                "no log stream starting with {prefix}: audit logging is off. {enable}"
+            ));
+            return line;
+        }
+        Err(e) => {
+            line.status = Status::Unreadable;
+            line.problem = Some(format!("cannot list log streams: {e:#}"));
+            return line;
+        }
+    }
+    // One small FilterLogEvents call proves the permission poll needs.
+    let now = testhooks::now_ms();
     let query = Query {
         log_group: group.to_string(),
         stream_prefix: prefix.to_string(),
@@ -146,8 +347,13 @@ async fn check_group(
         start_ms: now - 60_000,
         end_ms: now,
     };
-    match cloudwatch::read_page_once(&api, &query).await {
-        Ok(()) => report.pass(format!("logs:FilterLogEvents is allowed on {group}")),
-        Err(e) => report.fail(format!("{e:#}")),
+    match cloudwatch::read_page_once(api, &query).await {
+        Ok(()) => line.filter_allowed = Some(true),
+        Err(e) => {
+            line.filter_allowed = Some(false);
+            line.status = Status::Unreadable;
+            line.problem = Some(format!("{e:#}"));
+        }
     }
+    line
 }

@@ -1,11 +1,13 @@
 //! `kubeanon poll`: CloudWatch Logs through the detector, checkpointed.
 //!
 //! A run: take the checkpoint's lock and settle any journal an earlier run
-//! left; check each log group's entry against this run (read settings,
-//! clock); then read every log group concurrently (one request-rate budget
-//! for the region), each in steps: read a bounded span of event time,
-//! deliver its rows, commit its state, next. A log group that fails (or is
-//! blind: no audit events at all) stops alone; the others go on.
+//! left; reach each (account, region) of the fleet and, with
+//! `--all-clusters`, discover its clusters; check each work unit's entry
+//! against this run (read settings, clock); then read every unit
+//! concurrently (one request-rate budget per account and region), each in
+//! steps: read a bounded span of event time, deliver its rows, commit its
+//! state, next. A unit that fails (or is blind: audit logging off, no audit
+//! events at all) stops alone; the others go on.
 
 use std::ops::ControlFlow;
 use std::sync::Mutex;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::describe;
@@ -22,24 +25,34 @@ use crate::cli::{OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
+use crate::fleet::discover::{self, Coverage};
+use crate::fleet::{self, Scope, WorkUnit};
 use crate::output::Rows;
 use crate::source::advice;
 use crate::source::cloudwatch::{
-    self, Api, ApiStats, ClientSettings, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
+    self, Api, ApiStats, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
 };
 use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
-const EXTRA: [&str; 4] = ["cluster", "log_group", "region", "id"];
+const EXTRA: [&str; 5] = ["cluster", "log_group", "region", "account", "id"];
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 /// How far this machine's clock may run ahead of the server's before a
 /// checkpointed run refuses to commit (the Date header has whole seconds,
 /// and the answer took its time).
 const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60_000;
+/// (account, region) pairs discovered or read at once. Each has its own
+/// pacer, so this bounds the run's total request rate to this many times
+/// --max-rps, and its open connections.
+const MAX_SCOPES_AT_ONCE: usize = 8;
 
 /// The flags, checked.
 struct Plan {
-    log_groups: Vec<String>,
+    /// `--cluster` and `--log-group`: read in every scope.
+    named: Vec<String>,
+    /// `--all-clusters`, with its `--cluster-match` patterns.
+    discover: Option<Vec<String>>,
+    fleet: fleet::Settings,
     read: ReadSettings,
     page_size: i32,
     /// Explicit start (ms): the first run's, or a rebaseline's.
@@ -55,12 +68,11 @@ struct Plan {
     rebaseline: bool,
     max_rps: f64,
     retry: RetryPolicy,
-    client: ClientSettings,
     out: OutputConfig,
 }
 
 fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
-    let log_groups = args.aws.log_groups()?;
+    let named = args.aws.log_groups()?;
     if !(0.01..=1000.0).contains(&args.max_rps) {
         return Err(UsageError(format!(
             "--max-rps {} is out of range: 0.01 to 1000 requests per second (the account's FilterLogEvents quota is 5-25)",
@@ -116,7 +128,14 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             Some(_) => String::new(),
             None => format!(" (now - {} lag)", args.lag),
         },
-        log_groups,
+        named,
+        discover: args
+            .aws
+            .all_clusters
+            .then(|| args.aws.cluster_match.clone()),
+        fleet: args
+            .aws
+            .fleet(parse_duration("--attempt-timeout", &args.attempt_timeout)?),
         read: ReadSettings {
             stream_prefix: args.aws.stream_prefix.clone(),
             server_filter: !args.no_server_filter,
@@ -135,14 +154,25 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         },
-        client: ClientSettings {
-            region: args.aws.region.clone(),
-            profile: args.aws.profile.clone(),
-            endpoint_url: args.aws.endpoint_url.clone(),
-            attempt_timeout: parse_duration("--attempt-timeout", &args.attempt_timeout)?,
-        },
         out: args.output.resolve()?,
     })
+}
+
+/// What a scope's units read through: its client, pacer and clock.
+struct Reach {
+    scope: Scope,
+    client: aws_sdk_cloudwatchlogs::Client,
+    clock: ServerClock,
+    pacer: Pacer,
+    endpoint: String,
+}
+
+/// Something the run could not read, and whether it delivered anything
+/// before it failed.
+struct Failure {
+    what: String,
+    error: anyhow::Error,
+    advanced: bool,
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
@@ -161,11 +191,48 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (client, region, server_clock) = runtime.block_on(cloudwatch::client(&plan.client))?;
-    let units = plan
-        .log_groups
-        .iter()
-        .map(|lg| unit(&plan, &region, lg, checkpoint.as_ref()))
+    let fleet = runtime.block_on(fleet::scopes(&plan.fleet))?;
+    let mut failed: Vec<Failure> = fleet
+        .unreachable
+        .into_iter()
+        .map(|u| Failure {
+            what: format!("account {}", u.account),
+            error: u.error,
+            advanced: false,
+        })
+        .collect();
+    if let Some(cp) = checkpoint.as_mut()
+        && cp.state.has_entries_without_account()
+    {
+        // Entries from before accounts were written with the caller's
+        // credentials.
+        let caller = match &fleet.caller {
+            Some(a) => a.clone(),
+            None => runtime.block_on(fleet::caller_account(&fleet.base))?,
+        };
+        cp.state.adopt(&caller);
+    }
+    let reaches: Vec<Reach> = fleet
+        .scopes
+        .into_iter()
+        .map(|scope| {
+            let (client, clock) = cloudwatch::logs_client(&scope.config);
+            Reach {
+                endpoint: advice::endpoint(
+                    plan.fleet.client.endpoint_url.as_deref(),
+                    &scope.region,
+                ),
+                client,
+                clock,
+                pacer: Pacer::new(plan.max_rps),
+                scope,
+            }
+        })
+        .collect();
+    let (work, notes) = runtime.block_on(work_units(&plan, &reaches, &mut failed));
+    let units = work
+        .into_iter()
+        .map(|(reach, u)| unit(&plan, reach, u, checkpoint.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     // A rebaseline replaces the entries it changed; they are saved with
     // the first step's commit (a run that fails before it changes nothing).
@@ -182,16 +249,17 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         &plan.out.target,
         checkpoint,
     )?);
-    let pacer = Pacer::new(plan.max_rps);
     let api_stats = ApiStats::default();
-    let endpoint = advice::endpoint(plan.client.endpoint_url.as_deref(), &region);
-    let api = Api {
-        client: &client,
-        endpoint: &endpoint,
-        pacer: &pacer,
-        retry: plan.retry,
-        stats: &api_stats,
-    };
+    let apis: Vec<Api> = reaches
+        .iter()
+        .map(|r| Api {
+            client: &r.client,
+            endpoint: &r.endpoint,
+            pacer: &r.pacer,
+            retry: plan.retry,
+            stats: &api_stats,
+        })
+        .collect();
     let window = (
         units
             .iter()
@@ -203,58 +271,90 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     let bar = progress_bar(&plan, &units);
     let ctx = Ctx {
         plan: &plan,
-        api: &api,
-        region: &region,
         delivery: &delivery,
         checkpointed,
-        server_clock: &server_clock,
         bar: &bar,
     };
-    // The log groups are read concurrently on this task; they share the
-    // pacer, so concurrency never raises the request rate.
-    let results = runtime.block_on(futures_util::future::join_all(
-        units.into_iter().map(|u| poll_unit(&ctx, u)),
-    ));
+    let unit_count = units.len();
+    // Each scope's units are read concurrently on its pacer, so
+    // concurrency never raises a scope's request rate; scopes run a
+    // bounded number at a time.
+    let mut by_scope: Vec<Vec<Unit>> = (0..reaches.len()).map(|_| Vec::new()).collect();
+    for u in units {
+        by_scope[u.reach].push(u);
+    }
+    let results: Vec<(WorkUnit, Outcome)> = runtime.block_on(async {
+        futures_util::stream::iter(by_scope.into_iter().enumerate())
+            .map(|(i, units)| {
+                let (api, reach) = (&apis[i], &reaches[i]);
+                let ctx = &ctx;
+                futures_util::future::join_all(
+                    units
+                        .into_iter()
+                        .map(move |u| poll_unit(ctx, api, reach, u)),
+                )
+            })
+            .buffer_unordered(MAX_SCOPES_AT_ONCE)
+            .flat_map(futures_util::stream::iter)
+            .collect()
+            .await
+    });
     bar.finish_and_clear();
     let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
     let delivered_rows = delivery.rows;
     let mut total = Total::default();
-    let mut failed = Vec::new();
-    for (log_group, result) in results {
+    let mut succeeded = 0;
+    for (unit, result) in results {
         match result {
-            Ok(t) => total.add(&t),
-            Err((t, err)) => {
+            Ok(t) => {
                 total.add(&t);
-                failed.push((log_group, err, t.steps > 0));
+                succeeded += 1;
+            }
+            Err((t, error)) => {
+                total.add(&t);
+                failed.push(Failure {
+                    what: unit.to_string(),
+                    error,
+                    advanced: t.steps > 0,
+                });
             }
         }
     }
     // Failures are never quiet: a blind or failing cluster must be seen.
-    for (log_group, err, _) in &failed {
-        eprintln!("kubeanon: error: log group {log_group}: {err:#}");
+    failed.sort_by(|a, b| a.what.cmp(&b.what));
+    for f in &failed {
+        eprintln!("kubeanon: error: {}: {:#}", f.what, f.error);
     }
-    let advanced = failed.len() < plan.log_groups.len() || failed.iter().any(|f| f.2);
+    let advanced = succeeded > 0 || failed.is_empty() || failed.iter().any(|f| f.advanced);
     if !advanced {
         // Nothing was read: leave a previous --output file as it was.
         return Ok(Exit::Error);
     }
     let empty = Findings::default();
-    let capped = with_rows(&empty, &region, "", |rows| delivery.finish(rows))?;
+    let nowhere = WorkUnit {
+        account: String::new(),
+        region: String::new(),
+        log_group: String::new(),
+    };
+    let capped = with_rows(&empty, &nowhere, |rows| delivery.finish(rows))?;
     if !plan.out.quiet {
+        for note in &notes {
+            eprintln!("kubeanon poll: note: {note}");
+        }
         eprintln!(
             "kubeanon poll: {}",
             total.summary(
-                &region,
-                plan.log_groups.len(),
+                &scopes_label(&reaches),
+                unit_count,
                 (window, &plan.end_label),
                 &api_stats,
                 delivered_rows
             )
         );
     }
-    for (log_group, horizon) in &capped {
+    for (unit, horizon) in &capped {
         eprintln!(
-            "kubeanon poll: warning: {log_group}: more than {} matched events inside the overlap; \
+            "kubeanon poll: warning: {unit}: more than {} matched events inside the overlap; \
              events before {} that arrive late can no longer be told from reported ones and will not be read again",
             crate::checkpoint::MAX_SEEN,
             rfc3339(*horizon)
@@ -267,12 +367,111 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         ));
     }
     eprintln!(
-        "kubeanon poll: {} of {} log group(s) failed; the others were delivered{}",
+        "kubeanon poll: {} failed; {} of {} log group(s) were delivered{}",
         failed.len(),
-        plan.log_groups.len(),
+        succeeded,
+        unit_count,
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
+}
+
+/// How the summary names where the run read: the region alone for one
+/// account and region.
+fn scopes_label(reaches: &[Reach]) -> String {
+    let mut accounts: Vec<&str> = reaches.iter().map(|r| r.scope.account.as_str()).collect();
+    let mut regions: Vec<&str> = reaches.iter().map(|r| r.scope.region.as_str()).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    regions.sort_unstable();
+    regions.dedup();
+    match (accounts.len(), regions.as_slice()) {
+        (1, [region]) => region.to_string(),
+        (a, r) => format!("{a} account(s) x {} region(s)", r.len()),
+    }
+}
+
+/// The work units of each reachable scope (named log groups, and with
+/// --all-clusters the discovered ones), with the index of their scope.
+/// Blind clusters and scopes whose discovery failed are added to
+/// `failed`; deleted clusters whose log groups remain become notes.
+async fn work_units(
+    plan: &Plan,
+    reaches: &[Reach],
+    failed: &mut Vec<Failure>,
+) -> (Vec<(usize, WorkUnit)>, Vec<String>) {
+    let found: Vec<Option<Result<Vec<Coverage>>>> = futures_util::stream::iter(reaches)
+        .map(|r| async move {
+            let patterns = plan.discover.as_ref()?;
+            Some(
+                discover::find(&r.scope, plan.fleet.client.attempt_timeout)
+                    .await
+                    .map(|f| discover::select(&f, patterns)),
+            )
+        })
+        .buffered(MAX_SCOPES_AT_ONCE)
+        .collect()
+        .await;
+    let mut units = Vec::new();
+    let mut notes = Vec::new();
+    for (i, (reach, found)) in reaches.iter().zip(found).enumerate() {
+        let scope = &reach.scope;
+        let mut groups = plan.named.clone();
+        match found {
+            None => {}
+            Some(Err(error)) => failed.push(Failure {
+                what: scope.to_string(),
+                error,
+                advanced: false,
+            }),
+            Some(Ok(coverage)) => {
+                for c in coverage {
+                    match c {
+                        Coverage::Readable { log_group, .. } => {
+                            if !groups.contains(&log_group) {
+                                groups.push(log_group);
+                            }
+                        }
+                        Coverage::AuditOff { cluster } => failed.push(Failure {
+                            what: format!("cluster {cluster} ({scope})"),
+                            error: anyhow!(
+                                "audit logging is off: nothing it is asked can be seen. {}",
+                                enable_audit(&cluster, &scope.region)
+                            ),
+                            advanced: false,
+                        }),
+                        Coverage::Deleted { cluster, log_group }
+                            if !plan.named.contains(&log_group) =>
+                        {
+                            notes.push(format!(
+                                "cluster {cluster} ({scope}) no longer exists; its log group {log_group} remains and is not read (--cluster {cluster} reads it)"
+                            ));
+                        }
+                        Coverage::Deleted { .. } => {}
+                    }
+                }
+            }
+        }
+        units.extend(groups.into_iter().map(|log_group| {
+            (
+                i,
+                WorkUnit {
+                    account: scope.account.clone(),
+                    region: scope.region.clone(),
+                    log_group,
+                },
+            )
+        }));
+    }
+    (units, notes)
+}
+
+/// The command that turns a cluster's audit logging on.
+pub fn enable_audit(cluster: &str, region: &str) -> String {
+    format!(
+        "Enable its audit logs: aws eks update-cluster-config --name {cluster} --region {region} --logging \
+         '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
+    )
 }
 
 /// Settles a journal an earlier run left, and says what it found.
@@ -298,10 +497,11 @@ fn settle(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// One log group's share of the run: its state as the run starts (a new
-/// group's is an empty one at the start of its window).
+/// One work unit's share of the run: its state as the run starts (a new
+/// unit's is an empty one at the start of its window), and its scope.
 struct Unit {
-    log_group: String,
+    work: WorkUnit,
+    reach: usize,
     state: GroupState,
 }
 
@@ -313,23 +513,21 @@ impl Unit {
     }
 }
 
-/// Checks a log group's checkpoint entry against this run, and makes its
-/// unit.
-fn unit(plan: &Plan, region: &str, log_group: &str, cp: Option<&Checkpoint>) -> Result<Unit> {
+/// Checks a unit's checkpoint entry against this run, and makes its unit.
+fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> Result<Unit> {
     let fresh = |start: i64| GroupState {
-        region: region.to_string(),
-        log_group: log_group.to_string(),
+        account: work.account.clone(),
+        region: work.region.clone(),
+        log_group: work.log_group.clone(),
         read: plan.read.clone(),
         watermark_ms: start,
         horizon_ms: start,
         seen: Default::default(),
     };
     let default_start = plan.start_ms.unwrap_or(plan.end_ms - ms(DEFAULT_SINCE));
-    let Some((cp, old)) = cp.and_then(|cp| Some((cp, cp.state.group(region, log_group)?))) else {
-        return Ok(Unit {
-            log_group: log_group.to_string(),
-            state: fresh(default_start),
-        });
+    let Some((cp, old)) = cp.and_then(|cp| Some((cp, cp.state.group(&work)?))) else {
+        let state = fresh(default_start);
+        return Ok(Unit { work, reach, state });
     };
     let file = cp.path().display();
     if plan.rebaseline {
@@ -342,19 +540,16 @@ fn unit(plan: &Plan, region: &str, log_group: &str, cp: Option<&Checkpoint>) -> 
             state.horizon_ms = start;
         } else if old.watermark_ms > plan.now_ms {
             return Err(UsageError(format!(
-                "checkpoint {file}: log group {log_group}'s watermark {} is later than now; --rebaseline needs --start or --since to say where to read from",
+                "checkpoint {file}: {work}'s watermark {} is later than now; --rebaseline needs --start or --since to say where to read from",
                 rfc3339(old.watermark_ms)
             ))
             .into());
         }
-        return Ok(Unit {
-            log_group: log_group.to_string(),
-            state,
-        });
+        return Ok(Unit { work, reach, state });
     }
     if old.read != plan.read {
         return Err(UsageError(format!(
-            "checkpoint {file} reads log group {log_group} with {}, this run asks for {}: \
+            "checkpoint {file} reads {work} with {}, this run asks for {}: \
              it would move the watermark past events it does not read (or deliver again what the schedule delivers). \
              For an ad-hoc read use another --checkpoint, or none; to change the schedule's settings from its watermark on, add --rebaseline",
             old.read, plan.read
@@ -363,7 +558,7 @@ fn unit(plan: &Plan, region: &str, log_group: &str, cp: Option<&Checkpoint>) -> 
     }
     if old.watermark_ms > plan.now_ms {
         return Err(anyhow!(
-            "checkpoint {file}: log group {log_group} was read up to {}, later than this machine's clock ({}): \
+            "checkpoint {file}: {work} was read up to {}, later than this machine's clock ({}): \
              the clock went back, or an earlier run's clock was ahead. Nothing was read. \
              If this clock is wrong, fix it (NTP) and run again; if it is right, read again from the last time you trust \
              with --rebaseline --start T (rows after T may be delivered again)",
@@ -371,20 +566,15 @@ fn unit(plan: &Plan, region: &str, log_group: &str, cp: Option<&Checkpoint>) -> 
             rfc3339(plan.now_ms)
         ));
     }
-    Ok(Unit {
-        log_group: log_group.to_string(),
-        state: old.clone(),
-    })
+    let state = old.clone();
+    Ok(Unit { work, reach, state })
 }
 
-/// What a run shares with each log group's task.
+/// What a run shares with each unit's task.
 struct Ctx<'a> {
     plan: &'a Plan,
-    api: &'a Api<'a>,
-    region: &'a str,
     delivery: &'a Mutex<Delivery>,
     checkpointed: bool,
-    server_clock: &'a ServerClock,
     bar: &'a ProgressBar,
 }
 
@@ -392,8 +582,8 @@ impl Ctx<'_> {
     /// A checkpointed step commits only while this machine's clock agrees
     /// with the server's: a clock far ahead would move the watermark past
     /// events not yet written.
-    fn check_clock(&self) -> Result<()> {
-        match self.server_clock.local_ahead_ms() {
+    fn check_clock(&self, clock: &ServerClock) -> Result<()> {
+        match clock.local_ahead_ms() {
             Some(ahead) if self.checkpointed && ahead > MAX_CLOCK_AHEAD_MS => Err(anyhow!(
                 "this machine's clock is {} ahead of CloudWatch's (the Date header of its answers): \
                  a checkpoint moved by it would skip events not yet written. Nothing was delivered or advanced for this log group; \
@@ -424,14 +614,14 @@ impl Total {
 
     fn summary(
         &self,
-        region: &str,
+        scopes: &str,
         groups: usize,
         ((start, end), end_label): ((i64, i64), &str),
         api: &ApiStats,
         findings: u64,
     ) -> String {
         format!(
-            "{region}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            "{scopes}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
             rfc3339(start),
             rfc3339(end),
             self.steps,
@@ -447,29 +637,39 @@ impl Total {
     }
 }
 
-/// Polls one log group over its window, step by step. On failure, returns
-/// what it did before failing with the error.
+/// What one unit's reading did, and on failure, its error.
+type Outcome = Result<Total, (Total, anyhow::Error)>;
+
+/// Polls one unit over its window, step by step. On failure, returns what
+/// it did before failing with the error.
 async fn poll_unit(
     ctx: &Ctx<'_>,
+    api: &Api<'_>,
+    reach: &Reach,
     mut unit: Unit,
-) -> (String, Result<Total, (Total, anyhow::Error)>) {
+) -> (WorkUnit, Outcome) {
     let mut total = Total::default();
-    let result = poll_steps(ctx, &mut unit, &mut total).await;
-    let log_group = unit.log_group;
+    let result = poll_steps(ctx, api, reach, &mut unit, &mut total).await;
     match result {
-        Ok(()) => (log_group, Ok(total)),
-        Err(e) => (log_group, Err((total, e))),
+        Ok(()) => (unit.work, Ok(total)),
+        Err(e) => (unit.work, Err((total, e))),
     }
 }
 
-async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result<()> {
+async fn poll_steps(
+    ctx: &Ctx<'_>,
+    api: &Api<'_>,
+    reach: &Reach,
+    unit: &mut Unit,
+    total: &mut Total,
+) -> Result<()> {
     let plan = ctx.plan;
     let (start, end) = (unit.start_ms(plan), plan.end_ms);
     if start >= end {
         return Ok(()); // nothing new since the last run
     }
     let query = |s: i64, e: i64| Query {
-        log_group: unit.log_group.clone(),
+        log_group: unit.work.log_group.clone(),
         stream_prefix: plan.read.stream_prefix.clone(),
         filter_pattern: plan
             .read
@@ -481,24 +681,23 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
     };
     // No audit events at all in the window: the cluster's audit logging is
     // off (or the prefix is wrong). Reporting "no findings" would be a lie.
-    let has_audit_events = match cloudwatch::has_audit_events(ctx.api, &query(start, end)).await {
+    let has_audit_events = match cloudwatch::has_audit_events(api, &query(start, end)).await {
         Err(e) if e.is::<MissingLogGroup>() => {
             return Err(anyhow!(
-                cloudwatch::explain_missing(ctx.api.client, &unit.log_group, ctx.region).await
+                cloudwatch::explain_missing(&reach.client, &unit.work.log_group, &unit.work.region)
+                    .await
             ));
         }
         r => r?,
     };
     if !plan.allow_idle && !has_audit_events {
-        let cluster = cloudwatch::cluster_name(&unit.log_group);
         return Err(anyhow!(
             "no audit events between {} and {} in streams starting with '{}': this cluster is not being watched. \
-             Enable its audit logs (aws eks update-cluster-config --name {cluster} --logging \
-             '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'), or check --stream-prefix; \
-             --allow-idle accepts an empty window for a cluster known to be idle",
+             {}, or check --stream-prefix; --allow-idle accepts an empty window for a cluster known to be idle",
             rfc3339(start),
             rfc3339(end),
-            plan.read.stream_prefix
+            plan.read.stream_prefix,
+            enable_audit(unit.work.cluster(), &unit.work.region)
         ));
     }
     let mut s = start;
@@ -509,15 +708,16 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
         // bounded by the budget (a single millisecond is taken whole).
         let step = loop {
             let budget = (e - s > 1).then_some(plan.step_matches);
-            match read_step(ctx, &unit.state, &query(s, e), budget).await? {
+            match read_step(ctx, api, &unit.state, &query(s, e), budget).await? {
                 Some(step) => break step,
                 None => e = s + (e - s) / 2,
             }
         };
-        ctx.check_clock()?;
+        ctx.check_clock(&reach.clock)?;
         let commit = Commit {
-            region: ctx.region.to_string(),
-            log_group: unit.log_group.clone(),
+            account: unit.work.account.clone(),
+            region: unit.work.region.clone(),
+            log_group: unit.work.log_group.clone(),
             read: plan.read.clone(),
             watermark_ms: e,
             horizon_ms: unit.state.horizon_ms.max(e - plan.overlap_ms),
@@ -525,7 +725,7 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
         };
         let (agg, stats) = step.det.finish();
         let findings = agg.into_findings();
-        with_rows(&findings, ctx.region, &unit.log_group, |rows| {
+        with_rows(&findings, &unit.work, |rows| {
             let mut delivery = ctx.delivery.lock().unwrap_or_else(|e| e.into_inner());
             delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
         })?;
@@ -546,20 +746,16 @@ async fn poll_steps(ctx: &Ctx<'_>, unit: &mut Unit, total: &mut Total) -> Result
     Ok(())
 }
 
-/// Calls `f` with the rows of one step of one log group.
-fn with_rows<R>(
-    findings: &Findings,
-    region: &str,
-    log_group: &str,
-    f: impl FnOnce(&Rows<'_>) -> R,
-) -> R {
-    let label = format!("{region}\n{log_group}");
+/// Calls `f` with the rows of one step of one unit.
+fn with_rows<R>(findings: &Findings, unit: &WorkUnit, f: impl FnOnce(&Rows<'_>) -> R) -> R {
+    let scope = unit.id_scope();
     let extra = |f: &Finding<'_>| {
         vec![
-            cloudwatch::cluster_name(log_group).to_string(),
-            log_group.to_string(),
-            region.to_string(),
-            f.id(&label),
+            unit.cluster().to_string(),
+            unit.log_group.clone(),
+            unit.region.clone(),
+            unit.account.clone(),
+            f.id(&scope),
         ]
     };
     f(&Rows {
@@ -580,6 +776,7 @@ struct Step {
 /// Reads one step's window. None when more than `budget` events matched.
 async fn read_step(
     ctx: &Ctx<'_>,
+    api: &Api<'_>,
     state: &GroupState,
     q: &Query,
     budget: Option<u64>,
@@ -588,7 +785,7 @@ async fn read_step(
     let mut new_seen = Vec::new();
     let mut late = 0;
     let read = cloudwatch::read_group(
-        ctx.api,
+        api,
         q,
         |ev| {
             // Only events before the watermark can have been reported, and

@@ -115,7 +115,8 @@ fn split_conditions(spec: &str) -> Vec<String> {
 
 /// Whole-string match with `*` wildcards, ASCII case-insensitive. Greedy
 /// with backtracking to the last star: linear for one star, O(n*m) worst.
-fn glob_match(pat: &[u8], text: &[u8]) -> bool {
+/// `*` matches any run of bytes; the rest matches ASCII case-insensitively.
+pub fn glob_match(pat: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

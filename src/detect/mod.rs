@@ -24,7 +24,7 @@ use std::borrow::Cow;
 use crate::audit::{Event, Record, Shape, Values};
 use aggregate::Key;
 pub use aggregate::{Aggregator, Finding, Findings, event_hash};
-pub use exclude::Exclusion;
+pub use exclude::{Exclusion, glob_match};
 pub use prefilter::Prefilter;
 
 /// Output column names, in order. The first 13 are the by-fields.

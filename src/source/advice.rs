@@ -185,11 +185,23 @@ where
 
 /// The endpoint a client talks to, for messages.
 pub fn endpoint(endpoint_url: Option<&str>, region: &str) -> String {
+    service_endpoint(endpoint_url, "CLOUDWATCH_LOGS", "logs", region)
+}
+
+/// Where a service's client connects, for messages: the override, the
+/// service's own variable (`AWS_ENDPOINT_URL_<SERVICE>`), the general one,
+/// or AWS's regional endpoint.
+pub fn service_endpoint(
+    endpoint_url: Option<&str>,
+    env_service: &str,
+    host: &str,
+    region: &str,
+) -> String {
     endpoint_url
         .map(str::to_string)
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS").ok())
+        .or_else(|| std::env::var(format!("AWS_ENDPOINT_URL_{env_service}")).ok())
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-        .unwrap_or_else(|| format!("https://logs.{region}.amazonaws.com"))
+        .unwrap_or_else(|| format!("https://{host}.{region}.amazonaws.com"))
 }
 
 /// The closest of `names` to `wanted` (edit distance at most a third of

@@ -57,17 +57,14 @@ pub struct ClientSettings {
     pub attempt_timeout: Duration,
 }
 
-/// A client from the standard credential chain (env, profile/SSO, web
-/// identity, container/Pod Identity, IMDS), the region it talks to, and
-/// the server's clock as its responses tell it.
-pub async fn client(s: &ClientSettings) -> Result<(Client, String, ServerClock)> {
-    let (config, region) = sdk_config(s).await?;
-    check_credentials(&config, s).await?;
+/// A CloudWatch Logs client for `config` (see [`sdk_config`]), and the
+/// server's clock as its responses tell it.
+pub fn logs_client(config: &aws_config::SdkConfig) -> (Client, ServerClock) {
     let clock = ServerClock::default();
-    let conf = aws_sdk_cloudwatchlogs::config::Builder::from(&config)
+    let conf = aws_sdk_cloudwatchlogs::config::Builder::from(config)
         .interceptor(clock.clone())
         .build();
-    Ok((Client::from_conf(conf), region, clock))
+    (Client::from_conf(conf), clock)
 }
 
 /// The server's clock, read off the `Date` header of each response: a
@@ -106,7 +103,9 @@ impl Intercept for ServerClock {
     }
 }
 
-/// The SDK configuration behind [`client`], and its region.
+/// The SDK configuration every client of a run starts from (the standard
+/// credential chain: env, profile/SSO, web identity, container/Pod
+/// Identity, IMDS; no SDK retries: see the module doc), and its region.
 pub async fn sdk_config(s: &ClientSettings) -> Result<(aws_config::SdkConfig, String)> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())

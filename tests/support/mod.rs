@@ -76,6 +76,10 @@ pub fn aws_env(cmd: &mut Command) -> &mut Command {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/kubeanon-test")
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS")
+        .env_remove("AWS_ENDPOINT_URL_STS")
+        .env_remove("AWS_ENDPOINT_URL_EKS")
+        .env_remove("AWS_ENDPOINT_URL_S3")
 }
 
 /// `kubeanon poll` against moto for one log group, with fast test pacing.

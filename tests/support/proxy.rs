@@ -34,6 +34,9 @@ pub struct Request {
     /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`).
     pub target: String,
     pub fault: Fault,
+    /// Who asked where: `ACCESS_KEY_ID/REGION/SERVICE` from the SigV4
+    /// credential scope (a role's assumed keys name its account).
+    pub scope: String,
 }
 
 type Plan = dyn FnMut(usize, &str) -> Fault + Send;
@@ -42,6 +45,7 @@ pub struct Proxy {
     pub endpoint: String,
     log: Arc<Mutex<Vec<Request>>>,
     plan: Arc<Mutex<Box<Plan>>>,
+    denied: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -52,18 +56,26 @@ impl Proxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
-        let (l, p) = (log.clone(), plan.clone());
+        let denied: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (l, p, d) = (log.clone(), plan.clone(), denied.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (l, p, up) = (l.clone(), p.clone(), upstream.clone());
-                std::thread::spawn(move || serve(conn, &up, &l, &p));
+                let (l, p, d, up) = (l.clone(), p.clone(), d.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &l, &p, &d));
             }
         });
         Proxy {
             endpoint,
             log,
             plan,
+            denied,
         }
+    }
+
+    /// From now on, STS refuses to let anyone assume a role in `account`
+    /// (a trust policy that does not trust the caller).
+    pub fn deny_assume_role(&self, account: &str) {
+        self.denied.lock().unwrap().push(account.to_string());
     }
 
     /// Sets what happens to each following request: `plan(index, target)`,
@@ -101,11 +113,44 @@ impl Proxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mutex<Box<Plan>>) {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    log: &Mutex<Vec<Request>>,
+    plan: &Mutex<Box<Plan>>,
+    denied: &Mutex<Vec<String>>,
+) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     while let Some((head, body)) = read_request(&mut reader) {
         let target = header(&head, "x-amz-target").unwrap_or_default();
+        let scope = credential_scope(&head);
+        let body_text = String::from_utf8_lossy(&body);
+        if body_text.contains("Action=AssumeRole")
+            && denied
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| body_text.contains(&format!("iam%3A%3A{a}%3A")))
+        {
+            log.lock().unwrap().push(Request {
+                at: Instant::now(),
+                target: "AssumeRole".into(),
+                fault: Fault::Reject(403, "AccessDenied", "not trusted"),
+                scope,
+            });
+            let body = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+                        <Message>not authorized to perform sts:AssumeRole</Message></Error>\
+                        <RequestId>injected</RequestId></ErrorResponse>";
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if client.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let fault = {
             let mut log = log.lock().unwrap();
             let index = log
@@ -121,6 +166,7 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
                 at: Instant::now(),
                 target: target.clone(),
                 fault,
+                scope,
             });
             fault
         };
@@ -180,6 +226,24 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> 
     let mut body = vec![0; len];
     reader.read_exact(&mut body).ok()?;
     Some((head, body))
+}
+
+/// `AKID/REGION/SERVICE` of `Authorization: AWS4-HMAC-SHA256
+/// Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`.
+fn credential_scope(head: &str) -> String {
+    let auth = header(head, "authorization").unwrap_or_default();
+    let Some(cred) = auth
+        .split("Credential=")
+        .nth(1)
+        .and_then(|c| c.split(',').next())
+    else {
+        return String::new();
+    };
+    let parts: Vec<&str> = cred.split('/').collect();
+    match parts.as_slice() {
+        [akid, _date, region, service, ..] => format!("{akid}/{region}/{service}"),
+        _ => String::new(),
+    }
 }
 
 fn header(head: &str, name: &str) -> Option<String> {

@@ -1,0 +1,561 @@
+//! The fleet in one run, against moto's server: accounts reached through
+//! assumed roles (moto puts what the assumed credentials create in the
+//! role's account), two regions, EKS clusters with audit logging on and
+//! off, a deleted cluster whose log group remains, decoy streams.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use aws_sdk_eks::types::{LogSetup, LogType, Logging, VpcConfigRequest};
+use support::proxy::Proxy;
+use support::*;
+
+const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
+
+fn role(account: &str) -> String {
+    format!("arn:aws:iam::{account}:role/kubeanon-reader")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Credentials of `account` in `region`, through STS AssumeRole on moto.
+async fn config(account: &str, region: &str) -> aws_config::SdkConfig {
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .endpoint_url(&moto().endpoint)
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role(account))
+        .session_name("fleet-test")
+        .configure(&base)
+        .build()
+        .await;
+    base.into_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+        )
+        .build()
+}
+
+/// One cluster of the test fleet.
+#[derive(Clone)]
+struct Cluster {
+    name: String,
+    audit: bool,
+    /// (time, message) in its audit stream.
+    events: Vec<(i64, String)>,
+}
+
+/// Creates `clusters` in (account, region): the EKS cluster with its
+/// logging setting and, for audit logging on, the log group with the
+/// events in an audit stream and anonymous-looking decoys in the API
+/// server's own stream. `deleted` log groups get events but no cluster.
+fn build(account: &str, region: &str, clusters: &[Cluster], deleted: &[Cluster]) {
+    rt().block_on(async {
+        let conf = config(account, region).await;
+        let eks = aws_sdk_eks::Client::new(&conf);
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
+        for c in clusters {
+            eks.create_cluster()
+                .name(&c.name)
+                .role_arn(format!("arn:aws:iam::{account}:role/eks"))
+                .resources_vpc_config(VpcConfigRequest::builder().build())
+                .logging(
+                    Logging::builder()
+                        .cluster_logging(
+                            LogSetup::builder()
+                                .types(LogType::Audit)
+                                .types(LogType::Api)
+                                .enabled(c.audit)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("create cluster");
+        }
+        for c in clusters.iter().filter(|c| c.audit).chain(deleted) {
+            let group = format!("/aws/eks/{}/cluster", c.name);
+            logs.create_log_group()
+                .log_group_name(&group)
+                .send()
+                .await
+                .expect("create log group");
+            for stream in [AUDIT_STREAM, APISERVER_STREAM] {
+                logs.create_log_stream()
+                    .log_group_name(&group)
+                    .log_stream_name(stream)
+                    .send()
+                    .await
+                    .expect("create stream");
+            }
+            let put = |stream: &'static str, events: Vec<(i64, String)>| {
+                let logs = logs.clone();
+                let group = group.clone();
+                async move {
+                    if events.is_empty() {
+                        return;
+                    }
+                    let list = events
+                        .iter()
+                        .map(|(t, m)| {
+                            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                                .timestamp(*t)
+                                .message(m)
+                                .build()
+                                .unwrap()
+                        })
+                        .collect();
+                    logs.put_log_events()
+                        .log_group_name(&group)
+                        .log_stream_name(stream)
+                        .set_log_events(Some(list))
+                        .send()
+                        .await
+                        .expect("put events");
+                }
+            };
+            put(AUDIT_STREAM, c.events.clone()).await;
+            // The API server's own log: anonymous-looking, never counted.
+            let decoys = c
+                .events
+                .iter()
+                .take(2)
+                .map(|(t, _)| (*t, audit_event(999, true)))
+                .collect();
+            put(APISERVER_STREAM, decoys).await;
+        }
+    })
+}
+
+/// A cluster's events: `anon` anonymous and two normal ones, numbered from
+/// `seed`, seconds apart from 8 minutes ago (inside a rerun's overlap).
+fn cluster(name: &str, audit: bool, seed: u64, anon: u64) -> Cluster {
+    let now = now_ms();
+    let events = (0..anon + 2)
+        .map(|i| {
+            (
+                now - 8 * 60_000 + i as i64 * 7_000,
+                audit_event(seed + i, i < anon),
+            )
+        })
+        .collect();
+    Cluster {
+        name: name.to_string(),
+        audit,
+        events,
+    }
+}
+
+fn kubeanon(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    cmd.args(args).args(["--endpoint-url", endpoint]);
+    cmd
+}
+
+fn poll_fleet(endpoint: &str, accounts: &[&str], extra: &[&str]) -> Command {
+    let mut cmd = kubeanon(endpoint, &["poll", "--all-clusters"]);
+    for a in accounts {
+        cmd.args(["--role-arn", &role(a)]);
+    }
+    cmd.args([
+        "--region",
+        &REGIONS.join(","),
+        "--since",
+        "30m",
+        "--max-rps",
+        "50",
+    ])
+    .args(extra);
+    cmd
+}
+
+/// `kubeanon scan` of these events: the rows the fleet run must give for
+/// their cluster.
+fn scan(events: &[(i64, String)]) -> BTreeMap<Vec<String>, u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let text: String = events.iter().map(|(_, m)| format!("{m}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let out = ok(Command::new(env!("CARGO_BIN_EXE_kubeanon"))
+        .args(["scan", "--format", "ndjson"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    totals(&rows(&out.stdout))
+}
+
+/// Rows by (account, region, cluster).
+fn by_unit(
+    rows: &[serde_json::Value],
+) -> BTreeMap<(String, String, String), Vec<serde_json::Value>> {
+    let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
+    for r in rows {
+        let key = (
+            r["account"].as_str().unwrap().to_string(),
+            r["region"].as_str().unwrap().to_string(),
+            r["cluster"].as_str().unwrap().to_string(),
+        );
+        out.entry(key).or_default().push(r.clone());
+    }
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The standard fleet of a test: in each account and region two clusters
+/// with audit logging on, one with it off, one deleted whose log group
+/// remains. Returns the events of each readable cluster by unit.
+fn standard_fleet(
+    accounts: &[&str],
+    seed: u64,
+) -> BTreeMap<(String, String, String), Vec<(i64, String)>> {
+    let mut expected = BTreeMap::new();
+    for (a, account) in accounts.iter().enumerate() {
+        for (r, region) in REGIONS.iter().enumerate() {
+            let n = seed + (a * 100 + r * 50) as u64;
+            let on = [
+                cluster("prod-api", true, n, 3),
+                cluster("dev-tools", true, n + 10, 1),
+            ];
+            let off = cluster("prod-legacy", false, n + 20, 2);
+            let gone = cluster("old-batch", true, n + 30, 2);
+            build(
+                account,
+                region,
+                &[on[0].clone(), on[1].clone(), off],
+                &[gone],
+            );
+            for c in on {
+                expected.insert(
+                    (account.to_string(), region.to_string(), c.name.clone()),
+                    c.events,
+                );
+            }
+        }
+    }
+    expected
+}
+
+#[test]
+fn a_fleet_of_accounts_and_regions_is_read_in_one_run_and_its_blind_clusters_named() {
+    let accounts = ["100000000001", "100000000002"];
+    let expected = standard_fleet(&accounts, 1000);
+    let out = poll_fleet(&moto().endpoint, &accounts, &["--format", "ndjson"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    // Every audit-off cluster is a failure of its own, named with the
+    // command that fixes it: exit 4, the others delivered.
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    for account in accounts {
+        for region in REGIONS {
+            assert!(
+                err.contains(&format!(
+                    "error: cluster prod-legacy (account {account}, {region}): audit logging is off"
+                )),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!(
+                    "cluster old-batch (account {account}, {region}) no longer exists; its log group /aws/eks/old-batch/cluster remains and is not read"
+                )),
+                "{err}"
+            );
+        }
+    }
+    assert!(
+        err.contains("update-cluster-config --name prod-legacy --region eu-west-1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 failed; 8 of 8 log group(s) were delivered"),
+        "{err}"
+    );
+    // Each readable cluster's rows are exactly `kubeanon scan` of its
+    // events: no decoys, nothing from the deleted cluster, nothing mixed
+    // across accounts or regions.
+    let got = by_unit(&rows(&out.stdout));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (unit, events) in &expected {
+        assert_eq!(totals(&got[unit]), scan(events), "{unit:?}");
+        for r in &got[unit] {
+            assert_eq!(r["log_group"], format!("/aws/eks/{}/cluster", unit.2));
+        }
+    }
+    // The same event in two accounts is two rows with two ids.
+    let ids: std::collections::BTreeSet<&str> = got
+        .values()
+        .flatten()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), got.values().map(Vec::len).sum::<usize>());
+    assert!(
+        err.contains("2 account(s) x 2 region(s), 8 log group(s)"),
+        "{err}"
+    );
+
+    // A deleted cluster's log group is still read when named.
+    let named = ok(kubeanon(
+        &moto().endpoint,
+        &[
+            "poll",
+            "--cluster",
+            "old-batch",
+            "--role-arn",
+            &role(accounts[0]),
+            "--region",
+            "eu-west-1",
+            "--since",
+            "30m",
+            "--format",
+            "ndjson",
+        ],
+    )
+    .output()
+    .unwrap());
+    let rows = rows(&named.stdout);
+    assert_eq!(totals(&rows).values().sum::<u64>(), 2, "{}", stderr(&named));
+    assert!(rows.iter().all(|r| r["account"] == accounts[0]));
+}
+
+#[test]
+fn cluster_match_and_the_checkpoint_keep_each_account_apart() {
+    let accounts = ["100000000011", "100000000012"];
+    let expected = standard_fleet(&accounts, 3000);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("cp.json");
+    let cp = cp.to_str().unwrap();
+    let first = poll_fleet(
+        &moto().endpoint,
+        &accounts,
+        &["--cluster-match", "prod-a*", "--checkpoint", cp],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let got = by_unit(&rows(&first.stdout));
+    assert_eq!(got.len(), 4, "prod-api in 2 accounts x 2 regions");
+    for (unit, r) in &got {
+        assert_eq!(unit.2, "prod-api");
+        assert_eq!(totals(r), scan(&expected[unit]));
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cp).unwrap()).unwrap();
+    let mut keys: Vec<(String, String)> = state["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["account"].as_str().unwrap().to_string(),
+                g["region"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 4);
+    keys.dedup();
+    assert_eq!(keys.len(), 4, "one entry per account and region");
+
+    // The next run: nothing new anywhere.
+    let second = poll_fleet(
+        &moto().endpoint,
+        &accounts,
+        &["--cluster-match", "prod-a*", "--checkpoint", cp],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(rows(&second.stdout).is_empty(), "{}", stderr(&second));
+    assert_eq!(summary_number(&second.stderr, "already"), 12);
+}
+
+#[test]
+fn an_account_whose_role_cannot_be_assumed_fails_alone() {
+    let accounts = ["100000000021", "100000000022"];
+    let expected = standard_fleet(&accounts, 5000);
+    let proxy = Proxy::start(&moto().endpoint);
+    proxy.deny_assume_role(accounts[1]);
+    let out = poll_fleet(
+        &proxy.endpoint,
+        &accounts,
+        &["--cluster-match", "prod-api", "--format", "ndjson"],
+    )
+    .output()
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: account {}: cannot assume role {}",
+            accounts[1],
+            role(accounts[1])
+        )),
+        "{err}"
+    );
+    assert!(err.contains("examples/iam/"), "{err}");
+    let got = by_unit(&rows(&out.stdout));
+    assert_eq!(got.len(), 2, "{err}");
+    for (unit, r) in &got {
+        assert_eq!(unit.0, accounts[0]);
+        assert_eq!(totals(r), scan(&expected[unit]));
+    }
+}
+
+#[test]
+fn each_account_and_region_has_its_own_request_pace() {
+    let accounts = ["100000000031", "100000000032"];
+    for account in accounts {
+        for region in REGIONS {
+            let clusters: Vec<Cluster> = (0..4)
+                .map(|i| cluster(&format!("c{i}"), true, 7000 + i, 1))
+                .collect();
+            build(account, region, &clusters, &[]);
+        }
+    }
+    let proxy = Proxy::start(&moto().endpoint);
+    // 4 clusters a scope, at least 2 calls each, at 4 requests/s a scope.
+    let began = Instant::now();
+    let out = poll_fleet(
+        &proxy.endpoint,
+        &accounts,
+        &["--max-rps", "4", "--page-size", "1"],
+    )
+    .output()
+    .unwrap();
+    let took = began.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let filter: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.ends_with("FilterLogEvents"))
+        .collect();
+    let mut by_scope: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+    for r in &filter {
+        by_scope.entry(r.scope.clone()).or_default().push(r.at);
+    }
+    assert_eq!(
+        by_scope.len(),
+        4,
+        "one reader per account and region: {:?}",
+        by_scope.keys()
+    );
+    let per_second = |times: &[Instant]| {
+        times
+            .iter()
+            .map(|t| {
+                times
+                    .iter()
+                    .filter(|u| **u >= *t && u.duration_since(*t).as_millis() < 1000)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    for (scope, times) in &by_scope {
+        assert!(per_second(times) <= 4, "{scope}: {}", per_second(times));
+    }
+    // The scopes' budgets are their own: together they went faster than
+    // one scope may.
+    let all: Vec<Instant> = filter.iter().map(|r| r.at).collect();
+    assert!(per_second(&all) > 4, "{}", per_second(&all));
+    eprintln!(
+        "{} FilterLogEvents calls over 4 scopes in {took:?}",
+        filter.len()
+    );
+}
+
+#[test]
+fn doctor_reports_the_fleets_coverage_and_fails_on_blind_clusters() {
+    let accounts = ["100000000041"];
+    standard_fleet(&accounts, 9000);
+    let args = [
+        "doctor",
+        "--all-clusters",
+        "--role-arn",
+        &role(accounts[0]),
+        "--region",
+        "us-east-1,eu-west-1",
+    ];
+    let text = kubeanon(&moto().endpoint, &args).output().unwrap();
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(1), "{out}");
+    for region in REGIONS {
+        let at = format!("account {}, {region}", accounts[0]);
+        for (mark, rest) in [
+            (
+                "ok    ",
+                "cluster dev-tools: audit logging on, log group /aws/eks/dev-tools/cluster exists, newest audit event",
+            ),
+            ("ok    ", "cluster prod-api: audit logging on"),
+            (
+                "FAIL  ",
+                "cluster prod-legacy: audit logging off; nothing it is asked can be seen",
+            ),
+            (
+                "note  ",
+                "cluster old-batch: log group /aws/eks/old-batch/cluster exists; cluster deleted, log group remains",
+            ),
+        ] {
+            let line = format!("{mark}{at} {rest}");
+            assert!(out.contains(&line), "{line:?} not in:\n{out}");
+        }
+    }
+    assert!(out.contains("logs:FilterLogEvents is allowed"), "{out}");
+
+    let json = kubeanon(&moto().endpoint, &args)
+        .args(["--format", "ndjson"])
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    let lines = rows(&json.stdout);
+    assert_eq!(lines.len(), 8, "4 clusters x 2 regions");
+    let status = |cluster: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["cluster"] == cluster)
+            .map(|l| l["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(status("prod-api"), ["ok", "ok"]);
+    assert_eq!(status("prod-legacy"), ["blind", "blind"]);
+    assert_eq!(status("old-batch"), ["deleted", "deleted"]);
+    for l in lines.iter().filter(|l| l["cluster"] == "prod-api") {
+        assert_eq!(l["audit_logging"], "on");
+        assert_eq!(l["log_group_present"], true);
+        assert_eq!(l["filter_allowed"], true);
+        assert!(l["newest_audit_event_age_s"].as_i64().unwrap() < 30 * 60);
+        assert_eq!(l["account"], accounts[0]);
+    }
+
+    // Only the healthy part of the fleet: exit 0.
+    let healthy = kubeanon(&moto().endpoint, &args)
+        .args(["--cluster-match", "prod-api", "--cluster-match", "dev-*"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        healthy.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&healthy.stdout)
+    );
+}
