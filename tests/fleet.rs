@@ -559,3 +559,94 @@ fn doctor_reports_the_fleets_coverage_and_fails_on_blind_clusters() {
         String::from_utf8_lossy(&healthy.stdout)
     );
 }
+
+/// The benchmark fleet (`benches/fleet.sh` prints its numbers): 2 accounts
+/// x 2 regions x 50 clusters, one anonymous and two normal events each, at
+/// the default pace. Every cluster read, each exactly, in one run; in
+/// steady state at most two FilterLogEvents calls per cluster.
+#[test]
+fn a_fleet_of_200_clusters_is_read_in_one_run() {
+    let accounts = ["100000000051", "100000000052"];
+    let mut expected = BTreeMap::new();
+    for account in accounts {
+        for region in REGIONS {
+            let clusters: Vec<Cluster> = (0..50)
+                .map(|i| cluster(&format!("team-{i:02}"), true, 20_000 + i, 1))
+                .collect();
+            build(account, region, &clusters, &[]);
+            for c in clusters {
+                expected.insert(
+                    (account.to_string(), region.to_string(), c.name.clone()),
+                    c.events,
+                );
+            }
+        }
+    }
+    let proxy = Proxy::start(&moto().endpoint);
+    let mut cmd = kubeanon(&proxy.endpoint, &["poll", "--all-clusters"]);
+    for a in accounts {
+        cmd.args(["--role-arn", &role(a)]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("cp.json");
+    cmd.args([
+        "--region",
+        &REGIONS.join(","),
+        "--since",
+        "30m",
+        "--format",
+        "ndjson",
+    ])
+    .arg("--checkpoint")
+    .arg(&cp);
+    let began = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = began.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = by_unit(&rows(&out.stdout));
+    assert_eq!(got.len(), 200);
+    for (unit, events) in &expected {
+        assert_eq!(totals(&got[unit]), scan(events), "{unit:?}");
+    }
+    let count = |reqs: &[support::proxy::Request], what: &str| {
+        reqs.iter().filter(|r| r.target.ends_with(what)).count()
+    };
+    let first = proxy.requests();
+    let filter_calls = count(&first, "FilterLogEvents");
+    let other = first.len() - filter_calls;
+    // The steady state: a second run with nothing new.
+    proxy.clear();
+    let began = Instant::now();
+    let again = cmd.output().unwrap();
+    let took_again = began.elapsed();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(rows(&again.stdout).is_empty());
+    let second = proxy.requests();
+    let steady = count(&second, "FilterLogEvents");
+    assert!(
+        steady <= 2 * 200,
+        "{steady} FilterLogEvents calls for 200 clusters"
+    );
+    // Calls other than FilterLogEvents, by service (the SigV4 scope's).
+    let others = |reqs: &[support::proxy::Request]| {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for r in reqs
+            .iter()
+            .filter(|r| !r.target.ends_with("FilterLogEvents"))
+        {
+            let service = r.scope.rsplit('/').next().unwrap_or("?").to_string();
+            *by.entry(service).or_default() += 1;
+        }
+        by
+    };
+    eprintln!(
+        "fleet of 200 clusters (2 accounts x 2 regions x 50), --max-rps 4: \
+         first run {:.1} s, {filter_calls} FilterLogEvents + {other} other calls {:?}; \
+         second run {:.1} s, {steady} FilterLogEvents + {} other calls {:?}",
+        took.as_secs_f64(),
+        others(&first),
+        took_again.as_secs_f64(),
+        second.len() - steady,
+        others(&second)
+    );
+}
