@@ -191,3 +191,89 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
         totals(&rows(&scanned.stdout))
     );
 }
+
+/// Every AWS action kubeanon's code calls, by the SDK operation's name: the
+/// policy must grant each (STS GetCallerIdentity needs no grant).
+const CALLED: [&str; 5] = [
+    "logs:FilterLogEvents",
+    "logs:DescribeLogStreams",
+    "logs:DescribeLogGroups",
+    "eks:ListClusters",
+    "eks:DescribeCluster",
+];
+
+fn json(path: &str) -> serde_json::Value {
+    serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn actions(policy: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in policy["Statement"].as_array().unwrap() {
+        assert_eq!(s["Effect"], "Allow");
+        match &s["Action"] {
+            serde_json::Value::String(a) => out.push(a.clone()),
+            serde_json::Value::Array(a) => {
+                out.extend(a.iter().map(|a| a.as_str().unwrap().to_string()))
+            }
+            other => panic!("{other}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_iam_files_grant_what_kubeanon_calls_and_agree_with_each_other() {
+    let reader = json("iam-policy.json");
+    let mut granted = actions(&reader);
+    granted.sort();
+    let mut called = CALLED.map(String::from).to_vec();
+    called.sort();
+    assert_eq!(granted, called, "least privilege: exactly what is called");
+    // The calls are what the code says they are.
+    for call in [
+        "filter_log_events",
+        "describe_log_streams",
+        "describe_log_groups",
+        "list_clusters",
+        "describe_cluster",
+    ] {
+        let sources = [
+            read("src/source/cloudwatch.rs"),
+            read("src/fleet/discover.rs"),
+        ];
+        assert!(
+            sources.iter().any(|s| s.contains(&format!(".{call}()"))),
+            "{call}"
+        );
+    }
+    // The StackSet template's role is the reader policy with the trust
+    // policy, unchanged.
+    let cfn = json("examples/iam/reader-role.cfn.json");
+    let role = &cfn["Resources"]["KubeanonReader"]["Properties"];
+    assert_eq!(role["RoleName"], "kubeanon-reader");
+    assert_eq!(role["Policies"][0]["PolicyDocument"], reader);
+    let trust = json("examples/iam/trust-policy.json");
+    let mut templated = role["AssumeRolePolicyDocument"].clone();
+    let st = &mut templated["Statement"][0];
+    assert_eq!(st["Principal"]["AWS"]["Ref"], "ScannerRoleArn");
+    assert_eq!(
+        st["Condition"]["StringEquals"]["sts:ExternalId"]["Ref"],
+        "ExternalId"
+    );
+    st["Principal"]["AWS"] = trust["Statement"][0]["Principal"]["AWS"].clone();
+    st["Condition"]["StringEquals"]["sts:ExternalId"] =
+        trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"].clone();
+    assert_eq!(templated, trust);
+    // Only kubeanon's own sessions, under the name it uses.
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["StringEquals"]["sts:RoleSessionName"],
+        kubeanon::fleet::SESSION_NAME
+    );
+    // The scanner may assume the reader role, and nothing else.
+    let scanner = json("examples/iam/scanner-policy.json");
+    assert_eq!(actions(&scanner), ["sts:AssumeRole"]);
+    assert_eq!(
+        scanner["Statement"][0]["Resource"],
+        "arn:aws:iam::*:role/kubeanon-reader"
+    );
+}
