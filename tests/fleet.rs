@@ -387,6 +387,24 @@ fn cluster_match_and_the_checkpoint_keep_each_account_apart() {
     assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     assert!(rows(&second.stdout).is_empty(), "{}", stderr(&second));
     assert_eq!(summary_number(&second.stderr, "already"), 12);
+
+    // A pattern that selects nothing is said, never a quiet success.
+    let none = poll_fleet(
+        &moto().endpoint,
+        &accounts,
+        &["--cluster-match", "staging-*"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(none.status.code(), Some(0), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains(&format!(
+            "note: no EKS cluster matching staging-* in account {}, eu-west-1",
+            accounts[1]
+        )),
+        "{}",
+        stderr(&none)
+    );
 }
 
 #[test]
@@ -471,13 +489,16 @@ fn each_account_and_region_has_its_own_request_pace() {
             .max()
             .unwrap_or(0)
     };
+    // Requests leave on their slots but arrive as the machine lets them:
+    // one that arrives late shares a second with the next four (the
+    // throttling test in tests/faults.rs allows the same one).
     for (scope, times) in &by_scope {
-        assert!(per_second(times) <= 4, "{scope}: {}", per_second(times));
+        assert!(per_second(times) <= 5, "{scope}: {}", per_second(times));
     }
-    // The scopes' budgets are their own: together they went faster than
-    // one scope may.
+    // The scopes' budgets are their own: together they went at least
+    // twice as fast as one scope may.
     let all: Vec<Instant> = filter.iter().map(|r| r.at).collect();
-    assert!(per_second(&all) > 4, "{}", per_second(&all));
+    assert!(per_second(&all) >= 10, "{}", per_second(&all));
     eprintln!(
         "{} FilterLogEvents calls over 4 scopes in {took:?}",
         filter.len()

@@ -425,6 +425,15 @@ async fn work_units(
                 advanced: false,
             }),
             Some(Ok(coverage)) => {
+                if coverage.is_empty() {
+                    notes.push(format!(
+                        "no EKS cluster{} in {scope}",
+                        match plan.discover.as_deref() {
+                            Some([]) | None => String::new(),
+                            Some(p) => format!(" matching {}", p.join(" or ")),
+                        }
+                    ));
+                }
                 for c in coverage {
                     match c {
                         Coverage::Readable { log_group, .. } => {
