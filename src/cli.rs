@@ -214,8 +214,18 @@ impl AwsArgs {
                 "name at least one --cluster or --log-group, or pass --all-clusters".into(),
             ));
         }
+        // One role per account: two would read the same log groups twice
+        // and race for the same checkpoint entries.
+        let mut accounts = std::collections::HashMap::new();
         for r in &self.role_arns {
-            crate::fleet::role_account(r)?;
+            let account = crate::fleet::role_account(r)?;
+            if let Some(other) = accounts.insert(account, r)
+                && other != r
+            {
+                return Err(UsageError(format!(
+                    "--role-arn {other} and {r} are both in account {account}: give one role per account"
+                )));
+            }
         }
         if let Some(bad) = self.regions.iter().find(|r| !is_region_name(r)) {
             return Err(UsageError(format!(
@@ -415,6 +425,16 @@ mod tests {
             .0
             .contains("--region")
         );
+        let two = parse(&[
+            "kubeanon",
+            "doctor",
+            "--all-clusters",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/a",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/b",
+        ]);
+        assert!(two.unwrap_err().0.contains("one role per account"));
         assert!(
             parse(&["kubeanon", "doctor", "--all-clusters", "--role-arn", "nope"])
                 .unwrap_err()
