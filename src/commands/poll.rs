@@ -18,15 +18,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::describe;
 use crate::checkpoint::{Checkpoint, Commit, GroupState, ReadSettings, seen_key};
-use crate::cli::{OutputConfig, PollArgs, parse_duration};
+use crate::cli::{Engine, OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::Rows;
 use crate::source::advice;
 use crate::source::cloudwatch::{
-    self, Api, ApiStats, ClientSettings, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
+    self, Api, ApiStats, ClientSettings, LogEvent, MissingLogGroup, Pacer, Query, RetryPolicy,
+    ServerClock,
 };
+use crate::source::insights::{self, Insights};
 use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
@@ -57,6 +59,8 @@ struct Plan {
     retry: RetryPolicy,
     client: ClientSettings,
     out: OutputConfig,
+    /// `--engine insights`: how to use it.
+    insights: Option<insights::Settings>,
 }
 
 fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
@@ -69,7 +73,12 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     }
     let lag = ms(parse_duration("--lag", &args.lag)?);
     let overlap = ms(parse_duration("--overlap", &args.overlap)?);
-    let step_ms = ms(parse_duration("--step-span", &args.step_span)?);
+    let insights = insights_settings(args)?;
+    // Insights reads a step with several queries at once, each costing
+    // seconds however short: longer steps, fewer of them.
+    let step_span =
+        (args.step_span.as_deref()).unwrap_or(if insights.is_some() { "1d" } else { "1h" });
+    let step_ms = ms(parse_duration("--step-span", step_span)?);
     if step_ms < 1000 {
         return Err(UsageError("--step-span must be at least 1s".into()));
     }
@@ -142,7 +151,42 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             attempt_timeout: parse_duration("--attempt-timeout", &args.attempt_timeout)?,
         },
         out: args.output.resolve()?,
+        insights,
     })
+}
+
+/// `--engine` and the flags that go with it, checked.
+fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, UsageError> {
+    if args.engine == Engine::Filter {
+        if args.query_limit.is_some() || args.max_queries.is_some() || args.max_scan_gb.is_some() {
+            return Err(UsageError(
+                "--query-limit, --max-queries and --max-scan-gb go with --engine insights".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if args.checkpoint.is_some() {
+        return Err(UsageError(
+            "--engine insights reads ad-hoc windows only: Insights returns no eventIds, which --checkpoint needs \
+             to report each event once across runs; drop --checkpoint for this read, or use --engine filter"
+                .into(),
+        ));
+    }
+    let max_scan_bytes = match args.max_scan_gb {
+        Some(gb) if gb.is_finite() && gb > 0.0 => Some(gb * insights::GB),
+        Some(gb) => {
+            return Err(UsageError(format!(
+                "--max-scan-gb {gb}: a number of gigabytes above 0 (0.5, 20)"
+            )));
+        }
+        None => None,
+    };
+    Ok(Some(insights::Settings {
+        limit: args.query_limit.unwrap_or(10_000),
+        max_queries: args.max_queries.unwrap_or(4) as usize,
+        max_scan_bytes,
+        polling: insights::Polling::default(),
+    }))
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
@@ -201,7 +245,12 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         plan.end_ms,
     );
     let bar = progress_bar(&plan, &units);
+    let insights = plan.insights.clone().map(Insights::new);
+    if let Some(ins) = &insights {
+        ins.show_on(&bar);
+    }
     let ctx = Ctx {
+        insights: insights.as_ref(),
         plan: &plan,
         api: &api,
         region: &region,
@@ -233,6 +282,15 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     for (log_group, err, _) in &failed {
         eprintln!("kubeanon: error: log group {log_group}: {err:#}");
     }
+    // Ctrl-C or a spent scan budget stops the whole run: exit 1.
+    if let Some(ins) = &insights
+        && ins.stopped().is_some()
+    {
+        if !plan.out.quiet {
+            eprintln!("kubeanon poll: {}", ins.cost_line(&region));
+        }
+        return Ok(Exit::Error);
+    }
     let advanced = failed.len() < plan.log_groups.len() || failed.iter().any(|f| f.2);
     if !advanced {
         // Nothing was read: leave a previous --output file as it was.
@@ -251,6 +309,9 @@ pub fn run(args: PollArgs) -> Result<Exit> {
                 delivered_rows
             )
         );
+        if let Some(ins) = &insights {
+            eprintln!("kubeanon poll: {}", ins.cost_line(&region));
+        }
     }
     for (log_group, horizon) in &capped {
         eprintln!(
@@ -386,6 +447,8 @@ struct Ctx<'a> {
     checkpointed: bool,
     server_clock: &'a ServerClock,
     bar: &'a ProgressBar,
+    /// `--engine insights`: read steps through it.
+    insights: Option<&'a Insights>,
 }
 
 impl Ctx<'_> {
@@ -587,8 +650,8 @@ async fn read_step(
     let mut det = Detector::new(ctx.plan.out.exclusions.clone());
     let mut new_seen = Vec::new();
     let mut late = 0;
-    let read = cloudwatch::read_group(
-        ctx.api,
+    let read = read_events(
+        ctx,
         q,
         |ev| {
             // Only events before the watermark can have been reported, and
@@ -633,6 +696,21 @@ async fn read_step(
     }))
 }
 
+/// Reads one step's window with the run's engine, calling `each` for each
+/// event (an Insights row's `event_id` is its `@ptr`) and, for
+/// FilterLogEvents, `progress` after each page.
+async fn read_events(
+    ctx: &Ctx<'_>,
+    q: &Query,
+    each: impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+    progress: impl FnMut(i64, usize),
+) -> Result<cloudwatch::Read> {
+    match ctx.insights {
+        Some(ins) => insights::read_window(ctx.api, ins, q, each).await,
+        None => cloudwatch::read_group(ctx.api, q, each, progress).await,
+    }
+}
+
 fn progress_bar(plan: &Plan, units: &[Unit]) -> ProgressBar {
     if plan.out.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return ProgressBar::hidden();
@@ -644,7 +722,7 @@ fn progress_bar(plan: &Plan, units: &[Unit]) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}",
+            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}{msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
