@@ -94,7 +94,7 @@ pub struct Polling {
 impl Default for Polling {
     fn default() -> Self {
         Polling {
-            first: Duration::from_millis(500),
+            first: Duration::from_millis(250),
             cap: Duration::from_secs(5),
             limit_wait: Duration::from_secs(2),
             limit_wait_cap: Duration::from_secs(30),

@@ -4,7 +4,8 @@
 //! `400 ThrottlingException`, answer a 5xx, hold it past the client's
 //! timeout, forward it and cut the response off half way, or close the
 //! connection without answering. Nothing else
-//! is changed. It records every request (arrival time, operation, fault)
+//! is changed, except operations the test answers itself
+//! ([`Proxy::answer`]: an emulator's missing Insights states, for one). It records every request (arrival time, operation, fault)
 //! so a test can count calls and measure the request rate.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +35,8 @@ pub struct Request {
     /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`).
     pub target: String,
     pub fault: Fault,
+    /// The request's body (JSON), as text.
+    pub body: String,
 }
 
 type Plan = dyn FnMut(usize, &str) -> Fault + Send;
@@ -42,7 +45,11 @@ pub struct Proxy {
     pub endpoint: String,
     log: Arc<Mutex<Vec<Request>>>,
     plan: Arc<Mutex<Box<Plan>>>,
+    answers: Answers,
 }
+
+/// Operations the proxy answers itself: (target suffix, 200 body).
+type Answers = Arc<Mutex<Vec<(String, String)>>>;
 
 impl Proxy {
     /// Starts a proxy to `upstream` (`http://host:port`) on a free port.
@@ -52,18 +59,30 @@ impl Proxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
-        let (l, p) = (log.clone(), plan.clone());
+        let answers: Answers = Arc::default();
+        let (l, p, a) = (log.clone(), plan.clone(), answers.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (l, p, up) = (l.clone(), p.clone(), upstream.clone());
-                std::thread::spawn(move || serve(conn, &up, &l, &p));
+                let (l, p, a, up) = (l.clone(), p.clone(), a.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &l, &p, &a));
             }
         });
         Proxy {
             endpoint,
             log,
             plan,
+            answers,
         }
+    }
+
+    /// Answers every following request whose operation ends with
+    /// `target_suffix` (e.g. `GetQueryResults`) with 200 and `body`,
+    /// without asking upstream.
+    pub fn answer(&self, target_suffix: &str, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .push((target_suffix.to_string(), body.to_string()));
     }
 
     /// Sets what happens to each following request: `plan(index, target)`,
@@ -101,11 +120,23 @@ impl Proxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mutex<Box<Plan>>) {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    log: &Mutex<Vec<Request>>,
+    plan: &Mutex<Box<Plan>>,
+    answers: &Mutex<Vec<(String, String)>>,
+) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     while let Some((head, body)) = read_request(&mut reader) {
         let target = header(&head, "x-amz-target").unwrap_or_default();
+        let answer = answers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(suffix, _)| target.ends_with(suffix.as_str()))
+            .map(|(_, body)| body.clone());
         let fault = {
             let mut log = log.lock().unwrap();
             let index = log
@@ -121,9 +152,20 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
                 at: Instant::now(),
                 target: target.clone(),
                 fault,
+                body: String::from_utf8_lossy(&body).into_owned(),
             });
             fault
         };
+        if let Some(answer) = answer {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-RequestId: answered\r\n\r\n{answer}",
+                answer.len()
+            );
+            if client.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let ok = match fault {
             Fault::Forward => {
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
