@@ -695,7 +695,7 @@ async fn reread(
         .reread_seconds
         .fetch_add((b - a) as u64, Ordering::Relaxed);
     let r = tokio::select! {
-        r = cloudwatch::read_group(api, &sub, |ev| each(ev), |_, _| {}) => r?,
+        r = cloudwatch::read_group(api, &sub, &mut *each, |_, _| {}) => r?,
         err = ins.until_stopped() => return Err(err),
     };
     read.other_streams += r.other_streams;
