@@ -154,9 +154,9 @@ pub struct PollArgs {
     #[arg(long, default_value_t = 4.0, value_name = "N")]
     pub max_rps: f64,
     /// Longest span of event time one step reads before delivering and
-    /// committing it.
-    #[arg(long, default_value = "1h", value_name = "DURATION")]
-    pub step_span: String,
+    /// committing it [default: 1h; 1d with --engine insights].
+    #[arg(long, value_name = "DURATION")]
+    pub step_span: Option<String>,
     /// Most matched events one step holds before delivering: a step over
     /// it is read again in halves, so memory stays bounded in a flood.
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -169,6 +169,24 @@ pub struct PollArgs {
     /// from the watermark on, and with --start/--since read again from there.
     #[arg(long, requires = "checkpoint")]
     pub rebaseline: bool,
+    /// How to read CloudWatch Logs: `filter` (FilterLogEvents, paced; the
+    /// only one with eventIds, so the only one with --checkpoint) or
+    /// `insights` (Logs Insights as a server-side prefilter for ad-hoc
+    /// windows over months; priced per GB scanned).
+    #[arg(long, value_enum, default_value_t = Engine::Filter)]
+    pub engine: Engine,
+    /// Rows one Insights query may return; a query that returns this many
+    /// is split into shorter time ranges [default: 10000; at most 100000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub query_limit: Option<u32>,
+    /// Insights queries running at once across the run (the account's 30
+    /// are shared with dashboards and people) [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub max_queries: Option<u32>,
+    /// Stop the run (exit 1) once Insights queries have scanned more than
+    /// GB gigabytes (10^9 bytes), stopping the running queries.
+    #[arg(long, value_name = "GB")]
+    pub max_scan_gb: Option<f64>,
     /// Send no server-side filter pattern (see README: case and truncation).
     #[arg(long)]
     pub no_server_filter: bool,
@@ -183,6 +201,15 @@ pub struct PollArgs {
     pub attempt_timeout: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// How `poll` reads CloudWatch Logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// FilterLogEvents.
+    Filter,
+    /// Logs Insights, re-checked by the detector.
+    Insights,
 }
 
 #[derive(Debug, Args)]

@@ -194,10 +194,13 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
 
 /// Every AWS action kubeanon's code calls, by the SDK operation's name: the
 /// policy must grant each (STS GetCallerIdentity needs no grant).
-const CALLED: [&str; 5] = [
+const CALLED: [&str; 8] = [
     "logs:FilterLogEvents",
     "logs:DescribeLogStreams",
     "logs:DescribeLogGroups",
+    "logs:StartQuery",
+    "logs:GetQueryResults",
+    "logs:StopQuery",
     "eks:ListClusters",
     "eks:DescribeCluster",
 ];
@@ -234,11 +237,15 @@ fn the_iam_files_grant_what_kubeanon_calls_and_agree_with_each_other() {
         "filter_log_events",
         "describe_log_streams",
         "describe_log_groups",
+        "start_query",
+        "get_query_results",
+        "stop_query",
         "list_clusters",
         "describe_cluster",
     ] {
         let sources = [
             read("src/source/cloudwatch.rs"),
+            read("src/source/insights.rs"),
             read("src/fleet/discover.rs"),
         ];
         assert!(

@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::describe;
 use crate::checkpoint::{Checkpoint, Commit, GroupState, ReadSettings, seen_key};
-use crate::cli::{OutputConfig, PollArgs, parse_duration};
+use crate::cli::{Engine, OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
@@ -30,8 +30,9 @@ use crate::fleet::{self, Scope, WorkUnit};
 use crate::output::Rows;
 use crate::source::advice;
 use crate::source::cloudwatch::{
-    self, Api, ApiStats, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
+    self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
 };
+use crate::source::insights::{self, Insights};
 use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
@@ -69,6 +70,8 @@ struct Plan {
     max_rps: f64,
     retry: RetryPolicy,
     out: OutputConfig,
+    /// `--engine insights`: how to use it.
+    insights: Option<insights::Settings>,
 }
 
 fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
@@ -81,7 +84,12 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     }
     let lag = ms(parse_duration("--lag", &args.lag)?);
     let overlap = ms(parse_duration("--overlap", &args.overlap)?);
-    let step_ms = ms(parse_duration("--step-span", &args.step_span)?);
+    let insights = insights_settings(args)?;
+    // Insights reads a step with several queries at once, each costing
+    // seconds however short: longer steps, fewer of them.
+    let step_span =
+        (args.step_span.as_deref()).unwrap_or(if insights.is_some() { "1d" } else { "1h" });
+    let step_ms = ms(parse_duration("--step-span", step_span)?);
     if step_ms < 1000 {
         return Err(UsageError("--step-span must be at least 1s".into()));
     }
@@ -155,6 +163,7 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             ..RetryPolicy::default()
         },
         out: args.output.resolve()?,
+        insights,
     })
 }
 
@@ -173,6 +182,40 @@ struct Failure {
     what: String,
     error: anyhow::Error,
     advanced: bool,
+}
+
+/// `--engine` and the flags that go with it, checked.
+fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, UsageError> {
+    if args.engine == Engine::Filter {
+        if args.query_limit.is_some() || args.max_queries.is_some() || args.max_scan_gb.is_some() {
+            return Err(UsageError(
+                "--query-limit, --max-queries and --max-scan-gb go with --engine insights".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if args.checkpoint.is_some() {
+        return Err(UsageError(
+            "--engine insights reads ad-hoc windows only: Insights returns no eventIds, which --checkpoint needs \
+             to report each event once across runs; drop --checkpoint for this read, or use --engine filter"
+                .into(),
+        ));
+    }
+    let max_scan_bytes = match args.max_scan_gb {
+        Some(gb) if gb.is_finite() && gb > 0.0 => Some(gb * insights::GB),
+        Some(gb) => {
+            return Err(UsageError(format!(
+                "--max-scan-gb {gb}: a number of gigabytes above 0 (0.5, 20)"
+            )));
+        }
+        None => None,
+    };
+    Ok(Some(insights::Settings {
+        limit: args.query_limit.unwrap_or(10_000),
+        max_queries: args.max_queries.unwrap_or(4) as usize,
+        max_scan_bytes,
+        polling: insights::Polling::default(),
+    }))
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
@@ -269,7 +312,12 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         plan.end_ms,
     );
     let bar = progress_bar(&plan, &units);
+    let insights = plan.insights.clone().map(Insights::new);
+    if let Some(ins) = &insights {
+        ins.show_on(&bar);
+    }
     let ctx = Ctx {
+        insights: insights.as_ref(),
         plan: &plan,
         delivery: &delivery,
         checkpointed,
@@ -325,6 +373,17 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     for f in &failed {
         eprintln!("kubeanon: error: {}: {:#}", f.what, f.error);
     }
+    // Ctrl-C or a spent scan budget that cut reads short fails the whole
+    // run: exit 1 (one that came after every read ended changed nothing).
+    if let Some(ins) = &insights
+        && ins.stopped().is_some()
+        && !failed.is_empty()
+    {
+        if !plan.out.quiet {
+            eprintln!("kubeanon poll: {}", ins.cost_line(price_region(&reaches)));
+        }
+        return Ok(Exit::Error);
+    }
     let advanced = succeeded > 0 || failed.is_empty() || failed.iter().any(|f| f.advanced);
     if !advanced {
         // Nothing was read: leave a previous --output file as it was.
@@ -351,6 +410,9 @@ pub fn run(args: PollArgs) -> Result<Exit> {
                 delivered_rows
             )
         );
+        if let Some(ins) = &insights {
+            eprintln!("kubeanon poll: {}", ins.cost_line(price_region(&reaches)));
+        }
     }
     for (unit, horizon) in &capped {
         eprintln!(
@@ -374,6 +436,16 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
+}
+
+/// The region whose Insights price the cost line uses: one whose price
+/// may differ from the built-in us-east-1 one, so the line says so.
+fn price_region(reaches: &[Reach]) -> &str {
+    reaches
+        .iter()
+        .map(|r| r.scope.region.as_str())
+        .find(|r| *r != "us-east-1")
+        .unwrap_or("us-east-1")
 }
 
 /// How the summary names where the run read: the region alone for one
@@ -585,6 +657,8 @@ struct Ctx<'a> {
     delivery: &'a Mutex<Delivery>,
     checkpointed: bool,
     bar: &'a ProgressBar,
+    /// `--engine insights`: read steps through it.
+    insights: Option<&'a Insights>,
 }
 
 impl Ctx<'_> {
@@ -793,7 +867,8 @@ async fn read_step(
     let mut det = Detector::new(ctx.plan.out.exclusions.clone());
     let mut new_seen = Vec::new();
     let mut late = 0;
-    let read = cloudwatch::read_group(
+    let read = read_events(
+        ctx,
         api,
         q,
         |ev| {
@@ -839,6 +914,22 @@ async fn read_step(
     }))
 }
 
+/// Reads one step's window with the run's engine, calling `each` for each
+/// event (an Insights row's `event_id` is its `@ptr`) and, for
+/// FilterLogEvents, `progress` after each page.
+async fn read_events(
+    ctx: &Ctx<'_>,
+    api: &Api<'_>,
+    q: &Query,
+    each: impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+    progress: impl FnMut(i64, usize),
+) -> Result<cloudwatch::Read> {
+    match ctx.insights {
+        Some(ins) => insights::read_window(api, ins, q, each).await,
+        None => cloudwatch::read_group(api, q, each, progress).await,
+    }
+}
+
 fn progress_bar(plan: &Plan, units: &[Unit]) -> ProgressBar {
     if plan.out.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return ProgressBar::hidden();
@@ -850,7 +941,7 @@ fn progress_bar(plan: &Plan, units: &[Unit]) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}",
+            "{spinner} reading CloudWatch Logs [{bar:30}] {percent}% of the window, {elapsed}{msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

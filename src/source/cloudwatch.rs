@@ -22,9 +22,7 @@ use aws_sdk_cloudwatchlogs::config::ProvideCredentials;
 use aws_sdk_cloudwatchlogs::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_cloudwatchlogs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatchlogs::operation::filter_log_events::{
-    FilterLogEventsError, FilterLogEventsOutput,
-};
+use aws_sdk_cloudwatchlogs::operation::filter_log_events::FilterLogEventsOutput;
 use tokio::time::Instant;
 
 use super::advice;
@@ -343,10 +341,7 @@ async fn fetch_page(
     q: &Query,
     token: Option<String>,
 ) -> Result<FilterLogEventsOutput> {
-    let mut attempt = 1;
-    loop {
-        api.pacer.wait().await;
-        api.stats.attempts.fetch_add(1, Ordering::Relaxed);
+    send_paced(api, "FilterLogEvents", &q.log_group, || {
         let mut req = api
             .client
             .filter_log_events()
@@ -360,20 +355,80 @@ async fn fetch_page(
         if let Some(p) = &q.filter_pattern {
             req = req.filter_pattern(p);
         }
-        let err = match req.send().await {
-            Ok(page) => return Ok(page),
+        req.send()
+    })
+    .await
+    .map_err(|failed| failed.describe(api, "FilterLogEvents", &q.log_group))
+}
+
+/// A request that failed for good: its last error, after how many attempts.
+pub struct Failed<E> {
+    pub err: SdkError<E>,
+    pub attempts: u32,
+    unreachable: bool,
+}
+
+impl<E: ProvideErrorMetadata + std::error::Error + 'static> Failed<E> {
+    /// The service's error code, if the service answered.
+    pub fn code(&self) -> Option<&str> {
+        self.err.code()
+    }
+
+    /// What to tell the operator: the endpoint that cannot be reached, a
+    /// missing log group ([`MissingLogGroup`]), access denied for `action`,
+    /// or the error after its attempts. The SDK's whole error goes to `-v`.
+    pub fn describe(&self, api: &Api<'_>, action: &str, log_group: &str) -> anyhow::Error {
+        if self.unreachable {
+            return anyhow!(
+                "cannot connect to CloudWatch Logs at {} ({}, {} attempts): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
+                api.endpoint,
+                advice::short(&self.err),
+                self.attempts
+            );
+        }
+        describe(&self.err, action, log_group, self.attempts)
+    }
+}
+
+/// Sends one request as every CloudWatch Logs request of a run is sent:
+/// each attempt waits for the region's pacer and is counted; throttling,
+/// 5xx, timeouts and dropped connections are retried with backoff up to
+/// the policy's attempts; an endpoint that cannot be reached fails after
+/// a few quick attempts; anything else fails at once. `send` builds and
+/// sends the request afresh for each attempt; `action` and `log_group`
+/// only label the debug log.
+pub async fn send_paced<T, E, Fut>(
+    api: &Api<'_>,
+    action: &str,
+    log_group: &str,
+    mut send: impl FnMut() -> Fut,
+) -> std::result::Result<T, Failed<E>>
+where
+    Fut: std::future::Future<Output = std::result::Result<T, SdkError<E>>>,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut attempt = 1;
+    loop {
+        api.pacer.wait().await;
+        api.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let err = match send().await {
+            Ok(out) => return Ok(out),
             Err(err) => err,
         };
         let class = classify(&err);
         if class == Class::Unreachable && attempt >= CONNECT_ATTEMPTS.min(api.retry.max_attempts) {
-            return Err(anyhow!(
-                "cannot connect to CloudWatch Logs at {} ({}, {attempt} attempts): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
-                api.endpoint,
-                advice::short(&err)
-            ));
+            return Err(Failed {
+                err,
+                attempts: attempt,
+                unreachable: true,
+            });
         }
         if class == Class::Fatal || attempt >= api.retry.max_attempts {
-            return Err(describe(&err, q, attempt));
+            return Err(Failed {
+                err,
+                attempts: attempt,
+                unreachable: false,
+            });
         }
         api.stats.retries.fetch_add(1, Ordering::Relaxed);
         if class == Class::Throttled {
@@ -384,7 +439,7 @@ async fn fetch_page(
         } else {
             api.retry.delay(attempt - 1, class == Class::Throttled)
         };
-        tracing::debug!(log_group = %q.log_group, attempt, ?delay, kind = ?class, "retrying FilterLogEvents");
+        tracing::debug!(%log_group, attempt, ?delay, kind = ?class, "retrying {action}");
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
@@ -399,7 +454,7 @@ enum Class {
     Fatal,
 }
 
-fn classify(err: &SdkError<FilterLogEventsError>) -> Class {
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> Class {
     if advice::is_connect_failure(err) {
         return Class::Unreachable;
     }
@@ -450,21 +505,24 @@ impl std::error::Error for MissingLogGroup {}
 
 /// An error message that says what to do about the common cases; the SDK's
 /// whole error goes to `-v`.
-fn describe(err: &SdkError<FilterLogEventsError>, q: &Query, attempts: u32) -> anyhow::Error {
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E>,
+    action: &str,
+    log_group: &str,
+    attempts: u32,
+) -> anyhow::Error {
     match err.code() {
         Some("ResourceNotFoundException") => {
-            tracing::debug!(error = %DisplayErrorContext(err), "FilterLogEvents");
-            anyhow::Error::new(MissingLogGroup(q.log_group.clone()))
+            tracing::debug!(error = %DisplayErrorContext(err), "{action}");
+            anyhow::Error::new(MissingLogGroup(log_group.to_string()))
         }
         Some("AccessDeniedException") => anyhow!(
-            "access denied: these credentials may not call logs:FilterLogEvents on log group {} \
+            "access denied: these credentials may not call logs:{action} on log group {log_group} \
              (AWS said: {}); grant it as iam-policy.json does",
-            q.log_group,
             advice::short(err)
         ),
         _ => anyhow!(
-            "FilterLogEvents on {} failed after {attempts} attempt(s): {} (-v shows the whole error)",
-            q.log_group,
+            "{action} on {log_group} failed after {attempts} attempt(s): {} (-v shows the whole error)",
             advice::short(err)
         ),
     }

@@ -4,3 +4,4 @@
 pub mod advice;
 pub mod cloudwatch;
 pub mod file;
+pub mod insights;

@@ -4,7 +4,8 @@
 //! `400 ThrottlingException`, answer a 5xx, hold it past the client's
 //! timeout, forward it and cut the response off half way, or close the
 //! connection without answering. Nothing else
-//! is changed. It records every request (arrival time, operation, fault)
+//! is changed, except operations the test answers itself
+//! ([`Proxy::answer`]: an emulator's missing Insights states, for one). It records every request (arrival time, operation, fault)
 //! so a test can count calls and measure the request rate.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -37,6 +38,8 @@ pub struct Request {
     /// Who asked where: `ACCESS_KEY_ID/REGION/SERVICE` from the SigV4
     /// credential scope (a role's assumed keys name its account).
     pub scope: String,
+    /// The request's body (JSON), as text.
+    pub body: String,
 }
 
 type Plan = dyn FnMut(usize, &str) -> Fault + Send;
@@ -46,7 +49,11 @@ pub struct Proxy {
     log: Arc<Mutex<Vec<Request>>>,
     plan: Arc<Mutex<Box<Plan>>>,
     denied: Arc<Mutex<Vec<String>>>,
+    answers: Answers,
 }
+
+/// Operations the proxy answers itself: (target suffix, 200 body).
+type Answers = Arc<Mutex<Vec<(String, String)>>>;
 
 impl Proxy {
     /// Starts a proxy to `upstream` (`http://host:port`) on a free port.
@@ -57,11 +64,13 @@ impl Proxy {
         let log = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
         let denied: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (l, p, d) = (log.clone(), plan.clone(), denied.clone());
+        let answers: Answers = Arc::default();
+        let (l, p, d, a) = (log.clone(), plan.clone(), denied.clone(), answers.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (l, p, d, up) = (l.clone(), p.clone(), d.clone(), upstream.clone());
-                std::thread::spawn(move || serve(conn, &up, &l, &p, &d));
+                let (l, p, d, a, up) =
+                    (l.clone(), p.clone(), d.clone(), a.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &l, &p, &d, &a));
             }
         });
         Proxy {
@@ -69,6 +78,7 @@ impl Proxy {
             log,
             plan,
             denied,
+            answers,
         }
     }
 
@@ -76,6 +86,16 @@ impl Proxy {
     /// (a trust policy that does not trust the caller).
     pub fn deny_assume_role(&self, account: &str) {
         self.denied.lock().unwrap().push(account.to_string());
+    }
+
+    /// Answers every following request whose operation ends with
+    /// `target_suffix` (e.g. `GetQueryResults`) with 200 and `body`,
+    /// without asking upstream.
+    pub fn answer(&self, target_suffix: &str, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .push((target_suffix.to_string(), body.to_string()));
     }
 
     /// Sets what happens to each following request: `plan(index, target)`,
@@ -119,6 +139,7 @@ fn serve(
     log: &Mutex<Vec<Request>>,
     plan: &Mutex<Box<Plan>>,
     denied: &Mutex<Vec<String>>,
+    answers: &Mutex<Vec<(String, String)>>,
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
@@ -138,6 +159,7 @@ fn serve(
                 target: "AssumeRole".into(),
                 fault: Fault::Reject(403, "AccessDenied", "not trusted"),
                 scope,
+                body: body_text.clone().into_owned(),
             });
             let body = "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
                         <Message>not authorized to perform sts:AssumeRole</Message></Error>\
@@ -151,6 +173,12 @@ fn serve(
             }
             continue;
         }
+        let answer = answers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(suffix, _)| target.ends_with(suffix.as_str()))
+            .map(|(_, body)| body.clone());
         let fault = {
             let mut log = log.lock().unwrap();
             let index = log
@@ -167,9 +195,20 @@ fn serve(
                 target: target.clone(),
                 fault,
                 scope,
+                body: String::from_utf8_lossy(&body).into_owned(),
             });
             fault
         };
+        if let Some(answer) = answer {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-RequestId: answered\r\n\r\n{answer}",
+                answer.len()
+            );
+            if client.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         let ok = match fault {
             Fault::Forward => {
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())

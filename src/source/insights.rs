@@ -1,0 +1,980 @@
+//! CloudWatch Logs Insights as a server-side prefilter (`poll --engine insights`).
+//!
+//! FilterLogEvents reads a log group at a few requests per second per
+//! account and region; Insights scans months of it in parallel on the
+//! server and is priced per GB scanned. kubeanon uses Insights only to
+//! narrow the events down: the query returns a superset of the anonymous
+//! events, and every returned message goes through the same detector as a
+//! FilterLogEvents read, with the stream and the window checked again here.
+//! Findings are the same as a FilterLogEvents run's because of three rules:
+//!
+//! - **Windows.** Insights takes whole seconds and includes an event when
+//!   `start * 1000 <= timestamp <= end * 1000` (the start second whole, only
+//!   the first millisecond of the end second). A window `[s, e)` in ms is
+//!   queried as `[floor(s / 1000), ceil(e / 1000)]`, split into ranges that
+//!   meet at whole seconds, and each range keeps only the rows in its own
+//!   `[a * 1000, b * 1000)` and in `[s, e)`: no gap, no overlap.
+//! - **Never truncated.** A query that returns as many rows as its limit, or
+//!   whose statistics matched more rows than it returned, was cut short: its
+//!   range is split and queried again. A one-second range that is still cut
+//!   is read with FilterLogEvents instead.
+//! - **Whole messages.** A returned message that is not complete JSON (a
+//!   server may shorten long field values; a prefix of a JSON object is
+//!   never valid JSON itself, so a shortened message is always caught) is
+//!   not judged from its row: its second is read again with
+//!   FilterLogEvents, and the Insights rows of that second are not used.
+//!
+//! One query reads one log group, although StartQuery takes up to 50: a
+//! poll's unit is one log group (its steps, rows and failures are its own),
+//! a missing or denied log group then fails alone instead of failing a
+//! shared query, the rows of a busy cluster do not split the ranges of a
+//! quiet one, and the bytes scanned (the price) are the same either way.
+//!
+//! Every request goes through the run's pacer and retry policy
+//! ([`send_paced`]); at most `--max-queries` queries run at once across the
+//! run; StartQuery's `LimitExceededException` (the account's concurrent
+//! queries are taken) is waited out; GetQueryResults is polled with
+//! backoff; queries still running are stopped (StopQuery) when a read
+//! fails, is interrupted (Ctrl-C) or the scan budget is spent.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput;
+use aws_sdk_cloudwatchlogs::types::{QueryStatus, ResultField};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use indicatif::ProgressBar;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use super::cloudwatch::{self, Api, LogEvent, Query, Read, send_paced};
+
+/// The published price of Logs Insights in us-east-1, USD per GB scanned
+/// (<https://aws.amazon.com/cloudwatch/pricing/>, "Logs Insights queries").
+pub const US_EAST_1_PRICE_PER_GB: f64 = 0.005;
+
+/// A GB as the budget and the estimate count it (10^9 bytes).
+pub const GB: f64 = 1e9;
+
+/// How a run uses Insights.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rows one query may return (`--query-limit`); a query that returns
+    /// this many is split.
+    pub limit: u32,
+    /// Queries running at once across the run (`--max-queries`).
+    pub max_queries: usize,
+    /// Stop the run once more than this many bytes were scanned
+    /// (`--max-scan-gb`).
+    pub max_scan_bytes: Option<f64>,
+    pub polling: Polling,
+}
+
+/// Waits between the calls about one query.
+#[derive(Debug, Clone, Copy)]
+pub struct Polling {
+    /// Before the first GetQueryResults of a query; doubled after each
+    /// answer that it is still running, up to `cap`.
+    pub first: Duration,
+    pub cap: Duration,
+    /// After a `LimitExceededException`, before StartQuery again; doubled
+    /// up to `limit_wait_cap`, given up after `limit_wait_total`.
+    pub limit_wait: Duration,
+    pub limit_wait_cap: Duration,
+    pub limit_wait_total: Duration,
+    /// A query still running this long after it started is stopped and
+    /// taken as timed out (AWS times queries out after 60 minutes).
+    pub deadline: Duration,
+}
+
+impl Default for Polling {
+    fn default() -> Self {
+        Polling {
+            first: Duration::from_millis(250),
+            cap: Duration::from_secs(5),
+            limit_wait: Duration::from_secs(2),
+            limit_wait_cap: Duration::from_secs(30),
+            limit_wait_total: Duration::from_secs(30 * 60),
+            deadline: Duration::from_secs(65 * 60),
+        }
+    }
+}
+
+/// Why the run's Insights reads stopped before their end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Ctrl-C.
+    Interrupted,
+    /// More than `--max-scan-gb` was scanned.
+    Budget,
+}
+
+/// A read that ended because the run was stopped.
+#[derive(Debug)]
+pub struct Stopped(pub String);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Counters of a run's Insights use.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Queries started (StartQuery answered with an id).
+    pub queries: AtomicU64,
+    /// Ranges split because their query was cut short or timed out.
+    pub splits: AtomicU64,
+    /// Queries started again after ending Failed, Cancelled or Unknown.
+    pub reruns: AtomicU64,
+    /// StartQuery calls that found the account's concurrent queries taken.
+    pub limit_waits: AtomicU64,
+    /// Seconds read with FilterLogEvents (a second still cut short, or
+    /// holding a message that was not whole).
+    pub reread_seconds: AtomicU64,
+    /// Queries stopped with StopQuery.
+    pub stopped: AtomicU64,
+}
+
+/// Bytes scanned: by queries that ended, and by each running one so far.
+#[derive(Debug, Default)]
+struct Scanned {
+    ended: f64,
+    /// Query id -> (the read it belongs to, bytes scanned so far).
+    running: HashMap<String, (u64, f64)>,
+}
+
+impl Scanned {
+    fn total(&self) -> f64 {
+        self.ended + self.running.values().map(|r| r.1).sum::<f64>()
+    }
+}
+
+/// The Insights engine of one run: settings, the query slots, the budget,
+/// the counters and the stop signal, shared by every log group's reads.
+pub struct Insights {
+    settings: Settings,
+    slots: Semaphore,
+    scanned: Mutex<Scanned>,
+    stop: Arc<watch::Sender<Option<Stop>>>,
+    next_read: AtomicU64,
+    listening: AtomicBool,
+    bar: Mutex<Option<ProgressBar>>,
+    pub stats: Stats,
+}
+
+impl Insights {
+    pub fn new(settings: Settings) -> Self {
+        Insights {
+            slots: Semaphore::new(settings.max_queries.max(1)),
+            settings,
+            scanned: Mutex::default(),
+            stop: Arc::new(watch::Sender::new(None)),
+            next_read: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            bar: Mutex::new(None),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Shows the queries' progress as the message of `bar`.
+    pub fn show_on(&self, bar: &ProgressBar) {
+        *lock(&self.bar) = Some(bar.clone());
+    }
+
+    /// Bytes scanned so far, running queries included.
+    pub fn bytes_scanned(&self) -> f64 {
+        lock(&self.scanned).total()
+    }
+
+    /// Why the run was stopped, if it was.
+    pub fn stopped(&self) -> Option<Stop> {
+        *self.stop.borrow()
+    }
+
+    /// Stops every read of the run, as Ctrl-C does: running queries are
+    /// stopped by the reads they belong to.
+    pub fn interrupt(&self) {
+        self.stop_with(Stop::Interrupted);
+    }
+
+    fn stop_with(&self, why: Stop) {
+        self.stop.send_if_modified(|s| {
+            let first = s.is_none();
+            if first {
+                *s = Some(why);
+            }
+            first
+        });
+    }
+
+    /// The error a read returns once the run is stopped.
+    fn stop_error(&self, why: Stop) -> anyhow::Error {
+        let text = match why {
+            Stop::Interrupted => {
+                "interrupted (Ctrl-C): the running Insights queries were stopped; the window was not read to its end".to_string()
+            }
+            Stop::Budget => format!(
+                "the Insights scan budget is spent: {} scanned, more than --max-scan-gb {}; the running queries were stopped \
+                 and the window was not read to its end (raise --max-scan-gb, or narrow the window or the clusters)",
+                human_bytes(self.bytes_scanned()),
+                self.settings.max_scan_bytes.unwrap_or(0.0) / GB
+            ),
+        };
+        anyhow::Error::new(Stopped(text))
+    }
+
+    /// Fails when the run is stopped.
+    fn check(&self) -> Result<()> {
+        match self.stopped() {
+            Some(why) => Err(self.stop_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves once the run is stopped, with the error to return.
+    async fn until_stopped(&self) -> anyhow::Error {
+        let mut rx = self.stop.subscribe();
+        let why = match rx.wait_for(Option::is_some).await {
+            Ok(why) => why.unwrap_or(Stop::Interrupted),
+            // The sender lives as long as self: never reached.
+            Err(_) => std::future::pending().await,
+        };
+        self.stop_error(why)
+    }
+
+    /// Sleeps, unless the run is stopped first.
+    async fn sleep(&self, d: Duration) -> Result<()> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => self.check(),
+            err = self.until_stopped() => Err(err),
+        }
+    }
+
+    /// On the first read, takes Ctrl-C over: the first one stops the run
+    /// (each read stops its queries), a second one quits at once.
+    fn listen_for_ctrl_c(&self) {
+        if self.listening.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            eprintln!(
+                "kubeanon poll: interrupted: stopping the running Insights queries (Ctrl-C again quits at once and leaves them running)"
+            );
+            stop.send_if_modified(|s| {
+                let first = s.is_none();
+                if first {
+                    *s = Some(Stop::Interrupted);
+                }
+                first
+            });
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    }
+
+    /// May another query start? Not once the budget is spent.
+    fn may_start(&self) -> Result<()> {
+        self.check()?;
+        if let Some(budget) = self.settings.max_scan_bytes
+            && self.bytes_scanned() >= budget
+        {
+            self.stop_with(Stop::Budget);
+            return Err(self.stop_error(Stop::Budget));
+        }
+        Ok(())
+    }
+
+    fn register(&self, id: &str, read: u64) {
+        lock(&self.scanned)
+            .running
+            .insert(id.to_string(), (read, 0.0));
+        self.show();
+    }
+
+    /// Records a running query's bytes; fails (and stops the run) once the
+    /// run scanned more than its budget.
+    fn scanned_so_far(&self, id: &str, bytes: f64) -> Result<()> {
+        let total = {
+            let mut s = lock(&self.scanned);
+            if let Some(r) = s.running.get_mut(id) {
+                r.1 = r.1.max(bytes);
+            }
+            s.total()
+        };
+        self.show();
+        if let Some(budget) = self.settings.max_scan_bytes
+            && total > budget
+        {
+            self.stop_with(Stop::Budget);
+            return Err(self.stop_error(Stop::Budget));
+        }
+        Ok(())
+    }
+
+    /// A query that ended: its bytes move to the ended ones.
+    fn ended(&self, id: &str, bytes: Option<f64>) {
+        let mut s = lock(&self.scanned);
+        if let Some((_, so_far)) = s.running.remove(id) {
+            s.ended += bytes.unwrap_or(so_far).max(so_far);
+        }
+        drop(s);
+        self.show();
+    }
+
+    /// Stops (StopQuery) every query of `read` still running.
+    async fn stop_queries(&self, api: &Api<'_>, read: u64, log_group: &str) {
+        let ids: Vec<String> = lock(&self.scanned)
+            .running
+            .iter()
+            .filter(|(_, r)| r.0 == read)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let sent = send_paced(api, "StopQuery", log_group, || {
+                api.client.stop_query().query_id(&id).send()
+            })
+            .await;
+            match sent {
+                Ok(_) => {
+                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, query = %id, "StopQuery");
+                }
+                // It may have ended meanwhile; nothing more can be done.
+                Err(f) => {
+                    tracing::debug!(%log_group, query = %id, error = %f.describe(api, "StopQuery", log_group), "StopQuery failed")
+                }
+            }
+            self.ended(&id, None);
+        }
+    }
+
+    fn show(&self) {
+        if let Some(bar) = lock(&self.bar).as_ref() {
+            let running = lock(&self.scanned).running.len();
+            bar.set_message(format!(
+                "; Insights: {} queries, {running} running, {} scanned",
+                self.stats.queries.load(Ordering::Relaxed),
+                human_bytes(self.bytes_scanned())
+            ));
+        }
+    }
+
+    /// The summary's cost line: queries, bytes scanned, and an estimate of
+    /// the price (labelled as such).
+    pub fn cost_line(&self, region: &str) -> String {
+        let s = &self.stats;
+        let bytes = self.bytes_scanned();
+        let (price, note) = price_per_gb(region);
+        format!(
+            "Insights: {} queries ({} split, {} run again, {} waits for a free query slot, {} stopped), {} scanned, \
+             estimated cost ${:.4} at ${price}/GB{note} (an estimate from the queries' statistics, not a bill); \
+             {} second(s) read with FilterLogEvents",
+            s.queries.load(Ordering::Relaxed),
+            s.splits.load(Ordering::Relaxed),
+            s.reruns.load(Ordering::Relaxed),
+            s.limit_waits.load(Ordering::Relaxed),
+            s.stopped.load(Ordering::Relaxed),
+            human_bytes(bytes),
+            bytes / GB * price,
+            s.reread_seconds.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The published per-GB price of Logs Insights for `region`, and what to
+/// say about it. Only us-east-1's is built in; elsewhere the estimate uses
+/// it and says so.
+pub fn price_per_gb(region: &str) -> (f64, String) {
+    if region == "us-east-1" {
+        (US_EAST_1_PRICE_PER_GB, " in us-east-1".to_string())
+    } else {
+        (
+            US_EAST_1_PRICE_PER_GB,
+            format!(
+                " (the us-east-1 list price; {region}'s may differ, see aws.amazon.com/cloudwatch/pricing)"
+            ),
+        )
+    }
+}
+
+/// The query: a superset of the anonymous events of the audit streams,
+/// with the fields the core needs. The rule needs `user.username` to
+/// unescape to `system:anonymous` ignoring ASCII case, so a matching
+/// message holds `anonymous` in some case, or a `\u` escape of one of its
+/// letters (or of a backslash): `\u004x`-`\u007x`. The stream prefix is
+/// kept up to its first character that is not a letter, digit, `-` or `_`
+/// (it goes into a regular expression); the full prefix is checked here.
+pub fn query_string(stream_prefix: &str, limit: u32) -> String {
+    let safe: String = stream_prefix
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let stream = if safe.is_empty() {
+        String::new()
+    } else {
+        format!("@logStream like /^{safe}/ and ")
+    };
+    format!(
+        "fields @timestamp, @message, @logStream, @ptr \
+         | filter {stream}(@message like /(?i)anonymous/ or @message like /\\\\u00[4-7]/) \
+         | limit {limit}"
+    )
+}
+
+/// Whole seconds `[a, b]` as StartQuery takes them: events with
+/// `a * 1000 <= timestamp <= b * 1000`. The range answers for
+/// `[a * 1000, b * 1000)`; the millisecond `b * 1000` is its neighbour's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub a: i64,
+    pub b: i64,
+}
+
+impl Range {
+    /// The seconds that cover the window `[start_ms, end_ms)`.
+    pub fn covering(start_ms: i64, end_ms: i64) -> Range {
+        let a = start_ms.div_euclid(1000);
+        let b = end_ms.div_euclid(1000) + i64::from(end_ms.rem_euclid(1000) != 0);
+        Range { a, b: b.max(a + 1) }
+    }
+
+    pub fn seconds(self) -> i64 {
+        self.b - self.a
+    }
+
+    /// `n` ranges (at most one per second) that meet at whole seconds.
+    pub fn split(self, n: i64) -> Vec<Range> {
+        let len = self.seconds();
+        let n = n.clamp(1, len.max(1));
+        (0..n)
+            .map(|i| Range {
+                a: self.a + len * i / n,
+                b: self.a + len * (i + 1) / n,
+            })
+            .collect()
+    }
+}
+
+/// How many pieces a cut range is split into: enough that each is expected
+/// to hold half a limit of rows when the statistics say how many matched,
+/// else two.
+fn pieces(matched: Option<f64>, limit: u32) -> i64 {
+    match matched {
+        Some(m) if m > f64::from(limit) => {
+            ((2.0 * m / f64::from(limit)).ceil() as i64).clamp(2, 64)
+        }
+        _ => 2,
+    }
+}
+
+/// `@timestamp` as servers return it: `YYYY-MM-DD HH:MM:SS.mmm` in UTC
+/// (AWS) or epoch milliseconds (some emulators).
+pub fn parse_timestamp(value: &str) -> Option<i64> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok();
+    }
+    chrono::NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// One result row, as the core needs it.
+struct Row<'r> {
+    timestamp: i64,
+    stream: &'r str,
+    message: &'r str,
+    ptr: Option<&'r str>,
+}
+
+fn row<'r>(fields: &'r [ResultField], log_group: &str) -> Result<Row<'r>> {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.field() == Some(name))
+            .and_then(|f| f.value())
+    };
+    let missing = |name: &str| {
+        anyhow!(
+            "Insights returned a row of {log_group} without {name}: the answer cannot be checked"
+        )
+    };
+    let ts = get("@timestamp").ok_or_else(|| missing("@timestamp"))?;
+    let timestamp = parse_timestamp(ts).ok_or_else(|| {
+        anyhow!(
+            "Insights returned a row of {log_group} whose @timestamp {:?} is neither 'YYYY-MM-DD HH:MM:SS.mmm' nor epoch milliseconds",
+            ts.chars().take(40).collect::<String>()
+        )
+    })?;
+    Ok(Row {
+        timestamp,
+        stream: get("@logStream").ok_or_else(|| missing("@logStream"))?,
+        message: get("@message").ok_or_else(|| missing("@message"))?,
+        ptr: get("@ptr"),
+    })
+}
+
+/// Is `message` one whole JSON value? A message cut short is not.
+fn is_whole(message: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(message).is_ok()
+}
+
+/// What became of one range's query.
+enum Done {
+    /// Complete, not cut short: its rows.
+    Rows(Range, GetQueryResultsOutput),
+    /// Cut short or timed out: query these instead.
+    Split(Vec<Range>),
+    /// A one-second range cut short or timed out: read it with
+    /// FilterLogEvents.
+    Reread(Range),
+}
+
+/// Reads the window of `q` through Insights, calling `each` for every
+/// event of an audit stream inside the window that the query returned (a
+/// superset of the anonymous ones), as [`cloudwatch::read_group`] does for
+/// FilterLogEvents. An event's `event_id` is its `@ptr` (Insights has no
+/// eventIds), or its eventId when its second was read with FilterLogEvents.
+/// `each` may stop the read; queries still running are then stopped, as
+/// they are when the read fails or the run is stopped.
+pub async fn read_window(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    mut each: impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+) -> Result<Read> {
+    ins.listen_for_ctrl_c();
+    ins.check()?;
+    let read_id = ins.next_read.fetch_add(1, Ordering::Relaxed);
+    let mut read = Read::default();
+    let result = drive(api, ins, q, read_id, &mut each, &mut read).await;
+    if result.is_err() || read.stopped {
+        ins.stop_queries(api, read_id, &q.log_group).await;
+    }
+    result.map(|()| read)
+}
+
+async fn drive(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    read_id: u64,
+    each: &mut impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+    read: &mut Read,
+) -> Result<()> {
+    let window = Range::covering(q.start_ms, q.end_ms);
+    // The window's first queries use the run's query slots at once.
+    let mut todo: VecDeque<Range> = window.split(ins.settings.max_queries as i64).into();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < ins.settings.max_queries
+            && let Some(range) = todo.pop_front()
+        {
+            running.push(run_query(api, ins, q, range, read_id));
+        }
+        let done = tokio::select! {
+            done = running.next() => done,
+            err = ins.until_stopped() => return Err(err),
+        };
+        let Some(done) = done else {
+            return Ok(());
+        };
+        match done? {
+            Done::Split(pieces) => todo.extend(pieces),
+            Done::Reread(range) => {
+                if reread(api, ins, q, range.a, range.b, each, read).await? {
+                    return Ok(());
+                }
+            }
+            Done::Rows(range, out) => {
+                if feed(api, ins, q, range, &out, each, read).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Feeds one complete query's rows; seconds holding a message that is not
+/// whole are read with FilterLogEvents instead. True when `each` stopped.
+async fn feed(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    range: Range,
+    out: &GetQueryResultsOutput,
+    each: &mut impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+    read: &mut Read,
+) -> Result<bool> {
+    let rows = out
+        .results()
+        .iter()
+        .map(|fields| row(fields, &q.log_group))
+        .collect::<Result<Vec<_>>>()?;
+    // This range answers for [a, b) seconds of the window [start, end).
+    let lo = q.start_ms.max(range.a * 1000);
+    let hi = q.end_ms.min(range.b * 1000);
+    let ours = |r: &Row<'_>| r.timestamp >= lo && r.timestamp < hi;
+    let audit = |r: &Row<'_>| r.stream.starts_with(&q.stream_prefix);
+    let cut: BTreeSet<i64> = rows
+        .iter()
+        .filter(|r| ours(r) && audit(r) && !is_whole(r.message))
+        .map(|r| r.timestamp.div_euclid(1000))
+        .collect();
+    for r in &rows {
+        if r.timestamp < range.a * 1000 || r.timestamp > range.b * 1000 {
+            // Not asked for: the server ignored the range.
+            read.outside_window += 1;
+        } else if !ours(r) || cut.contains(&r.timestamp.div_euclid(1000)) {
+            // A neighbour's, outside the window by the second rounding,
+            // or read again whole below.
+        } else if !audit(r) {
+            read.other_streams += 1;
+        } else {
+            let flow = each(LogEvent {
+                timestamp: r.timestamp,
+                event_id: r.ptr,
+                message: r.message,
+            });
+            if flow.is_break() {
+                read.stopped = true;
+                return Ok(true);
+            }
+        }
+    }
+    if !cut.is_empty() {
+        tracing::debug!(log_group = %q.log_group, seconds = cut.len(), "messages not whole: reading their seconds with FilterLogEvents");
+    }
+    // Runs of consecutive seconds, one FilterLogEvents read each.
+    let mut seconds = cut.into_iter().peekable();
+    while let Some(first) = seconds.next() {
+        let mut last = first;
+        while seconds.peek() == Some(&(last + 1)) {
+            last += 1;
+            seconds.next();
+        }
+        if reread(api, ins, q, first, last + 1, each, read).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Reads seconds `[a, b)` of the window with FilterLogEvents (the run's
+/// read settings). True when `each` stopped.
+async fn reread(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    a: i64,
+    b: i64,
+    each: &mut impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
+    read: &mut Read,
+) -> Result<bool> {
+    let sub = Query {
+        start_ms: q.start_ms.max(a * 1000),
+        end_ms: q.end_ms.min(b * 1000),
+        ..q.clone()
+    };
+    if sub.start_ms >= sub.end_ms {
+        return Ok(false);
+    }
+    ins.stats
+        .reread_seconds
+        .fetch_add((b - a) as u64, Ordering::Relaxed);
+    let r = tokio::select! {
+        r = cloudwatch::read_group(api, &sub, &mut *each, |_, _| {}) => r?,
+        err = ins.until_stopped() => return Err(err),
+    };
+    read.other_streams += r.other_streams;
+    read.outside_window += r.outside_window;
+    read.stopped |= r.stopped;
+    Ok(r.stopped)
+}
+
+/// Runs one range's query to its end (in one of the run's query slots).
+async fn run_query(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    range: Range,
+    read_id: u64,
+) -> Result<Done> {
+    let _slot = ins.slots.acquire().await?;
+    let mut attempt = 1;
+    loop {
+        ins.may_start()?;
+        let id = start(api, ins, q, range).await?;
+        ins.register(&id, read_id);
+        let (status, out) = match results(api, ins, q, &id).await {
+            Ok(r) => r,
+            // The read stops this query with the others of the read.
+            Err(e) => return Err(e),
+        };
+        ins.ended(&id, out.statistics().map(|s| s.bytes_scanned()));
+        match status {
+            QueryStatus::Complete => {
+                let rows = out.results().len();
+                let matched = out.statistics().map(|s| s.records_matched());
+                let cut =
+                    rows >= ins.settings.limit as usize || matched.is_some_and(|m| m > rows as f64);
+                if !cut {
+                    return Ok(Done::Rows(range, out));
+                }
+                tracing::debug!(log_group = %q.log_group, a = range.a, b = range.b, rows, ?matched, "query cut short at its limit");
+                return Ok(split(ins, range, pieces(matched, ins.settings.limit)));
+            }
+            QueryStatus::Timeout => {
+                tracing::debug!(log_group = %q.log_group, a = range.a, b = range.b, "query timed out");
+                return Ok(split(ins, range, 2));
+            }
+            other => {
+                if attempt >= api.retry.max_attempts {
+                    bail!(
+                        "Insights query on {} for {}..{} ended {} {attempt} time(s) (-v shows each)",
+                        q.log_group,
+                        seconds_rfc3339(range.a),
+                        seconds_rfc3339(range.b),
+                        other.as_str()
+                    );
+                }
+                tracing::debug!(log_group = %q.log_group, query = %id, status = other.as_str(), attempt, "query ended without results: running it again");
+                ins.stats.reruns.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn split(ins: &Insights, range: Range, n: i64) -> Done {
+    if range.seconds() <= 1 {
+        return Done::Reread(range);
+    }
+    ins.stats.splits.fetch_add(1, Ordering::Relaxed);
+    Done::Split(range.split(n.max(2)))
+}
+
+/// StartQuery for one range; a full account (`LimitExceededException`) is
+/// waited out.
+async fn start(api: &Api<'_>, ins: &Insights, q: &Query, range: Range) -> Result<String> {
+    let query = query_string(&q.stream_prefix, ins.settings.limit);
+    let polling = ins.settings.polling;
+    let mut delay = polling.limit_wait;
+    let mut waited = Duration::ZERO;
+    loop {
+        let sent = send_paced(api, "StartQuery", &q.log_group, || {
+            api.client
+                .start_query()
+                .log_group_name(&q.log_group)
+                .start_time(range.a)
+                .end_time(range.b)
+                .query_string(&query)
+                .limit(ins.settings.limit as i32)
+                .send()
+        })
+        .await;
+        match sent {
+            Ok(out) => {
+                ins.stats.queries.fetch_add(1, Ordering::Relaxed);
+                return out.query_id().map(str::to_string).ok_or_else(|| {
+                    anyhow!("StartQuery on {} answered without a query id", q.log_group)
+                });
+            }
+            Err(f) if f.code() == Some("LimitExceededException") => {
+                if waited >= polling.limit_wait_total {
+                    bail!(
+                        "StartQuery on {}: the account's concurrent Insights queries stayed taken for {} \
+                         (dashboards, other people); try again later, or lower --max-queries",
+                        q.log_group,
+                        humantime::format_duration(waited)
+                    );
+                }
+                ins.stats.limit_waits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(log_group = %q.log_group, ?delay, "LimitExceededException: waiting for a free query slot");
+                ins.sleep(delay).await?;
+                waited += delay;
+                delay = (delay * 2).min(polling.limit_wait_cap);
+            }
+            Err(f) => return Err(f.describe(api, "StartQuery", &q.log_group)),
+        }
+    }
+}
+
+/// Polls GetQueryResults with backoff until the query ends; its status and
+/// last answer. A query past the deadline is taken as timed out.
+async fn results(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    id: &str,
+) -> Result<(QueryStatus, GetQueryResultsOutput)> {
+    let polling = ins.settings.polling;
+    let started = Instant::now();
+    let mut delay = polling.first;
+    loop {
+        ins.sleep(delay).await?;
+        let out = send_paced(api, "GetQueryResults", &q.log_group, || {
+            api.client.get_query_results().query_id(id).send()
+        })
+        .await
+        .map_err(|f| match f.code() {
+            Some("ResourceNotFoundException") => anyhow!(
+                "GetQueryResults on {}: query {id} no longer exists",
+                q.log_group
+            ),
+            _ => f.describe(api, "GetQueryResults", &q.log_group),
+        })?;
+        let bytes = out.statistics().map_or(0.0, |s| s.bytes_scanned());
+        ins.scanned_so_far(id, bytes)?;
+        match out.status() {
+            Some(QueryStatus::Running | QueryStatus::Scheduled) => {
+                if started.elapsed() >= polling.deadline {
+                    // Still running past AWS's own timeout: stop it
+                    // (the read does, with its other queries, if this
+                    // fails) and split its range.
+                    let _ = send_paced(api, "StopQuery", &q.log_group, || {
+                        api.client.stop_query().query_id(id).send()
+                    })
+                    .await;
+                    ins.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    return Ok((QueryStatus::Timeout, out));
+                }
+                delay = (delay * 2).min(polling.cap);
+            }
+            Some(status) => return Ok((status.clone(), out)),
+            None => return Ok((QueryStatus::UnknownValue, out)),
+        }
+    }
+}
+
+fn seconds_rfc3339(s: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(s, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// `1.23 GB`, `456 MB`, `12.0 kB`, `0 B` (powers of 1000, as AWS bills).
+pub fn human_bytes(bytes: f64) -> String {
+    match bytes {
+        b if b >= 1e9 => format!("{:.2} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_covered_by_the_seconds_insights_takes() {
+        // [1500, 2700) ms: seconds 1 through 3 (3000 ms is only its first ms).
+        assert_eq!(Range::covering(1_500, 2_700), Range { a: 1, b: 3 });
+        // Whole seconds stay whole: [1000, 3000) is [1, 3].
+        assert_eq!(Range::covering(1_000, 3_000), Range { a: 1, b: 3 });
+        // Inside one second.
+        assert_eq!(Range::covering(1_200, 1_300), Range { a: 1, b: 2 });
+        // Before the epoch, floor and ceil still hold.
+        assert_eq!(Range::covering(-1_500, -200), Range { a: -2, b: 0 });
+    }
+
+    #[test]
+    fn split_ranges_meet_at_whole_seconds_without_gap_or_overlap() {
+        for (a, b, n) in [
+            (0, 10, 3),
+            (5, 6, 4),
+            (100, 200, 64),
+            (7, 9, 2),
+            (-30, 31, 7),
+        ] {
+            let parts = Range { a, b }.split(n);
+            assert!(parts.len() as i64 <= n.min(b - a));
+            assert_eq!(parts.first().unwrap().a, a);
+            assert_eq!(parts.last().unwrap().b, b);
+            for w in parts.windows(2) {
+                assert_eq!(w[0].b, w[1].a, "{parts:?}");
+            }
+            assert!(parts.iter().all(|p| p.b > p.a), "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn a_cut_range_is_split_by_how_much_matched() {
+        assert_eq!(pieces(None, 100), 2);
+        assert_eq!(pieces(Some(100.0), 100), 2);
+        assert_eq!(pieces(Some(1_000.0), 100), 20);
+        assert_eq!(pieces(Some(1e9), 100), 64);
+    }
+
+    #[test]
+    fn timestamps_in_both_forms() {
+        assert_eq!(
+            parse_timestamp("2023-11-14 22:13:20.123"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_timestamp("2023-11-14 22:13:20"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_timestamp(""), None);
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp("2023-11-14T22:13:20Z"), None);
+    }
+
+    #[test]
+    fn the_query_keeps_a_safe_prefix_and_the_limit() {
+        let q = query_string("kube-apiserver-audit-", 500);
+        assert!(
+            q.contains("@logStream like /^kube-apiserver-audit-/ and "),
+            "{q}"
+        );
+        assert!(q.contains("@message like /(?i)anonymous/"), "{q}");
+        assert!(q.contains(r"@message like /\\u00[4-7]/"), "{q}");
+        assert!(q.ends_with("| limit 500"), "{q}");
+        for field in ["@timestamp", "@message", "@logStream", "@ptr"] {
+            assert!(q.contains(field), "{q}");
+        }
+        // Characters that mean something in a regular expression or the
+        // query language end the prefix the server sees.
+        let q = query_string("audit/|x", 10);
+        assert!(q.contains("/^audit/ and"), "{q}");
+        assert!(!q.contains("|x"), "{q}");
+        let q = query_string(".*", 10);
+        assert!(!q.contains("@logStream like"), "{q}");
+    }
+
+    #[test]
+    fn a_message_cut_short_is_never_whole() {
+        let msg = r#"{"kind":"Event","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"requestURI":"/version"}"#;
+        assert!(is_whole(msg));
+        for cut in 0..msg.len() {
+            assert!(!is_whole(&msg[..cut]), "{}", &msg[..cut]);
+        }
+        assert!(!is_whole(&format!("{}[Truncated...]", &msg[..40])));
+    }
+
+    #[test]
+    fn bytes_read_as_a_person_would() {
+        assert_eq!(human_bytes(0.0), "0 B");
+        assert_eq!(human_bytes(12_345.0), "12.3 kB");
+        assert_eq!(human_bytes(2_500_000_000.0), "2.50 GB");
+    }
+}
