@@ -23,4 +23,5 @@ pub mod detect;
 pub mod exit;
 pub mod output;
 pub mod source;
+pub mod state;
 pub mod testhooks;
