@@ -131,6 +131,8 @@ pub enum Condition<'a> {
 pub struct Bucket {
     client: Client,
     url: S3Url,
+    /// The bucket's region (HeadBucket's answer, else the configured one).
+    region: String,
     /// Where the client connects, for messages.
     endpoint: String,
     clock: ServerClock,
@@ -183,6 +185,7 @@ impl Bucket {
         let mut bucket = Bucket {
             client: build(&region),
             url,
+            region: region.clone(),
             endpoint,
             clock: clock.clone(),
         };
@@ -194,6 +197,7 @@ impl Bucket {
                 bucket.endpoint = format!("https://s3.{home}.amazonaws.com");
             }
             bucket.client = build(&home);
+            bucket.region = home;
         }
         Ok(bucket)
     }
@@ -231,6 +235,11 @@ impl Bucket {
 
     pub fn url(&self) -> &S3Url {
         &self.url
+    }
+
+    /// The region the client signs for: the bucket's.
+    pub fn region(&self) -> &str {
+        &self.region
     }
 
     /// S3's clock, as the `Date` header of its latest response told it.

@@ -6,6 +6,11 @@
 //! connection without answering. Nothing else
 //! is changed. It records every request (arrival time, operation, fault)
 //! so a test can count calls and measure the request rate.
+//!
+//! REST requests (S3: no `X-Amz-Target`) have their own plan, called with
+//! `METHOD /path?query` as the target and an index counting them; it runs
+//! in the proxy before the request goes on, so a plan can make another
+//! writer change an object between a client's read and its write.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -26,13 +31,21 @@ pub enum Fault {
     /// Read the request, then close the connection without a word (a
     /// pooled keep-alive connection the server dropped).
     CloseBeforeAnswer,
+    /// Forward it (the server acts on it), then close the connection
+    /// without the answer: the client cannot know it happened.
+    ForwardThenClose,
+    /// Answer with an S3 (XML) error: status and code.
+    S3Error(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
 pub struct Request {
     pub at: Instant,
-    /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`).
+    /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`),
+    /// or `METHOD /path?query` for a REST request (S3).
     pub target: String,
+    /// A REST request (no `X-Amz-Target`).
+    pub rest: bool,
     pub fault: Fault,
 }
 
@@ -42,6 +55,7 @@ pub struct Proxy {
     pub endpoint: String,
     log: Arc<Mutex<Vec<Request>>>,
     plan: Arc<Mutex<Box<Plan>>>,
+    rest_plan: Arc<Mutex<Box<Plan>>>,
 }
 
 impl Proxy {
@@ -52,18 +66,28 @@ impl Proxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
-        let (l, p) = (log.clone(), plan.clone());
+        let rest_plan: Arc<Mutex<Box<Plan>>> =
+            Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
+        let (l, p, r) = (log.clone(), plan.clone(), rest_plan.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (l, p, up) = (l.clone(), p.clone(), upstream.clone());
-                std::thread::spawn(move || serve(conn, &up, &l, &p));
+                let (l, p, r, up) = (l.clone(), p.clone(), r.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &l, &p, &r));
             }
         });
         Proxy {
             endpoint,
             log,
             plan,
+            rest_plan,
         }
+    }
+
+    /// Sets what happens to each following REST (S3) request:
+    /// `plan(index, "METHOD /path?query")`, index counting REST requests
+    /// from 0.
+    pub fn set_rest_plan(&self, plan: impl FnMut(usize, &str) -> Fault + Send + 'static) {
+        *self.rest_plan.lock().unwrap() = Box::new(plan);
     }
 
     /// Sets what happens to each following request: `plan(index, target)`,
@@ -101,18 +125,32 @@ impl Proxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mutex<Box<Plan>>) {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    log: &Mutex<Vec<Request>>,
+    plan: &Mutex<Box<Plan>>,
+    rest_plan: &Mutex<Box<Plan>>,
+) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     while let Some((head, body)) = read_request(&mut reader) {
-        let target = header(&head, "x-amz-target").unwrap_or_default();
+        let target = header(&head, "x-amz-target").unwrap_or_else(|| {
+            // The request line: `PUT /bucket/key?x-id=PutObject HTTP/1.1`.
+            let line = head.lines().next().unwrap_or_default();
+            line.rsplit_once(' ').map_or(line, |(l, _)| l).to_string()
+        });
+        let rest = header(&head, "x-amz-target").is_none();
         let fault = {
             let mut log = log.lock().unwrap();
-            let index = log
-                .iter()
-                .filter(|r| r.target.ends_with("FilterLogEvents"))
-                .count();
-            let fault = if target.ends_with("FilterLogEvents") {
+            let fault = if rest {
+                let index = log.iter().filter(|r| r.rest).count();
+                (rest_plan.lock().unwrap())(index, &target)
+            } else if target.ends_with("FilterLogEvents") {
+                let index = log
+                    .iter()
+                    .filter(|r| r.target.ends_with("FilterLogEvents"))
+                    .count();
                 (plan.lock().unwrap())(index, &target)
             } else {
                 Fault::Forward
@@ -120,6 +158,7 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
             log.push(Request {
                 at: Instant::now(),
                 target: target.clone(),
+                rest,
                 fault,
             });
             fault
@@ -144,6 +183,11 @@ fn serve(client: TcpStream, upstream: &str, log: &Mutex<Vec<Request>>, plan: &Mu
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
             }
             Fault::CloseBeforeAnswer => false,
+            Fault::ForwardThenClose => {
+                let _ = forward(&head, &body, upstream);
+                false
+            }
+            Fault::S3Error(status, code) => client.write_all(&s3_error(status, code)).is_ok(),
             Fault::Reject(status, kind, message) => {
                 client.write_all(&error(status, kind, message)).is_ok()
             }
@@ -218,6 +262,17 @@ fn error(status: u16, kind: &str, message: &str) -> Vec<u8> {
     let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
     format!(
         "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-RequestId: injected\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn s3_error(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message><RequestId>injected</RequestId></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: injected\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
