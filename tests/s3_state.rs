@@ -423,19 +423,39 @@ fn an_expired_lease_is_taken_over_by_exactly_one_run() {
 #[test]
 fn a_lease_that_expired_but_was_not_taken_is_renewed() {
     rt().block_on(async {
-        let bucket = fresh("kubeanon-late-renew").await;
-        assert!(Leases::new(bucket.clone(), Duration::from_secs(4), "x".into()).is_err());
-        // The shortest lease allowed, left to run out.
-        let a = Leases::new(bucket, Duration::from_millis(4100), "run-a".into()).unwrap();
+        make_bucket("kubeanon-late-renew", REGION).await;
+        // Quick requests allow a short lease (a writer must have time left).
+        let url = S3Url::parse("--checkpoint", "s3://kubeanon-late-renew/p/").unwrap();
+        let bucket = Bucket::with_config(
+            &sdk_config(&moto().endpoint, REGION).await,
+            Duration::from_millis(250),
+            url,
+        )
+        .await
+        .unwrap();
+        let shortest = kubeanon::state::lease::shortest(&bucket);
+        assert_eq!(shortest, Duration::from_millis(7500));
+        let err = Leases::new(
+            bucket.clone(),
+            shortest - Duration::from_millis(1),
+            "x".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("too short") && err.contains("use at least 8s"),
+            "{err}"
+        );
+        let a = Leases::new(bucket, shortest, "run-a".into()).unwrap();
         let u = unit("/aws/eks/r/cluster");
         let Acquire::Acquired(mut lease) = a.acquire(&u).await.unwrap() else {
             panic!("not acquired");
         };
-        tokio::time::sleep(Duration::from_millis(4200)).await;
+        tokio::time::sleep(shortest + Duration::from_millis(100)).await;
         assert_eq!(lease.remaining(), Duration::ZERO);
         // Nobody took it: If-Match on our own ETag still holds.
         a.ensure(&mut lease).await.unwrap();
-        assert!(lease.remaining() > Duration::from_secs(1));
+        assert!(lease.remaining() > Duration::from_secs(5));
     });
 }
 

@@ -26,8 +26,10 @@
 //!   (which covers the estimate being up to a second behind when the expiry
 //!   was computed). It writes only while at least half the lease is left,
 //!   so any write it starts has `ttl/2 - CLOCK_ERROR` to land before anyone
-//!   may take over; S3 requests time out well within that for the default
-//!   lease (keep `--lease` above four times `--attempt-timeout`).
+//!   may take over, and [`Leases::new`] refuses a lease shorter than twice
+//!   that plus the longest an S3 request can take ([`shortest`]: 3
+//!   attempts of `--attempt-timeout` and their backoff; 3 minutes and 6 s
+//!   for the default 30 s).
 //!
 //! Clock drift during one lease (parts per million) is not a concern.
 //!
@@ -109,14 +111,19 @@ pub struct Lease {
 }
 
 impl Leases {
-    /// Leases lasting `ttl` (more than twice [`CLOCK_ERROR`]), in the name
-    /// of `holder` (unique per run: see [`holder_id`]).
+    /// Leases lasting `ttl`, in the name of `holder` (unique per run: see
+    /// [`holder_id`]). `ttl` must be at least [`shortest`] for the bucket.
     pub fn new(bucket: Bucket, ttl: Duration, holder: String) -> Result<Self> {
-        if ttl <= CLOCK_ERROR * 2 {
+        let min = shortest(&bucket);
+        if ttl < min {
             bail!(
-                "a lease of {} is too short: it must outlast the {}s S3's clock can be misread by, twice over",
+                "a lease of {} is too short: S3 requests may take up to {} ({} attempts of --attempt-timeout), \
+                 and a holder writes only with half its lease left, less {}s for S3's clock; use at least {}",
                 humantime::format_duration(ttl),
-                CLOCK_ERROR.as_secs()
+                humantime::format_duration(bucket.longest_request()),
+                super::s3::ATTEMPTS,
+                CLOCK_ERROR.as_secs(),
+                humantime::format_duration(Duration::from_secs(min.as_secs_f64().ceil() as u64))
             );
         }
         Ok(Leases {
@@ -283,6 +290,12 @@ impl Lease {
     pub fn remaining(&self) -> Duration {
         (self.ttl.saturating_sub(CLOCK_ERROR)).saturating_sub(self.sent.elapsed())
     }
+}
+
+/// The shortest lease that still covers a write started with half of it
+/// left: twice ([`CLOCK_ERROR`] + the bucket's longest request).
+pub fn shortest(bucket: &Bucket) -> Duration {
+    (CLOCK_ERROR + bucket.longest_request()) * 2
 }
 
 /// A holder name unique to this run, that says where it runs: the host

@@ -29,6 +29,10 @@ use crate::source::cloudwatch::{self, ClientSettings, ServerClock};
 /// 5xx, throttling, timeouts, dropped connections).
 pub const ATTEMPTS: u32 = 3;
 
+/// The SDK's first backoff; it doubles (with jitter) on each retry, so the
+/// waits between [`ATTEMPTS`] attempts add up to less than a second.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Largest object [`Bucket::put`] reads back, and the state and lease
 /// readers accept: far above any state kubeanon writes (its dedup sets are
 /// capped), far below what would hurt a small pod.
@@ -136,6 +140,7 @@ pub struct Bucket {
     /// Where the client connects, for messages.
     endpoint: String,
     clock: ServerClock,
+    attempt_timeout: Duration,
 }
 
 impl Bucket {
@@ -167,7 +172,11 @@ impl Bucket {
         let build = |region: &str| {
             let mut b = aws_sdk_s3::config::Builder::from(config)
                 .region(aws_sdk_s3::config::Region::new(region.to_string()))
-                .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS))
+                .retry_config(
+                    RetryConfig::standard()
+                        .with_max_attempts(ATTEMPTS)
+                        .with_initial_backoff(INITIAL_BACKOFF),
+                )
                 .timeout_config(
                     TimeoutConfig::builder()
                         .connect_timeout(Duration::from_secs(5))
@@ -188,6 +197,7 @@ impl Bucket {
             region: region.clone(),
             endpoint,
             clock: clock.clone(),
+            attempt_timeout,
         };
         if let Some(home) = bucket.home_region().await?
             && home != region
@@ -235,6 +245,12 @@ impl Bucket {
 
     pub fn url(&self) -> &S3Url {
         &self.url
+    }
+
+    /// The longest one request can take, retries and their waits included
+    /// (a lease must leave a writer this long; see `lease`).
+    pub fn longest_request(&self) -> Duration {
+        self.attempt_timeout * ATTEMPTS + Duration::from_secs(1)
     }
 
     /// The region the client signs for: the bucket's.
