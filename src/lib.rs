@@ -24,4 +24,5 @@ pub mod exit;
 pub mod fleet;
 pub mod output;
 pub mod source;
+pub mod state;
 pub mod testhooks;

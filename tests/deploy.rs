@@ -37,18 +37,167 @@ fn cronjob_args() -> Vec<String> {
 #[test]
 fn the_manifests_validate_against_the_kubernetes_schemas() {
     let validate = Path::new(&python()).with_file_name("kubernetes-validate");
-    let manifest = "examples/deploy/cronjob.yaml";
-    let out = Command::new(&validate)
-        .args(["--strict", "--quiet"])
-        .arg(repo(manifest))
+    // The sharded CronJob also against 1.30, the oldest Kubernetes it is
+    // written for (backoffLimitPerIndex).
+    for (manifest, version) in [
+        ("examples/deploy/cronjob.yaml", None),
+        ("examples/deploy/cronjob-sharded.yaml", None),
+        ("examples/deploy/cronjob-sharded.yaml", Some("1.30.0")),
+    ] {
+        let mut cmd = Command::new(&validate);
+        cmd.args(["--strict", "--quiet"]);
+        if let Some(v) = version {
+            cmd.args(["-k", v]);
+        }
+        let out = cmd
+            .arg(repo(manifest))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e} (tests/run installs it)", validate.display()));
+        assert!(
+            out.status.success(),
+            "{manifest}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The documents of a YAML file, as JSON (PyYAML, installed with
+/// kubernetes-validate).
+fn yaml_documents(path: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(repo(path))
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (tests/run installs it)", validate.display()));
+        .unwrap();
     assert!(
         out.status.success(),
-        "{manifest}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_sharded_cronjob_is_an_indexed_job_on_s3_with_no_volume_and_a_policy_to_match() {
+    use kubeanon::state::{S3Url, Shard};
+    let docs = yaml_documents("examples/deploy/cronjob-sharded.yaml");
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let (sa, cron) = (kind("ServiceAccount"), kind("CronJob"));
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let job = &cron["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["completionMode"], "Indexed");
+    let shards = job["completions"].as_u64().unwrap();
+    assert_eq!(
+        job["parallelism"].as_u64(),
+        Some(shards),
+        "all shards at once"
+    );
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+    assert!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:iam::"),
+        "IRSA"
+    );
+    assert!(pod.get("volumes").is_none(), "no volume");
+    let container = &pod["containers"][0];
+    assert!(container.get("volumeMounts").is_none(), "no volume");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("no --{name} in {args:?}"))
+    };
+    assert_eq!(args[0], "poll");
+    // --shard takes each completion index, and N is the Job's completions.
+    let shard = flag("shard");
+    assert_eq!(shard, format!("$(JOB_COMPLETION_INDEX)/{shards}"));
+    for i in 0..shards {
+        let s = Shard::parse(&shard.replace("$(JOB_COMPLETION_INDEX)", &i.to_string())).unwrap();
+        assert_eq!((u64::from(s.index), u64::from(s.count)), (i, shards));
+    }
+    assert!(Shard::parse(&shard.replace("$(JOB_COMPLETION_INDEX)", &shards.to_string())).is_err());
+    // The policy grants exactly what the two s3:// URLs need.
+    let state = S3Url::parse("--checkpoint", flag("checkpoint")).unwrap();
+    let deliver = S3Url::parse("--deliver", flag("deliver")).unwrap();
+    assert_eq!(state.bucket, deliver.bucket, "one bucket in this example");
+    let policy: serde_json::Value =
+        serde_json::from_str(&read("examples/deploy/iam-policy-s3.json")).unwrap();
+    let arn = |prefix: &str| format!("arn:aws:s3:::{}/{prefix}*", state.bucket);
+    let mut granted: Vec<(String, String)> = Vec::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        let list = |v: &serde_json::Value| -> Vec<String> {
+            match v {
+                serde_json::Value::String(s) => vec![s.clone()],
+                v => v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_string())
+                    .collect(),
+            }
+        };
+        for action in list(&st["Action"]) {
+            assert!(!action.contains('*'), "no wildcard actions: {action}");
+            for resource in list(&st["Resource"]) {
+                granted.push((action.clone(), resource));
+            }
+        }
+        if list(&st["Action"]) == ["s3:ListBucket"] {
+            let prefixes = list(&st["Condition"]["StringLike"]["s3:prefix"]);
+            assert_eq!(
+                prefixes,
+                [format!("{}*", state.prefix), format!("{}*", deliver.prefix)]
+            );
+        }
+    }
+    let mut want = vec![
+        (
+            "s3:GetObject".to_string(),
+            arn(&format!("{}state/", state.prefix)),
+        ),
+        (
+            "s3:PutObject".to_string(),
+            arn(&format!("{}state/", state.prefix)),
+        ),
+        (
+            "s3:GetObject".to_string(),
+            arn(&format!("{}lease/", state.prefix)),
+        ),
+        (
+            "s3:PutObject".to_string(),
+            arn(&format!("{}lease/", state.prefix)),
+        ),
+        (
+            "s3:DeleteObject".to_string(),
+            arn(&format!("{}lease/", state.prefix)),
+        ),
+        ("s3:GetObject".to_string(), arn(&deliver.prefix)),
+        ("s3:PutObject".to_string(), arn(&deliver.prefix)),
+        (
+            "s3:ListBucket".to_string(),
+            format!("arn:aws:s3:::{}", state.bucket),
+        ),
+    ];
+    want.sort();
+    granted.sort();
+    assert_eq!(granted, want, "s3:DeleteObject on the lease prefix only");
 }
 
 #[test]

@@ -7,6 +7,11 @@
 //! is changed, except operations the test answers itself
 //! ([`Proxy::answer`]: an emulator's missing Insights states, for one). It records every request (arrival time, operation, fault)
 //! so a test can count calls and measure the request rate.
+//!
+//! REST requests (S3: no `X-Amz-Target`) have their own plan, called with
+//! `METHOD /path?query` as the target and an index counting them; it runs
+//! in the proxy before the request goes on, so a plan can make another
+//! writer change an object between a client's read and its write.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,13 +32,21 @@ pub enum Fault {
     /// Read the request, then close the connection without a word (a
     /// pooled keep-alive connection the server dropped).
     CloseBeforeAnswer,
+    /// Forward it (the server acts on it), then close the connection
+    /// without the answer: the client cannot know it happened.
+    ForwardThenClose,
+    /// Answer with an S3 (XML) error: status and code.
+    S3Error(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
 pub struct Request {
     pub at: Instant,
-    /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`).
+    /// The operation, from `X-Amz-Target` (e.g. `Logs_20140328.FilterLogEvents`),
+    /// or `METHOD /path?query` for a REST request (S3).
     pub target: String,
+    /// A REST request (no `X-Amz-Target`).
+    pub rest: bool,
     pub fault: Fault,
     /// Who asked where: `ACCESS_KEY_ID/REGION/SERVICE` from the SigV4
     /// credential scope (a role's assumed keys name its account).
@@ -50,6 +63,7 @@ pub struct Proxy {
     plan: Arc<Mutex<Box<Plan>>>,
     denied: Arc<Mutex<Vec<String>>>,
     answers: Answers,
+    rest_plan: Arc<Mutex<Box<Plan>>>,
 }
 
 /// Operations the proxy answers itself: (target suffix, 200 body).
@@ -63,14 +77,21 @@ impl Proxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let plan: Arc<Mutex<Box<Plan>>> = Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
+        let rest_plan: Arc<Mutex<Box<Plan>>> =
+            Arc::new(Mutex::new(Box::new(|_, _| Fault::Forward)));
         let denied: Arc<Mutex<Vec<String>>> = Arc::default();
         let answers: Answers = Arc::default();
-        let (l, p, d, a) = (log.clone(), plan.clone(), denied.clone(), answers.clone());
+        let shared = Shared {
+            log: log.clone(),
+            plan: plan.clone(),
+            rest_plan: rest_plan.clone(),
+            denied: denied.clone(),
+            answers: answers.clone(),
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (l, p, d, a, up) =
-                    (l.clone(), p.clone(), d.clone(), a.clone(), upstream.clone());
-                std::thread::spawn(move || serve(conn, &up, &l, &p, &d, &a));
+                let (shared, up) = (shared.clone(), upstream.clone());
+                std::thread::spawn(move || serve(conn, &up, &shared));
             }
         });
         Proxy {
@@ -79,6 +100,7 @@ impl Proxy {
             plan,
             denied,
             answers,
+            rest_plan,
         }
     }
 
@@ -96,6 +118,13 @@ impl Proxy {
             .lock()
             .unwrap()
             .push((target_suffix.to_string(), body.to_string()));
+    }
+
+    /// Sets what happens to each following REST (S3) request:
+    /// `plan(index, "METHOD /path?query")`, index counting REST requests
+    /// from 0.
+    pub fn set_rest_plan(&self, plan: impl FnMut(usize, &str) -> Fault + Send + 'static) {
+        *self.rest_plan.lock().unwrap() = Box::new(plan);
     }
 
     /// Sets what happens to each following request: `plan(index, target)`,
@@ -133,18 +162,33 @@ impl Proxy {
     }
 }
 
-fn serve(
-    client: TcpStream,
-    upstream: &str,
-    log: &Mutex<Vec<Request>>,
-    plan: &Mutex<Box<Plan>>,
-    denied: &Mutex<Vec<String>>,
-    answers: &Mutex<Vec<(String, String)>>,
-) {
+/// What the connection threads share with the proxy.
+#[derive(Clone)]
+struct Shared {
+    log: Arc<Mutex<Vec<Request>>>,
+    plan: Arc<Mutex<Box<Plan>>>,
+    rest_plan: Arc<Mutex<Box<Plan>>>,
+    denied: Arc<Mutex<Vec<String>>>,
+    answers: Answers,
+}
+
+fn serve(client: TcpStream, upstream: &str, shared: &Shared) {
+    let Shared {
+        log,
+        plan,
+        rest_plan,
+        denied,
+        answers,
+    } = shared;
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     while let Some((head, body)) = read_request(&mut reader) {
-        let target = header(&head, "x-amz-target").unwrap_or_default();
+        let target = header(&head, "x-amz-target").unwrap_or_else(|| {
+            // The request line: `PUT /bucket/key?x-id=PutObject HTTP/1.1`.
+            let line = head.lines().next().unwrap_or_default();
+            line.rsplit_once(' ').map_or(line, |(l, _)| l).to_string()
+        });
+        let rest = header(&head, "x-amz-target").is_none();
         let scope = credential_scope(&head);
         let body_text = String::from_utf8_lossy(&body);
         if body_text.contains("Action=AssumeRole")
@@ -157,6 +201,7 @@ fn serve(
             log.lock().unwrap().push(Request {
                 at: Instant::now(),
                 target: "AssumeRole".into(),
+                rest,
                 fault: Fault::Reject(403, "AccessDenied", "not trusted"),
                 scope,
                 body: body_text.clone().into_owned(),
@@ -181,11 +226,14 @@ fn serve(
             .map(|(_, body)| body.clone());
         let fault = {
             let mut log = log.lock().unwrap();
-            let index = log
-                .iter()
-                .filter(|r| r.target.ends_with("FilterLogEvents"))
-                .count();
-            let fault = if target.ends_with("FilterLogEvents") {
+            let fault = if rest {
+                let index = log.iter().filter(|r| r.rest).count();
+                (rest_plan.lock().unwrap())(index, &target)
+            } else if target.ends_with("FilterLogEvents") {
+                let index = log
+                    .iter()
+                    .filter(|r| r.target.ends_with("FilterLogEvents"))
+                    .count();
                 (plan.lock().unwrap())(index, &target)
             } else {
                 Fault::Forward
@@ -193,6 +241,7 @@ fn serve(
             log.push(Request {
                 at: Instant::now(),
                 target: target.clone(),
+                rest,
                 fault,
                 scope,
                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -229,6 +278,11 @@ fn serve(
                 forward(&head, &body, upstream).is_some_and(|r| client.write_all(&r).is_ok())
             }
             Fault::CloseBeforeAnswer => false,
+            Fault::ForwardThenClose => {
+                let _ = forward(&head, &body, upstream);
+                false
+            }
+            Fault::S3Error(status, code) => client.write_all(&s3_error(status, code)).is_ok(),
             Fault::Reject(status, kind, message) => {
                 client.write_all(&error(status, kind, message)).is_ok()
             }
@@ -321,6 +375,17 @@ fn error(status: u16, kind: &str, message: &str) -> Vec<u8> {
     let body = format!(r#"{{"__type":"{kind}","message":"{message}"}}"#);
     format!(
         "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-RequestId: injected\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn s3_error(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message><RequestId>injected</RequestId></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: injected\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

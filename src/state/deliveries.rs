@@ -1,0 +1,224 @@
+//! Deliveries as immutable objects: each delivered step of a unit is one
+//! gzip ndjson object, written once (`If-None-Match: *`) and never
+//! replaced, under a key that S3-reading tools partition by:
+//!
+//! ```text
+//! PREFIX/account=A/region=R/cluster=C/dt=YYYY-MM-DD/START-END-UNIT-SEQ.ndjson.gz
+//! ```
+//!
+//! - `account`, `region`: the unit's; `cluster`: the EKS cluster name of its
+//!   log group (the log group itself for others), percent-encoded as unit
+//!   keys are (Hive and Athena decode `%XX` in partition values).
+//! - `dt`: the UTC date the window starts on (a window across midnight is
+//!   filed under its first day).
+//! - `START`, `END`: the window `[START, END)` in UTC, `20261129T010000.000Z`,
+//!   so names sort by time.
+//! - `UNIT`: 16 hex digits of the unit's hash: two log groups that map to
+//!   one cluster name never share a name.
+//! - `SEQ`: the unit's delivery sequence number (kept in its state): a
+//!   window delivered again on purpose (`--rebaseline --start`) gets a new
+//!   object instead of colliding with the first.
+//!
+//! Names start with a digit, never `_` or `.`, which Hive-style readers
+//! skip. The object carries `Content-Type: application/x-ndjson`,
+//! `Content-Encoding: gzip` and the SHA-256 of its uncompressed rows as
+//! `x-amz-meta-rows-sha256`: a repeated write of the same step finds the
+//! object there with the same rows (success: exactly once follows from the
+//! key); the same key with other rows means a second writer and is an
+//! error, never an overwrite.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+use super::s3::{Bucket, PutExtra};
+use super::unit::{UnitKey, hex, segment};
+
+/// The metadata name (`x-amz-meta-rows-sha256`) of the rows' digest.
+pub const ROWS_SHA256: &str = "rows-sha256";
+
+/// What one delivery object holds: a unit's rows over a window.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryName<'a> {
+    pub unit: &'a UnitKey,
+    /// The cluster name for the partition (`cloudwatch::cluster_name`).
+    pub cluster: &'a str,
+    /// The window `[start_ms, end_ms)`, ms since the epoch.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The unit's delivery sequence number.
+    pub seq: u64,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// This call wrote the object.
+    Written,
+    /// The object was there already with the same rows (a retry, or a step
+    /// delivered again after a crash before its commit).
+    AlreadyThere,
+}
+
+/// The delivery target: a bucket and prefix (`--deliver s3://B/P/`).
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    bucket: Bucket,
+}
+
+impl Deliveries {
+    pub fn new(bucket: Bucket) -> Self {
+        Deliveries { bucket }
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    /// The object key for `name` (see the module docs).
+    pub fn key(&self, name: &DeliveryName<'_>) -> Result<String> {
+        key_under(&self.bucket.url().prefix, name)
+    }
+
+    /// Writes `ndjson` (the step's rows) gzipped to `key`, once.
+    pub async fn put(&self, key: &str, ndjson: &[u8]) -> Result<Delivered> {
+        let digest = hex(&Sha256::digest(ndjson));
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(ndjson)
+            .and_then(|()| gz.flush())
+            .context("cannot compress a delivery")?;
+        let body = gz.finish().context("cannot compress a delivery")?;
+        let extra = PutExtra {
+            content_type: Some("application/x-ndjson"),
+            content_encoding: Some("gzip"),
+            metadata: &[(ROWS_SHA256, &digest)],
+        };
+        if self.bucket.put_new(key, &body, &extra).await?.is_some() {
+            return Ok(Delivered::Written);
+        }
+        match self.bucket.metadata(key).await? {
+            Some(meta) if meta.get(ROWS_SHA256) == Some(&digest) => Ok(Delivered::AlreadyThere),
+            Some(meta) => bail!(
+                "{} already exists with other rows ({}): another writer delivered this unit's window \
+                 (two runs without a shared lease, or another kubeanon's state). kubeanon never overwrites a delivery: \
+                 compare that object with this run's rows, delete it if it is wrong, and run again",
+                self.bucket.display(key),
+                match meta.get(ROWS_SHA256) {
+                    Some(_) => "a different rows-sha256",
+                    None => "not written by kubeanon",
+                }
+            ),
+            None => bail!(
+                "{} was there and is gone again: something else deletes deliveries",
+                self.bucket.display(key)
+            ),
+        }
+    }
+
+    /// Does the object exist? (Settles a delivery recorded as pending.)
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.bucket.metadata(key).await?.is_some())
+    }
+}
+
+/// The object key for `name` under `prefix` (empty, or ending in `/`).
+pub fn key_under(prefix: &str, name: &DeliveryName<'_>) -> Result<String> {
+    if name.end_ms <= name.start_ms {
+        bail!("a delivery window must not be empty");
+    }
+    let (start, end) = (utc(name.start_ms)?, utc(name.end_ms)?);
+    Ok(format!(
+        "{prefix}account={}/region={}/cluster={}/dt={}/{}-{}-{}-{}.ndjson.gz",
+        segment(&name.unit.account),
+        segment(&name.unit.region),
+        segment(name.cluster),
+        start.format("%Y-%m-%d"),
+        start.format("%Y%m%dT%H%M%S%.3fZ"),
+        end.format("%Y%m%dT%H%M%S%.3fZ"),
+        name.unit.short_hash(),
+        name.seq
+    ))
+}
+
+fn utc(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .with_context(|| format!("{ms} ms is not a time a delivery can be named by"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_partitioned_and_name_the_unit_and_window() {
+        let unit = UnitKey::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
+        let name = DeliveryName {
+            unit: &unit,
+            cluster: "prod",
+            start_ms: 1_795_914_000_000, // 2026-11-29T01:00:00Z
+            end_ms: 1_795_917_600_500,
+            seq: 7,
+        };
+        let key = key_under("findings/", &name).unwrap();
+        assert_eq!(
+            key,
+            format!(
+                "findings/account=111122223333/region=eu-west-1/cluster=prod/dt=2026-11-29/\
+                 20261129T010000.000Z-20261129T020000.500Z-{}-7.ndjson.gz",
+                unit.short_hash()
+            )
+        );
+        // Another log group of the same cluster name, or another sequence
+        // number, is another object.
+        let other = UnitKey::new("111122223333", "eu-west-1", "prod").unwrap();
+        assert_ne!(
+            key_under(
+                "findings/",
+                &DeliveryName {
+                    unit: &other,
+                    ..name
+                }
+            )
+            .unwrap(),
+            key
+        );
+        assert_ne!(
+            key_under("findings/", &DeliveryName { seq: 8, ..name }).unwrap(),
+            key
+        );
+    }
+
+    #[test]
+    fn hostile_cluster_names_stay_inside_their_segment() {
+        let unit = UnitKey::new("1", "r", "/x/../../y").unwrap();
+        let name = DeliveryName {
+            unit: &unit,
+            cluster: "/x/../../y\n=",
+            start_ms: 0,
+            end_ms: 1,
+            seq: 0,
+        };
+        let key = key_under("p/", &name).unwrap();
+        assert!(
+            key.contains("/cluster=%2Fx%2F%2E%2E%2F%2E%2E%2Fy%0A%3D/"),
+            "{key}"
+        );
+        assert_eq!(key.matches('/').count(), 5, "{key}");
+        assert!(key_under("p/", &DeliveryName { end_ms: 0, ..name }).is_err());
+        assert!(
+            key_under(
+                "p/",
+                &DeliveryName {
+                    start_ms: i64::MAX - 1,
+                    end_ms: i64::MAX,
+                    ..name
+                }
+            )
+            .is_err()
+        );
+    }
+}
