@@ -154,19 +154,29 @@ mod tests {
             }
         }
 
-        /// Balance: 4,000 units over N shards, each within 25% of its share
-        /// (for N = 16 that is about five standard deviations).
+        /// Balance: 4,000 units over N shards, as a uniform hash spreads
+        /// them. The bounds are six standard deviations (a false alarm about
+        /// once in 10^9 checks), per shard and for the chi-square statistic
+        /// of all of them (Wilson-Hilferty); a hash of part of the unit
+        /// (its account and region only) puts them all in one shard.
         #[test]
         fn shards_are_balanced(seed in any::<u64>(), n in 2u32..=16) {
+            const UNITS: f64 = 4000.0;
             let mut counts = vec![0u32; n as usize];
-            for i in 0..4000u64 {
+            for i in 0..UNITS as u64 {
                 let g = format!("/aws/eks/cluster-{seed:x}-{i}/cluster");
                 counts[shard_of(&unit(&g), n) as usize] += 1;
             }
-            let share = 4000.0 / f64::from(n);
+            let p = 1.0 / f64::from(n);
+            let (share, sd) = (UNITS * p, (UNITS * p * (1.0 - p)).sqrt());
             for c in &counts {
-                prop_assert!((f64::from(*c) - share).abs() <= share * 0.25, "{:?}", counts);
+                prop_assert!((f64::from(*c) - share).abs() <= 6.0 * sd, "{:?}", counts);
             }
+            let chi2: f64 = counts.iter().map(|c| (f64::from(*c) - share).powi(2) / share).sum();
+            let df = f64::from(n - 1);
+            let a = 2.0 / (9.0 * df);
+            let limit = df * (1.0 - a + 6.0 * a.sqrt()).powi(3);
+            prop_assert!(chi2 <= limit, "chi2 {} > {} for {:?}", chi2, limit, counts);
         }
     }
 }
