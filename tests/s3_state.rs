@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use kubeanon::state::lease::holder_id;
 use kubeanon::state::{
-    Acquire, Bucket, CasError, Delivered, Deliveries, DeliveryName, Leases, S3Url, States, UnitKey,
+    Acquire, Bucket, CasError, Delivered, Deliveries, DeliveryName, Leases, S3Url, States, WorkUnit,
 };
 use support::proxy::{Fault, Proxy};
 use support::*;
@@ -107,8 +107,8 @@ async fn put_raw(bucket: &str, key: &str, body: &[u8]) {
         .expect("raw put");
 }
 
-fn unit(log_group: &str) -> UnitKey {
-    UnitKey::new("111122223333", REGION, log_group).unwrap()
+fn unit(log_group: &str) -> WorkUnit {
+    WorkUnit::new("111122223333", REGION, log_group).unwrap()
 }
 
 /// Runs `f` on its own runtime in its own thread: the other writer, from
@@ -604,7 +604,7 @@ const T0: i64 = 1_795_914_000_000;
 
 /// One run of the protocol over steps of one unit until `end`, stopping at
 /// `stop` in step `at`. Each step's rows name its window.
-async fn run_protocol(states: &States, d: &Deliveries, u: &UnitKey, end: i64, stop: (Stop, i64)) {
+async fn run_protocol(states: &States, d: &Deliveries, u: &WorkUnit, end: i64, stop: (Stop, i64)) {
     let (mut st, mut etag) = match states.read_json::<ToyState>(u).await.unwrap() {
         Some((s, e)) => (s, Some(e)),
         None => (

@@ -46,10 +46,14 @@ impl WorkUnit {
 
 impl std::fmt::Display for WorkUnit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Log group names are the account's users' to choose: escaped.
+        use crate::state::unit::printable;
         write!(
             f,
             "log group {} (account {}, {})",
-            self.log_group, self.account, self.region
+            printable(&self.log_group),
+            printable(&self.account),
+            printable(&self.region)
         )
     }
 }

@@ -36,7 +36,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 use super::s3::{Bucket, PutExtra};
-use super::unit::{UnitKey, hex, segment};
+use super::unit::{WorkUnit, hex, segment};
 
 /// The metadata name (`x-amz-meta-rows-sha256`) of the rows' digest.
 pub const ROWS_SHA256: &str = "rows-sha256";
@@ -44,7 +44,7 @@ pub const ROWS_SHA256: &str = "rows-sha256";
 /// What one delivery object holds: a unit's rows over a window.
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryName<'a> {
-    pub unit: &'a UnitKey,
+    pub unit: &'a WorkUnit,
     /// The cluster name for the partition (`cloudwatch::cluster_name`).
     pub cluster: &'a str,
     /// The window `[start_ms, end_ms)`, ms since the epoch.
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn keys_are_partitioned_and_name_the_unit_and_window() {
-        let unit = UnitKey::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
+        let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
         let name = DeliveryName {
             unit: &unit,
             cluster: "prod",
@@ -174,7 +174,7 @@ mod tests {
         );
         // Another log group of the same cluster name, or another sequence
         // number, is another object.
-        let other = UnitKey::new("111122223333", "eu-west-1", "prod").unwrap();
+        let other = WorkUnit::new("111122223333", "eu-west-1", "prod").unwrap();
         assert_ne!(
             key_under(
                 "findings/",
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn hostile_cluster_names_stay_inside_their_segment() {
-        let unit = UnitKey::new("1", "r", "/x/../../y").unwrap();
+        let unit = WorkUnit::new("1", "r", "/x/../../y").unwrap();
         let name = DeliveryName {
             unit: &unit,
             cluster: "/x/../../y\n=",

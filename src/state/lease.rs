@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::s3::{Bucket, CasError, Condition, ETag, PutExtra};
-use super::unit::{UnitKey, printable};
+use super::unit::{WorkUnit, printable};
 
 /// How far a holder's estimate of S3's time may be behind S3's real time
 /// when it computes an expiry: the `Date` header's second, and the time
@@ -101,7 +101,7 @@ pub struct Leases {
 /// A lease this run holds.
 #[derive(Debug)]
 pub struct Lease {
-    unit: UnitKey,
+    unit: WorkUnit,
     key: String,
     etag: ETag,
     ttl: Duration,
@@ -138,13 +138,13 @@ impl Leases {
     }
 
     /// The unit's lease object key.
-    pub fn key(&self, unit: &UnitKey) -> String {
+    pub fn key(&self, unit: &WorkUnit) -> String {
         format!("{}lease/{}.json", self.bucket.url().prefix, unit.path())
     }
 
     /// Takes the unit's lease if nobody holds it or its holder's lease has
     /// expired; otherwise says who holds it.
-    pub async fn acquire(&self, unit: &UnitKey) -> Result<Acquire> {
+    pub async fn acquire(&self, unit: &WorkUnit) -> Result<Acquire> {
         let key = self.key(unit);
         // Twice at most: a race lost to another taker is answered by the
         // lease it wrote.
@@ -234,7 +234,7 @@ impl Leases {
     /// Writes a lease in our name from now for `ttl`.
     async fn write(
         &self,
-        unit: &UnitKey,
+        unit: &WorkUnit,
         key: &str,
         prev: Option<&ETag>,
     ) -> Result<Lease, CasError> {
@@ -277,7 +277,7 @@ impl Leases {
 }
 
 impl Lease {
-    pub fn unit(&self) -> &UnitKey {
+    pub fn unit(&self) -> &WorkUnit {
         &self.unit
     }
 

@@ -63,7 +63,7 @@ pub use self::deliveries::{Delivered, Deliveries, DeliveryName};
 pub use self::lease::{Acquire, Lease, LeaseInfo, Leases};
 pub use self::s3::{Bucket, CasError, Condition, ETag, LostRace, Versioned};
 pub use self::shard::{Shard, shard_of};
-pub use self::unit::UnitKey;
+pub use self::unit::WorkUnit;
 
 use crate::exit::UsageError;
 
@@ -152,24 +152,24 @@ impl States {
     }
 
     /// The unit's state object key.
-    pub fn key(&self, unit: &UnitKey) -> String {
+    pub fn key(&self, unit: &WorkUnit) -> String {
         format!("{}state/{}.json", self.bucket.url().prefix, unit.path())
     }
 
     /// The unit's state and its ETag; None before its first commit.
-    pub async fn read(&self, unit: &UnitKey) -> Result<Option<Versioned>> {
+    pub async fn read(&self, unit: &WorkUnit) -> Result<Option<Versioned>> {
         self.bucket.read(&self.key(unit), s3::MAX_OBJECT).await
     }
 
     /// Creates the unit's first state (`If-None-Match: *`).
-    pub async fn create(&self, unit: &UnitKey, body: &[u8]) -> Result<ETag, CasError> {
+    pub async fn create(&self, unit: &WorkUnit, body: &[u8]) -> Result<ETag, CasError> {
         self.write(unit, body, None).await
     }
 
     /// Replaces the state read with `etag` (`If-Match`).
     pub async fn replace(
         &self,
-        unit: &UnitKey,
+        unit: &WorkUnit,
         body: &[u8],
         etag: &ETag,
     ) -> Result<ETag, CasError> {
@@ -180,7 +180,7 @@ impl States {
     /// written) the unit's state.
     pub async fn write(
         &self,
-        unit: &UnitKey,
+        unit: &WorkUnit,
         body: &[u8],
         prev: Option<&ETag>,
     ) -> Result<ETag, CasError> {
@@ -195,7 +195,7 @@ impl States {
     /// [`read`](Self::read), parsed as JSON.
     pub async fn read_json<T: DeserializeOwned>(
         &self,
-        unit: &UnitKey,
+        unit: &WorkUnit,
     ) -> Result<Option<(T, ETag)>> {
         let Some(v) = self.read(unit).await? else {
             return Ok(None);
@@ -213,7 +213,7 @@ impl States {
     /// [`write`](Self::write), as JSON.
     pub async fn write_json<T: Serialize>(
         &self,
-        unit: &UnitKey,
+        unit: &WorkUnit,
         value: &T,
         prev: Option<&ETag>,
     ) -> Result<ETag, CasError> {

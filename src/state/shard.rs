@@ -1,14 +1,14 @@
 //! Shards: `--shard I/N` takes the units whose stable hash falls in shard
 //! I of N (I from 0, as a Kubernetes Indexed Job's
 //! `JOB_COMPLETION_INDEX`). The hash is SHA-256 of the unit
-//! ([`UnitKey::digest`]), so a unit's shard is the same in every run,
+//! ([`WorkUnit::digest`]), so a unit's shard is the same in every run,
 //! process and discovery order, and depends on nothing else: N shards
 //! started at once split the fleet with no unit read twice and none left
 //! out. Changing N re-cuts the shards; state is per unit, so nothing
 //! moves with them (a unit's lease keeps two cuts from working on it at
 //! once).
 
-use super::unit::UnitKey;
+use super::unit::WorkUnit;
 use crate::exit::UsageError;
 
 /// Most shards: a Kubernetes Indexed Job's limit on completions.
@@ -24,7 +24,7 @@ pub struct Shard {
 /// The shard (0..n) a unit falls in: the first 64 bits of its digest,
 /// scaled to n (multiply and shift: every shard gets an equal share of
 /// the hash space, to one part in 2^64).
-pub fn shard_of(unit: &UnitKey, n: u32) -> u32 {
+pub fn shard_of(unit: &WorkUnit, n: u32) -> u32 {
     assert!(n > 0, "shard_of needs at least one shard");
     let d = unit.digest();
     let h = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
@@ -65,7 +65,7 @@ impl Shard {
     }
 
     /// Is the unit in this shard?
-    pub fn contains(&self, unit: &UnitKey) -> bool {
+    pub fn contains(&self, unit: &WorkUnit) -> bool {
         shard_of(unit, self.count) == self.index
     }
 }
@@ -89,8 +89,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn unit(log_group: &str) -> UnitKey {
-        UnitKey::new("111122223333", "us-east-1", log_group).unwrap()
+    fn unit(log_group: &str) -> WorkUnit {
+        WorkUnit::new("111122223333", "us-east-1", log_group).unwrap()
     }
 
     #[test]
@@ -139,14 +139,14 @@ mod tests {
         /// listed in.
         #[test]
         fn each_unit_in_exactly_one_shard(groups in proptest::collection::vec("[ -~]{1,40}", 1..60), n in 1u32..40) {
-            let units: Vec<UnitKey> = groups.iter().map(|g| unit(g)).collect();
+            let units: Vec<WorkUnit> = groups.iter().map(|g| unit(g)).collect();
             let mut reversed = units.clone();
             reversed.reverse();
             for u in &units {
                 let owners: Vec<u32> = (0..n).filter(|&i| Shard { index: i, count: n }.contains(u)).collect();
                 prop_assert_eq!(owners.len(), 1);
             }
-            let pick = |list: &[UnitKey], i| -> std::collections::BTreeSet<UnitKey> {
+            let pick = |list: &[WorkUnit], i| -> std::collections::BTreeSet<WorkUnit> {
                 list.iter().filter(|u| Shard { index: i, count: n }.contains(u)).cloned().collect()
             };
             for i in 0..n {

@@ -19,22 +19,17 @@ use sha2::{Digest, Sha256};
 /// names, up to 1536 bytes encoded; S3 keys end at 1024.
 pub const MAX_SEGMENT: usize = 200;
 
-/// One work unit: a log group of a region of an account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UnitKey {
-    pub account: String,
-    pub region: String,
-    pub log_group: String,
-}
+pub use crate::fleet::WorkUnit;
 
-impl UnitKey {
+/// The unit's name in S3 (the type is the fleet's).
+impl WorkUnit {
     /// A unit; every part must be non-empty.
     pub fn new(
         account: impl Into<String>,
         region: impl Into<String>,
         log_group: impl Into<String>,
     ) -> anyhow::Result<Self> {
-        let unit = UnitKey {
+        let unit = WorkUnit {
             account: account.into(),
             region: region.into(),
             log_group: log_group.into(),
@@ -78,19 +73,6 @@ impl UnitKey {
     /// in delivery object names.
     pub fn short_hash(&self) -> String {
         hex(&self.digest()[..8])
-    }
-}
-
-impl std::fmt::Display for UnitKey {
-    /// For messages: the log group with invisible characters escaped.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} in {} of account {}",
-            printable(&self.log_group),
-            printable(&self.region),
-            printable(&self.account)
-        )
     }
 }
 
@@ -185,7 +167,7 @@ mod tests {
         assert_eq!(encode("a b%"), "a%20b%25");
         assert_eq!(encode("é"), "%C3%A9");
         assert_eq!(encode("x\u{202e}\n"), "x%E2%80%AE%0A");
-        let unit = UnitKey::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
+        let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
         assert_eq!(
             unit.path(),
             "111122223333/eu-west-1/%2Faws%2Feks%2Fprod%2Fcluster"
@@ -194,9 +176,9 @@ mod tests {
 
     #[test]
     fn empty_parts_are_refused() {
-        assert!(UnitKey::new("", "r", "g").is_err());
-        assert!(UnitKey::new("a", "", "g").is_err());
-        let err = UnitKey::new("a", "r", "").unwrap_err().to_string();
+        assert!(WorkUnit::new("", "r", "g").is_err());
+        assert!(WorkUnit::new("a", "", "g").is_err());
+        let err = WorkUnit::new("a", "r", "").unwrap_err().to_string();
         assert!(err.contains("log group"), "{err}");
     }
 
@@ -212,21 +194,21 @@ mod tests {
         assert_eq!(hash.len(), 32);
         assert!(head.len() % 3 == 0, "cut between escapes: {head}");
         // The longest name S3 allows in a whole state key still fits.
-        let unit = UnitKey::new("111122223333", "ap-southeast-2", a).unwrap();
+        let unit = WorkUnit::new("111122223333", "ap-southeast-2", a).unwrap();
         assert!(format!("some/prefix/state/{}.json", unit.path()).len() < 1024);
     }
 
     #[test]
     fn the_digest_separates_where_parts_end() {
-        let a = UnitKey::new("1", "r", "ab").unwrap();
-        let b = UnitKey::new("1", "ra", "b").unwrap();
+        let a = WorkUnit::new("1", "r", "ab").unwrap();
+        let b = WorkUnit::new("1", "ra", "b").unwrap();
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.short_hash().len(), 16);
     }
 
     #[test]
     fn messages_show_hidden_characters_as_escapes() {
-        let unit = UnitKey::new("1", "r", "/g\u{1b}[31m\u{202e}").unwrap();
+        let unit = WorkUnit::new("1", "r", "/g\u{1b}[31m\u{202e}").unwrap();
         let shown = unit.to_string();
         assert!(!shown.chars().any(crate::output::is_hidden), "{shown:?}");
         assert!(shown.contains("\\u{1b}"), "{shown}");
@@ -248,8 +230,8 @@ mod tests {
         /// Two different units never share a path.
         #[test]
         fn paths_are_injective(a in "[a-z/%.~]{1,8}", b in "[a-z/%.~]{1,8}") {
-            let ua = UnitKey::new("1", "r", a.clone()).unwrap();
-            let ub = UnitKey::new("1", "r", b.clone()).unwrap();
+            let ua = WorkUnit::new("1", "r", a.clone()).unwrap();
+            let ub = WorkUnit::new("1", "r", b.clone()).unwrap();
             prop_assert_eq!(ua.path() == ub.path(), a == b);
         }
     }
