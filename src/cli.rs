@@ -140,9 +140,23 @@ pub struct PollArgs {
     /// Window start as a duration before now [default: 1h, when no checkpoint].
     #[arg(long, value_name = "DURATION")]
     pub since: Option<String>,
-    /// Checkpoint file: resume where the last run ended, count each event once.
-    #[arg(long, value_name = "FILE")]
+    /// Checkpoint file: resume where the last run ended, count each event
+    /// once. `s3://BUCKET/PREFIX/` keeps one state object per work unit in
+    /// S3 instead (with --deliver), for runs on many machines.
+    #[arg(long, value_name = "FILE|s3://BUCKET/PREFIX/")]
     pub checkpoint: Option<PathBuf>,
+    /// Deliver each step's rows of each unit as one new gzip ndjson object
+    /// under this prefix, exactly once (needs an s3:// --checkpoint).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX/")]
+    pub deliver: Option<String>,
+    /// Only the work units in shard I of N (a stable hash of account,
+    /// region and log group), e.g. `--shard $(JOB_COMPLETION_INDEX)/4`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// With an s3:// --checkpoint: how long a unit's lease lasts before
+    /// another run may take the unit over (renewed while working).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub lease: String,
     /// Leave out the most recent DURATION (events still arriving).
     #[arg(long, default_value = "2m", value_name = "DURATION")]
     pub lag: String,

@@ -27,12 +27,14 @@ use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope, WorkUnit};
-use crate::output::Rows;
+use crate::output::{Format, Parts, Rows};
 use crate::source::advice;
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
 };
 use crate::source::insights::{self, Insights};
+use crate::state::protocol::{Held, S3Run, Stepped};
+use crate::state::{Bucket, Deliveries, Leases, S3Url, Shard, States};
 use crate::testhooks;
 
 /// Columns poll adds after the fixed 14.
@@ -70,6 +72,10 @@ struct Plan {
     max_rps: f64,
     retry: RetryPolicy,
     out: OutputConfig,
+    /// `--checkpoint s3://...` and `--deliver s3://...`.
+    s3: Option<(S3Url, S3Url)>,
+    shard: Shard,
+    lease: Duration,
     /// `--engine insights`: how to use it.
     insights: Option<insights::Settings>,
 }
@@ -164,7 +170,47 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         },
         out: args.output.resolve()?,
         insights,
+        s3: s3_settings(args)?,
+        shard: match &args.shard {
+            Some(t) => Shard::parse(t)?,
+            None => Shard::ALL,
+        },
+        lease: parse_duration("--lease", &args.lease)?,
     })
+}
+
+/// `--checkpoint s3://...` with `--deliver s3://...`, checked: they go
+/// together, and with them rows go only to S3.
+fn s3_settings(args: &PollArgs) -> Result<Option<(S3Url, S3Url)>, UsageError> {
+    let state = args
+        .checkpoint
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .filter(|p| p.starts_with("s3://"));
+    match (state, &args.deliver) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(UsageError(
+            "an s3:// --checkpoint delivers to S3: add --deliver s3://BUCKET/PREFIX/ (each unit's state records \
+             the key of each delivery before writing it, which is what makes deliveries exactly once)"
+                .into(),
+        )),
+        (None, Some(_)) => Err(UsageError(
+            "--deliver needs an s3:// --checkpoint: the state records each delivery's key before the object is \
+             written, which is what makes it exactly once"
+                .into(),
+        )),
+        (Some(state), Some(deliver)) => {
+            if args.output.output.is_some() || args.output.append.is_some() {
+                return Err(UsageError(
+                    "with --deliver, rows go to S3 only: drop -o/--append".into(),
+                ));
+            }
+            Ok(Some((
+                S3Url::parse("--checkpoint", state)?,
+                S3Url::parse("--deliver", deliver)?,
+            )))
+        }
+    }
 }
 
 /// What a scope's units read through: its client, pacer and clock.
@@ -221,11 +267,14 @@ fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, Usag
 pub fn run(args: PollArgs) -> Result<Exit> {
     let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
-    let mut checkpoint = args
-        .checkpoint
-        .as_deref()
-        .map(Checkpoint::open)
-        .transpose()?;
+    let mut checkpoint = match plan.s3 {
+        Some(_) => None,
+        None => args
+            .checkpoint
+            .as_deref()
+            .map(Checkpoint::open)
+            .transpose()?,
+    };
     if let Some(cp) = checkpoint.as_mut() {
         settle(cp, plan.out.quiet)?;
     }
@@ -235,6 +284,12 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .build()
         .context("cannot start the async runtime")?;
     let fleet = runtime.block_on(fleet::scopes(&plan.fleet))?;
+    let s3 = match &plan.s3 {
+        Some((state, deliver)) => {
+            Some(runtime.block_on(s3_run(&plan, &fleet.base, state, deliver))?)
+        }
+        None => None,
+    };
     let mut failed: Vec<Failure> = fleet
         .unreachable
         .into_iter()
@@ -286,7 +341,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             cp.state.replace(u.state.clone());
         }
     }
-    let checkpointed = checkpoint.is_some();
+    let checkpointed = checkpoint.is_some() || s3.is_some();
     let delivery = Mutex::new(Delivery::open(
         plan.out.format,
         &plan.out.target,
@@ -317,6 +372,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         ins.show_on(&bar);
     }
     let ctx = Ctx {
+        s3: s3.as_ref(),
         insights: insights.as_ref(),
         plan: &plan,
         delivery: &delivery,
@@ -349,7 +405,6 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     });
     bar.finish_and_clear();
     let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
-    let delivered_rows = delivery.rows;
     let mut total = Total::default();
     let mut succeeded = 0;
     for (unit, result) in results {
@@ -384,6 +439,10 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         }
         return Ok(Exit::Error);
     }
+    let delivered_rows = match s3 {
+        Some(_) => total.s3_rows,
+        None => delivery.rows,
+    };
     let advanced = succeeded > 0 || failed.is_empty() || failed.iter().any(|f| f.advanced);
     if !advanced {
         // Nothing was read: leave a previous --output file as it was.
@@ -395,7 +454,11 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         region: String::new(),
         log_group: String::new(),
     };
-    let capped = with_rows(&empty, &nowhere, |rows| delivery.finish(rows))?;
+    // With S3 deliveries stdout gets no rows, not even an empty document.
+    let capped = match s3 {
+        Some(_) => Vec::new(),
+        None => with_rows(&empty, &nowhere, |rows| delivery.finish(rows))?,
+    };
     if !plan.out.quiet {
         for note in &notes {
             eprintln!("kubeanon poll: note: {note}");
@@ -405,9 +468,13 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             total.summary(
                 &scopes_label(&reaches),
                 unit_count,
-                (window, &plan.end_label),
+                (
+                    (total.first_ms.unwrap_or(window.0), window.1),
+                    &plan.end_label
+                ),
                 &api_stats,
-                delivered_rows
+                delivered_rows,
+                s3.is_some()
             )
         );
         if let Some(ins) = &insights {
@@ -436,6 +503,31 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
+}
+
+/// The S3 side of a run: the state bucket (states and leases), the
+/// deliveries bucket, and this run's leases.
+async fn s3_run(
+    plan: &Plan,
+    config: &aws_config::SdkConfig,
+    state: &S3Url,
+    deliver: &S3Url,
+) -> Result<S3Run> {
+    let timeout = plan.fleet.client.attempt_timeout;
+    let states = Bucket::with_config(config, timeout, state.clone()).await?;
+    let deliveries = Bucket::with_config(config, timeout, deliver.clone()).await?;
+    let leases = Leases::new(states.clone(), plan.lease, crate::state::lease::holder_id())
+        .map_err(|e| {
+            UsageError(format!(
+                "--lease {}: {e:#}",
+                humantime::format_duration(plan.lease)
+            ))
+        })?;
+    Ok(S3Run {
+        states: States::new(states),
+        leases,
+        deliveries: Deliveries::new(deliveries),
+    })
 }
 
 /// The region whose Insights price the cost line uses: one whose price
@@ -513,6 +605,13 @@ async fn work_units(
                                 groups.push(log_group);
                             }
                         }
+                        // A cluster's failure or note belongs to the shard
+                        // that would read it.
+                        c if !plan.shard.contains(&WorkUnit {
+                            account: scope.account.clone(),
+                            region: scope.region.clone(),
+                            log_group: cloudwatch::cluster_log_group(c.cluster()),
+                        }) => {}
                         Coverage::AuditOff { cluster } => failed.push(Failure {
                             what: format!("cluster {cluster} ({scope})"),
                             error: anyhow!(
@@ -533,16 +632,17 @@ async fn work_units(
                 }
             }
         }
-        units.extend(groups.into_iter().map(|log_group| {
-            (
-                i,
-                WorkUnit {
+        units.extend(
+            groups
+                .into_iter()
+                .map(|log_group| WorkUnit {
                     account: scope.account.clone(),
                     region: scope.region.clone(),
                     log_group,
-                },
-            )
-        }));
+                })
+                .filter(|u| plan.shard.contains(u))
+                .map(|u| (i, u)),
+        );
     }
     (units, notes)
 }
@@ -596,6 +696,21 @@ impl Unit {
 
 /// Checks a unit's checkpoint entry against this run, and makes its unit.
 fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> Result<Unit> {
+    let file = cp.map(|cp| cp.path().display().to_string());
+    let old = cp.and_then(|cp| cp.state.group(&work));
+    let state = check_entry(plan, &work, old, file.as_deref().unwrap_or_default())?;
+    Ok(Unit { work, reach, state })
+}
+
+/// A unit's state for this run, from its checkpoint entry (`old`; none: a
+/// first run) in `checkpoint` (a file or an s3:// URL, for messages):
+/// refused when this run's read settings or clock would move it wrongly.
+fn check_entry(
+    plan: &Plan,
+    work: &WorkUnit,
+    old: Option<&GroupState>,
+    file: &str,
+) -> Result<GroupState> {
     let fresh = |start: i64| GroupState {
         account: work.account.clone(),
         region: work.region.clone(),
@@ -606,11 +721,9 @@ fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> R
         seen: Default::default(),
     };
     let default_start = plan.start_ms.unwrap_or(plan.end_ms - ms(DEFAULT_SINCE));
-    let Some((cp, old)) = cp.and_then(|cp| Some((cp, cp.state.group(&work)?))) else {
-        let state = fresh(default_start);
-        return Ok(Unit { work, reach, state });
+    let Some(old) = old else {
+        return Ok(fresh(default_start));
     };
-    let file = cp.path().display();
     if plan.rebaseline {
         let mut state = old.clone();
         state.read = plan.read.clone();
@@ -626,7 +739,7 @@ fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> R
             ))
             .into());
         }
-        return Ok(Unit { work, reach, state });
+        return Ok(state);
     }
     if old.read != plan.read {
         return Err(UsageError(format!(
@@ -647,12 +760,13 @@ fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> R
             rfc3339(plan.now_ms)
         ));
     }
-    let state = old.clone();
-    Ok(Unit { work, reach, state })
+    Ok(old.clone())
 }
 
 /// What a run shares with each unit's task.
 struct Ctx<'a> {
+    /// State and deliveries in S3, instead of `delivery`'s checkpoint.
+    s3: Option<&'a S3Run>,
     plan: &'a Plan,
     delivery: &'a Mutex<Delivery>,
     checkpointed: bool,
@@ -685,6 +799,13 @@ struct Total {
     late: u64,
     skipped: u64,
     steps: u64,
+    /// Where the earliest read began (S3 state is read per unit, so the
+    /// run's window is known only as units start).
+    first_ms: Option<i64>,
+    /// S3: rows and objects delivered, units another run held.
+    s3_rows: u64,
+    objects: u64,
+    leased_elsewhere: u64,
 }
 
 impl Total {
@@ -693,6 +814,13 @@ impl Total {
         self.late += o.late;
         self.skipped += o.skipped;
         self.steps += o.steps;
+        self.s3_rows += o.s3_rows;
+        self.first_ms = match (self.first_ms, o.first_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.objects += o.objects;
+        self.leased_elsewhere += o.leased_elsewhere;
     }
 
     fn summary(
@@ -702,6 +830,7 @@ impl Total {
         ((start, end), end_label): ((i64, i64), &str),
         api: &ApiStats,
         findings: u64,
+        s3: bool,
     ) -> String {
         format!(
             "{scopes}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
@@ -716,7 +845,14 @@ impl Total {
             self.late,
             self.stats.duplicates,
             self.skipped,
-        )
+        ) + &if s3 {
+            format!(
+                "; {} object(s) delivered to S3, {} unit(s) left to other runs (leased)",
+                self.objects, self.leased_elsewhere
+            )
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -732,11 +868,67 @@ async fn poll_unit(
     mut unit: Unit,
 ) -> (WorkUnit, Outcome) {
     let mut total = Total::default();
-    let result = poll_steps(ctx, api, reach, &mut unit, &mut total).await;
+    let result = match ctx.s3 {
+        None => poll_steps(ctx, api, reach, &mut unit, &mut total, None).await,
+        Some(s3) => poll_s3(ctx, api, reach, s3, &mut unit, &mut total).await,
+    };
     match result {
         Ok(()) => (unit.work, Ok(total)),
         Err(e) => (unit.work, Err((total, e))),
     }
+}
+
+/// A unit with its state in S3: its lease held for the unit's reading
+/// (another run's lease: the unit is left to it), its state read and
+/// checked as a local checkpoint entry is, then its steps.
+async fn poll_s3(
+    ctx: &Ctx<'_>,
+    api: &Api<'_>,
+    reach: &Reach,
+    s3: &S3Run,
+    unit: &mut Unit,
+    total: &mut Total,
+) -> Result<()> {
+    let mut held = match s3.open(&unit.work).await? {
+        Ok(held) => held,
+        Err(info) => {
+            total.leased_elsewhere += 1;
+            eprintln!(
+                "kubeanon poll: note: {}: {info}: skipped (that run reads it)",
+                unit.work
+            );
+            return Ok(());
+        }
+    };
+    if let Some(found) = held.settled
+        && !ctx.plan.out.quiet
+    {
+        eprintln!(
+            "kubeanon poll: the previous run's delivery of {} {}",
+            unit.work,
+            if found {
+                "was written and is now committed"
+            } else {
+                "was not written: its events are read again"
+            }
+        );
+    }
+    let label = format!("the S3 state of {}", unit.work);
+    let result = async {
+        let state = check_entry(
+            ctx.plan,
+            &unit.work,
+            held.doc.as_ref().map(|d| &d.group),
+            &label,
+        )?;
+        s3.adopt(&mut held, state.clone());
+        unit.state = state;
+        poll_steps(ctx, api, reach, unit, total, Some((s3, &mut held))).await
+    }
+    .await;
+    // The lease goes back whatever happened (a crash leaves it to expire).
+    let released = s3.close(held).await;
+    result.and(released)
 }
 
 async fn poll_steps(
@@ -745,12 +937,14 @@ async fn poll_steps(
     reach: &Reach,
     unit: &mut Unit,
     total: &mut Total,
+    mut s3: Option<(&S3Run, &mut Held)>,
 ) -> Result<()> {
     let plan = ctx.plan;
     let (start, end) = (unit.start_ms(plan), plan.end_ms);
     if start >= end {
         return Ok(()); // nothing new since the last run
     }
+    total.first_ms = Some(start);
     let query = |s: i64, e: i64| Query {
         log_group: unit.work.log_group.clone(),
         stream_prefix: plan.read.stream_prefix.clone(),
@@ -808,10 +1002,28 @@ async fn poll_steps(
         };
         let (agg, stats) = step.det.finish();
         let findings = agg.into_findings();
-        with_rows(&findings, &unit.work, |rows| {
-            let mut delivery = ctx.delivery.lock().unwrap_or_else(|e| e.into_inner());
-            delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
-        })?;
+        match s3.as_mut() {
+            None => with_rows(&findings, &unit.work, |rows| {
+                let mut delivery = ctx.delivery.lock().unwrap_or_else(|e| e.into_inner());
+                delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
+            })?,
+            Some((s3, held)) => {
+                let ndjson = with_rows(&findings, &unit.work, |rows| {
+                    let mut buf = Vec::new();
+                    Parts::new(Format::Ndjson, true)
+                        .write(rows, &mut buf)
+                        .map(|()| buf)
+                })
+                .context("cannot render a delivery")?;
+                match s3.step(held, (s, e), &ndjson, &commit).await? {
+                    Stepped::Committed => {}
+                    Stepped::Delivered | Stepped::AlreadyThere => {
+                        total.objects += 1;
+                        total.s3_rows += findings.len() as u64;
+                    }
+                }
+            }
+        }
         unit.state.apply(&commit);
         total.stats.merge(&stats);
         total.late += step.late;

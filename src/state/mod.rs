@@ -51,6 +51,7 @@
 
 pub mod deliveries;
 pub mod lease;
+pub mod protocol;
 pub mod s3;
 pub mod shard;
 pub mod unit;
