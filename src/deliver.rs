@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, Commit, sibling};
-use crate::output::{self, Format, Out, Parts, Rows, Target};
+use crate::detect::Severity;
+use crate::output::{self, Out, Parts, Rows, Style, Target};
 use crate::testhooks;
 
 const JOURNAL_VERSION: u32 = 1;
@@ -190,13 +191,16 @@ pub struct Delivery {
     held: Vec<Commit>,
     /// Log groups whose dedup set hit its cap, with the horizon it moved to.
     pub capped: Vec<(String, i64)>,
+    /// Rows delivered (rollup groups, with `--rollup`), and the highest
+    /// severity among them.
     pub rows: u64,
+    pub worst: Option<Severity>,
 }
 
 impl Delivery {
     /// Opens the target. An append target is made absolute first: the
     /// journal must name the same file from any working directory.
-    pub fn open(format: Format, target: &Target, checkpoint: Option<Checkpoint>) -> Result<Self> {
+    pub fn open(style: Style, target: &Target, checkpoint: Option<Checkpoint>) -> Result<Self> {
         let target = match target {
             Target::Append(p) => Target::Append(
                 crate::checkpoint::resolve(p)
@@ -205,7 +209,7 @@ impl Delivery {
             t => t.clone(),
         };
         let out = Out::open(&target)?;
-        let parts = Parts::new(format, out.has_header());
+        let parts = Parts::new(style, out.existing_header());
         Ok(Delivery {
             out,
             parts,
@@ -213,13 +217,14 @@ impl Delivery {
             held: Vec::new(),
             capped: Vec::new(),
             rows: 0,
+            worst: None,
         })
     }
 
     /// Delivers one step's rows, then applies its commit.
     pub fn step(&mut self, rows: &Rows<'_>, commit: Option<Commit>) -> Result<()> {
         self.deliver(rows, commit)?;
-        self.rows += rows.findings.len() as u64;
+        (self.rows, self.worst) = (self.parts.written.rows, self.parts.written.worst);
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use super::describe;
 use crate::checkpoint::{Checkpoint, Commit, GroupState, ReadSettings, seen_key};
 use crate::cli::{OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{self, Delivery, Settled};
-use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
+use crate::detect::{Detector, Fed, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::output::Rows;
 use crate::source::advice;
@@ -29,8 +29,6 @@ use crate::source::cloudwatch::{
 };
 use crate::testhooks;
 
-/// Columns poll adds after the fixed 14.
-const EXTRA: [&str; 4] = ["cluster", "log_group", "region", "id"];
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 /// How far this machine's clock may run ahead of the server's before a
 /// checkpointed run refuses to commit (the Date header has whole seconds,
@@ -178,7 +176,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     }
     let checkpointed = checkpoint.is_some();
     let delivery = Mutex::new(Delivery::open(
-        plan.out.format,
+        plan.out.style(plan.now_ms),
         &plan.out.target,
         checkpoint,
     )?);
@@ -217,7 +215,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     ));
     bar.finish_and_clear();
     let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
-    let delivered_rows = delivery.rows;
+    let (delivered_rows, worst) = (delivery.rows, delivery.worst);
     let mut total = Total::default();
     let mut failed = Vec::new();
     for (log_group, result) in results {
@@ -261,10 +259,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         );
     }
     if failed.is_empty() {
-        return Ok(Exit::for_findings(
-            delivered_rows as usize,
-            plan.out.fail_on_findings,
-        ));
+        return Ok(Exit::for_findings(worst, plan.out.fail_on_findings));
     }
     eprintln!(
         "kubeanon poll: {} of {} log group(s) failed; the others were delivered{}",
@@ -554,18 +549,15 @@ fn with_rows<R>(
     f: impl FnOnce(&Rows<'_>) -> R,
 ) -> R {
     let label = format!("{region}\n{log_group}");
-    let extra = |f: &Finding<'_>| {
-        vec![
-            cloudwatch::cluster_name(log_group).to_string(),
-            log_group.to_string(),
-            region.to_string(),
-            f.id(&label),
-        ]
-    };
+    let fixed = [
+        ("cluster", cloudwatch::cluster_name(log_group)),
+        ("log_group", log_group),
+        ("region", region),
+    ];
     f(&Rows {
-        extra_columns: &EXTRA,
         findings,
-        extra: &extra,
+        fixed: &fixed,
+        id_label: Some(&label),
     })
 }
 
@@ -584,7 +576,8 @@ async fn read_step(
     q: &Query,
     budget: Option<u64>,
 ) -> Result<Option<Step>> {
-    let mut det = Detector::new(ctx.plan.out.exclusions.clone());
+    let mut det =
+        Detector::new(ctx.plan.out.exclusions.clone()).at_least(ctx.plan.out.min_severity);
     let mut new_seen = Vec::new();
     let mut late = 0;
     let read = cloudwatch::read_group(

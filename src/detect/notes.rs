@@ -225,7 +225,7 @@ impl Notes {
     }
 
     /// Where a note's triage is in [`Notes::render`]'s two lists.
-    pub(super) fn rendered<'t>(note: Note, rendered: &'t (Vec<Triage>, Vec<Triage>)) -> &'t Triage {
+    pub(super) fn rendered(note: Note, rendered: &(Vec<Triage>, Vec<Triage>)) -> &Triage {
         if note.is_set() {
             &rendered.1[note.index() as usize]
         } else {

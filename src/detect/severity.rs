@@ -165,12 +165,12 @@ pub fn severity(r: &Request<'_>) -> Severity {
 fn critical(r: &Request<'_>) -> bool {
     WRITES.contains(&r.verb)
         || RBAC.contains(&r.resource)
-        || match (r.resource, r.subresource) {
-            ("secrets", _) => true,
-            ("pods", "exec" | "attach" | "portforward") => true,
-            ("serviceaccounts", "token") => true,
-            _ => false,
-        }
+        || matches!(
+            (r.resource, r.subresource),
+            ("secrets", _)
+                | ("pods", "exec" | "attach" | "portforward")
+                | ("serviceaccounts", "token")
+        )
 }
 
 fn public_info(uri: &str) -> bool {
