@@ -608,6 +608,49 @@ mod tests {
     }
 
     #[test]
+    fn authorization_annotations_are_read_as_serde_json_reads_them() {
+        let reads = |json: &str| -> Vec<[Option<String>; 2]> {
+            // The fast parse's read-ahead, and serde_json's reading.
+            let fast = Record::parse_fast(json.as_bytes()).expect("fast parse answers");
+            let slow = rec(json);
+            [fast, slow]
+                .iter()
+                .map(|r| match r.shape() {
+                    Shape::Event(e) => e.authorization().map(|v| v.map(String::from)),
+                    _ => panic!("not an event"),
+                })
+                .collect()
+        };
+        let both = |a: Option<&str>, b: Option<&str>| {
+            let want = [a.map(String::from), b.map(String::from)];
+            vec![want.clone(), want]
+        };
+        assert_eq!(
+            reads(
+                r#"{"annotations":{"x":"y","authorization.k8s.io/reason":"RBAC: \"b\"","authorization.k8s.io/decision":"allow"}}"#
+            ),
+            both(Some(r#""allow""#), Some(r#""RBAC: \"b\"""#))
+        );
+        // An escaped slash is the same key (serde_json decides it).
+        assert_eq!(
+            reads(r#"{"annotations":{"authorization.k8s.io\/decision":"forbid"}}"#)[1],
+            [Some(r#""forbid""#.to_string()), None]
+        );
+        // A named member twice: the object reads as empty, as user does.
+        assert_eq!(
+            reads(
+                r#"{"annotations":{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/decision":"allow"}}"#
+            ),
+            both(None, None)
+        );
+        assert_eq!(reads(r#"{"annotations":"x"}"#), both(None, None));
+        with_event(
+            r#"{"objectRef":{"resource":"pods","subresource":"exec"}}"#,
+            |e| assert_eq!(e.subresource().as_deref(), Some("exec")),
+        );
+    }
+
+    #[test]
     fn username_is_unescaped() {
         with_event(r#"{"user":{"username":"system\u003aanonymous"}}"#, |e| {
             assert_eq!(e.username().as_deref(), Some("system:anonymous"));
