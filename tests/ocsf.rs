@@ -77,7 +77,8 @@ fn the_validator_rejects_what_breaks_the_schema() {
     let out = ocsf_scan(&[], &sample());
     let good: Value = serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
     let mut lines = Vec::new();
-    let breakages: [(&str, fn(&mut Value)); 5] = [
+    type Breakage = (&'static str, fn(&mut Value));
+    let breakages: [Breakage; 5] = [
         ("severity_id", |f| f["severity_id"] = json!(7)),
         ("'uid' is a required property", |f| {
             f["finding_info"].as_object_mut().unwrap().remove("uid");
