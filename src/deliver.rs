@@ -191,8 +191,8 @@ pub struct Delivery {
     held: Vec<Commit>,
     /// Log groups whose dedup set hit its cap, with the horizon it moved to.
     pub capped: Vec<(String, i64)>,
-    /// Rows delivered (rollup groups, with `--rollup`), and the highest
-    /// severity among them.
+    /// Findings (detection rows) delivered, and the highest severity
+    /// among them (the same with `--rollup`, whose lines group them).
     pub rows: u64,
     pub worst: Option<Severity>,
 }
@@ -224,7 +224,8 @@ impl Delivery {
     /// Delivers one step's rows, then applies its commit.
     pub fn step(&mut self, rows: &Rows<'_>, commit: Option<Commit>) -> Result<()> {
         self.deliver(rows, commit)?;
-        (self.rows, self.worst) = (self.parts.written.rows, self.parts.written.worst);
+        self.rows += rows.findings.len() as u64;
+        self.worst = self.parts.written.worst;
         Ok(())
     }
 
