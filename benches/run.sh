@@ -78,7 +78,7 @@ if [ ! -s "$SLICE" ]; then
     mv "$SLICE.tmp" "$SLICE"
 fi
 
-size() { stat -c %s "$1"; }
+size() { stat -L -c %s "$1"; }
 # Warm the page cache so the first timed command is not penalised.
 cat "$REAL" "$ANON" "$SLICE" >/dev/null
 

@@ -9,9 +9,11 @@
 //! row holds a number: a pair's, or, for the rare row whose events
 //! disagree, its own set of them. A row costs no more memory than before.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashSet;
 
 use super::FILL;
 use super::severity::{Binding, Severity};
@@ -59,14 +61,38 @@ impl Default for Note {
     }
 }
 
-/// The last pair looked up, by the raw JSON texts it came from: the events
-/// of a run mostly repeat the one before, and a hit costs two comparisons.
-#[derive(Debug, Clone)]
-struct Last {
-    decision: Option<Box<str>>,
-    reason: Option<Box<str>>,
+/// A pair recently looked up, by the raw JSON texts it came from: events
+/// mostly repeat one of the last few (a scanner's refusals between the
+/// health checks' allowances), and a hit costs a comparison or two. Its
+/// text buffer is reused, so a miss allocates nothing either.
+#[derive(Debug, Clone, Default)]
+struct Recent {
+    /// The decision's text, then the reason's.
+    raw: String,
+    split: usize,
+    present: (bool, bool),
     pair: u32,
 }
+
+impl Recent {
+    fn is(&self, decision: Option<&str>, reason: Option<&str>) -> bool {
+        self.present == (decision.is_some(), reason.is_some())
+            && self.raw.get(..self.split) == Some(decision.unwrap_or(""))
+            && self.raw.get(self.split..) == Some(reason.unwrap_or(""))
+    }
+
+    fn set(&mut self, decision: Option<&str>, reason: Option<&str>, pair: u32) {
+        self.raw.clear();
+        self.raw.push_str(decision.unwrap_or(""));
+        self.split = self.raw.len();
+        self.raw.push_str(reason.unwrap_or(""));
+        self.present = (decision.is_some(), reason.is_some());
+        self.pair = pair;
+    }
+}
+
+/// How many recent pairs are remembered.
+const RECENT: usize = 4;
 
 /// The distinct (decision, reason) pairs of a run's rows, and the sets of
 /// them that rows whose events disagree hold.
@@ -75,21 +101,32 @@ pub(super) struct Notes {
     /// The values as a row shows them ("0" where absent); pair 0 is
     /// ("0", "0"), an event without annotations.
     pairs: Vec<(Box<str>, Box<str>)>,
-    index: HashMap<(Box<str>, Box<str>), u32, foldhash::fast::RandomState>,
+    /// Pair numbers, by the hash of their values: looked up with borrowed
+    /// values, without building a key.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     /// Each a row's own: changed in place as its events come.
     sets: Vec<HashSet<u32, foldhash::fast::RandomState>>,
-    last: Option<Last>,
+    recent: [Recent; RECENT],
+    /// The entry of `recent` replaced next.
+    next: usize,
 }
 
 impl Default for Notes {
     fn default() -> Notes {
         let mut notes = Notes {
             pairs: Vec::new(),
-            index: HashMap::default(),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             sets: Vec::new(),
-            last: None,
+            recent: Default::default(),
+            next: 0,
         };
-        notes.intern(FILL, FILL);
+        let none = notes.intern(FILL, FILL);
+        // Every entry starts as "no annotations", pair 0.
+        for r in &mut notes.recent {
+            r.set(None, None, none);
+        }
         notes
     }
 }
@@ -98,33 +135,40 @@ impl Notes {
     /// The pair these raw annotation texts give (the values shown as a row
     /// shows them: see [`crate::audit::shown`]).
     pub(super) fn lookup(&mut self, decision: Option<&str>, reason: Option<&str>) -> u32 {
-        if let Some(last) = &self.last
-            && last.decision.as_deref() == decision
-            && last.reason.as_deref() == reason
-        {
-            return last.pair;
+        if let Some(r) = self.recent.iter().find(|r| r.is(decision, reason)) {
+            return r.pair;
         }
-        let shown = |raw: Option<&str>| {
+        fn shown(raw: Option<&str>) -> Cow<'_, str> {
             raw.and_then(crate::audit::shown)
-                .map_or_else(|| FILL.to_string(), |v| v.into_owned())
-        };
+                .unwrap_or(Cow::Borrowed(FILL))
+        }
         let pair = self.intern(&shown(decision), &shown(reason));
-        self.last = Some(Last {
-            decision: decision.map(Box::from),
-            reason: reason.map(Box::from),
-            pair,
-        });
+        self.recent[self.next].set(decision, reason, pair);
+        self.next = (self.next + 1) % RECENT;
         pair
     }
 
     fn intern(&mut self, decision: &str, reason: &str) -> u32 {
-        let key = (Box::from(decision), Box::from(reason));
-        if let Some(&pair) = self.index.get(&key) {
+        let Notes {
+            pairs,
+            index,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash_one((decision, reason));
+        let same = |p: &u32| {
+            let (d, r) = &pairs[*p as usize];
+            **d == *decision && **r == *reason
+        };
+        if let Some(&pair) = index.find(hash, same) {
             return pair;
         }
-        let pair = u32::try_from(self.pairs.len()).expect("fewer pairs than bytes read");
-        self.pairs.push(key.clone());
-        self.index.insert(key, pair);
+        let pair = u32::try_from(pairs.len()).expect("fewer pairs than bytes read");
+        pairs.push((decision.into(), reason.into()));
+        index.insert_unique(hash, pair, |&p| {
+            let (d, r) = &pairs[p as usize];
+            hasher.hash_one((&**d, &**r))
+        });
         pair
     }
 

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::notes::Triage;
 use super::severity::Severity;
-use super::{FILL, Findings};
+use super::{FILL, Finding, Findings};
 
 /// A rollup's columns before the triage columns.
 pub const ROLLUP_COLUMNS: [&str; 8] = [
@@ -55,7 +55,8 @@ pub struct Group<'a> {
     /// The wrapping sum of its rows' eventId hashes.
     pub ids: u128,
     pub severity: Severity,
-    pub triage: Triage,
+    /// Its rows' triage together: one of theirs when they all share it.
+    pub triage: Cow<'a, Triage>,
 }
 
 impl Group<'_> {
@@ -96,7 +97,9 @@ impl<'a> Rollup<'a> {
         let mut index: HashMap<GroupKey<'a>, usize, foldhash::fast::RandomState> =
             HashMap::default();
         let mut groups: Vec<Group<'a>> = Vec::new();
-        let mut pairs: Vec<BTreeSet<u32>> = Vec::new();
+        // Per group: its first row, and the annotation pairs of all its
+        // rows once they differ from the first's (most groups never do).
+        let mut pairs: Vec<(Finding<'a>, Option<BTreeSet<u32>>)> = Vec::new();
         for f in findings.iter() {
             let mut cols = f.cols();
             let values = KEPT.map(|i| std::mem::take(&mut cols[i]));
@@ -112,16 +115,24 @@ impl<'a> Rollup<'a> {
                         count: 0,
                         ids: 0,
                         severity: Severity::Informational,
-                        triage: Triage::default(),
+                        triage: Cow::Borrowed(f.triage),
                     });
-                    pairs.push(BTreeSet::new());
+                    pairs.push((f, None));
                     groups.len() - 1
                 });
             let g = &mut groups[i];
             g.count += f.count;
             g.ids = g.ids.wrapping_add(f.ids);
             g.severity = g.severity.max(f.severity);
-            findings.pairs_into(&f, &mut pairs[i]);
+            let (first, set) = &mut pairs[i];
+            if set.is_some() || !std::ptr::eq(f.triage, first.triage) {
+                let set = set.get_or_insert_with(|| {
+                    let mut set = BTreeSet::new();
+                    findings.pairs_into(first, &mut set);
+                    set
+                });
+                findings.pairs_into(&f, set);
+            }
             if seen != FILL {
                 if g.first_seen == FILL || earlier(&seen, &g.first_seen) {
                     g.first_seen = seen.clone();
@@ -131,8 +142,10 @@ impl<'a> Rollup<'a> {
                 }
             }
         }
-        for (g, p) in groups.iter_mut().zip(pairs) {
-            g.triage = findings.triage_of_pairs(p);
+        for (g, (_, set)) in groups.iter_mut().zip(pairs) {
+            if let Some(set) = set {
+                g.triage = Cow::Owned(findings.triage_of_pairs(set));
+            }
         }
         groups.sort_unstable_by(|a, b| {
             (b.severity, b.count)

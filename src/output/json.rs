@@ -22,6 +22,37 @@ pub struct Json {
     /// An array: `[` written; elements written.
     opened: bool,
     elements: u64,
+    /// The escaped text of shared cells (a row's triage values, which many
+    /// rows share), by the text's address and length, for this part.
+    escaped: Escaped,
+}
+
+/// A few escaped texts, the oldest replaced first.
+#[derive(Debug, Clone, Default)]
+struct Escaped {
+    texts: Vec<((usize, usize), Vec<u8>)>,
+    next: usize,
+}
+
+impl Escaped {
+    const KEPT: usize = 12;
+
+    fn push(&mut self, text: &str, out: &mut Vec<u8>) {
+        let key = (text.as_ptr() as usize, text.len());
+        if let Some((_, bytes)) = self.texts.iter().find(|(k, _)| *k == key) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(text.len());
+        push_escaped(&mut bytes, text);
+        out.extend_from_slice(&bytes);
+        if self.texts.len() < Self::KEPT {
+            self.texts.push((key, bytes));
+        } else {
+            self.texts[self.next] = (key, bytes);
+            self.next = (self.next + 1) % Self::KEPT;
+        }
+    }
 }
 
 impl Json {
@@ -33,6 +64,7 @@ impl Json {
             chunk: Vec::new(),
             opened: false,
             elements: 0,
+            escaped: Escaped::default(),
         }
     }
 
@@ -45,6 +77,8 @@ impl Json {
 
 impl Sink for Json {
     fn begin(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        // The addresses were a finished part's: they may be reused.
+        self.escaped = Escaped::default();
         self.keys = keys(columns);
         self.last_is_text = columns.last().is_none_or(|c| !is_number(c));
         if self.chunk.capacity() == 0 {
@@ -63,7 +97,13 @@ impl Sink for Json {
                 .extend_from_slice(if self.elements == 0 { b"\n" } else { b",\n" });
             self.elements += 1;
         }
-        push_object(&self.keys, self.last_is_text, row, &mut self.chunk);
+        push_object(
+            &self.keys,
+            self.last_is_text,
+            row,
+            &mut self.escaped,
+            &mut self.chunk,
+        );
         if self.lines {
             self.chunk.push(b'\n');
         }
@@ -160,18 +200,33 @@ impl ColumnKey {
 /// finding's walk over its key already tells which are plain (ASCII
 /// without controls, DEL, quotes or backslashes: nothing to escape), and
 /// only the others are looked at again.
-fn push_object(keys: &[ColumnKey], last_is_text: bool, row: &Row<'_>, out: &mut Vec<u8>) {
+fn push_object(
+    keys: &[ColumnKey],
+    last_is_text: bool,
+    row: &Row<'_>,
+    escaped: &mut Escaped,
+    out: &mut Vec<u8>,
+) {
     let mut keys = keys.iter();
-    row.each_cell(|Cell { text, plain, .. }| {
-        if let Some(key) = keys.next() {
-            key.push(out);
-        }
-        if plain {
-            out.extend_from_slice(text.as_bytes());
-        } else {
-            push_escaped(out, text);
-        }
-    });
+    row.each_cell(
+        |Cell {
+             text,
+             plain,
+             shared,
+             ..
+         }| {
+            if let Some(key) = keys.next() {
+                key.push(out);
+            }
+            if plain {
+                out.extend_from_slice(text.as_bytes());
+            } else if shared {
+                escaped.push(text, out);
+            } else {
+                push_escaped(out, text);
+            }
+        },
+    );
     if last_is_text {
         out.push(b'"');
     }

@@ -149,6 +149,10 @@ pub struct Cell<'c> {
     pub plain: bool,
     /// A number (`count`), not text.
     pub number: bool,
+    /// The same text (at the same address) for many rows of a part: a
+    /// triage value. A sink may keep what it made of it until the part
+    /// ends.
+    pub shared: bool,
 }
 
 /// One row as a sink sees it: a finding or a rollup group, with the
@@ -219,6 +223,7 @@ impl<'r> Row<'r> {
                 text,
                 plain: false,
                 number: false,
+                shared: false,
             }
         }
         let mut count = itoa::Buffer::new();
@@ -226,6 +231,7 @@ impl<'r> Row<'r> {
             text: count.format(self.count()),
             plain: true,
             number: true,
+            shared: false,
         };
         match &self.body {
             Body::Finding(f) => {
@@ -234,6 +240,7 @@ impl<'r> Row<'r> {
                         text: &value,
                         plain,
                         number: false,
+                        shared: false,
                     })
                 });
                 each(count);
@@ -250,9 +257,13 @@ impl<'r> Row<'r> {
             text: self.severity().name(),
             plain: true,
             number: false,
+            shared: false,
         });
         for v in [&triage.decision, &triage.reason, &triage.binding] {
-            each(text(v));
+            each(Cell {
+                shared: true,
+                ..text(v)
+            });
         }
         for (_, v) in self.fixed {
             each(text(v));
@@ -262,6 +273,7 @@ impl<'r> Row<'r> {
                 text: id,
                 plain: true,
                 number: false,
+                shared: false,
             });
         }
     }
