@@ -22,7 +22,9 @@
 # MB/s is input bytes / 10^6 / mean seconds. Inputs are the GiB/MiB sizes above.
 #
 # Knobs (environment): RUNS (default 5), WARMUP (default 1), BENCH_DIR
-# (default ./bench-data), CORE (the core for the one-core rows, default 0).
+# (default ./bench-data), CORE (the core for the one-core rows, default 0),
+# BASELINE (another kubeanon binary, e.g. one built from the commit before
+# a change: its scans are timed in the same run, for a ratio).
 #
 # Needs: cargo, hyperfine, ripgrep, jq, GNU time, taskset. On Debian/Ubuntu:
 #   sudo apt-get install -y hyperfine ripgrep jq time util-linux
@@ -76,7 +78,7 @@ if [ ! -s "$SLICE" ]; then
     mv "$SLICE.tmp" "$SLICE"
 fi
 
-size() { stat -c %s "$1"; }
+size() { stat -L -c %s "$1"; }
 # Warm the page cache so the first timed command is not penalised.
 cat "$REAL" "$ANON" "$SLICE" >/dev/null
 
@@ -89,7 +91,16 @@ ROWS=(
     "kubeanon scan (1 core)|all-anonymous 500 MiB|$ANON|taskset -c $CORE $KUBEANON scan -q $ANON --format ndjson >/dev/null"
     "kubeanon scan|all-anonymous 500 MiB|$ANON|$KUBEANON scan -q $ANON --format ndjson >/dev/null"
     "rg -c -i system:anonymous|all-anonymous 500 MiB|$ANON|rg -c -i system:anonymous $ANON >/dev/null"
+    "kubeanon scan --rollup|realistic 1 GiB, 0.2% anonymous|$REAL|$KUBEANON scan -q --rollup $REAL --format ndjson >/dev/null"
+    "kubeanon scan --rollup|all-anonymous 500 MiB|$ANON|$KUBEANON scan -q --rollup $ANON --format ndjson >/dev/null"
 )
+if [ -n "${BASELINE:-}" ]; then
+    ROWS+=(
+        "baseline scan|realistic 1 GiB, 0.2% anonymous|$REAL|$BASELINE scan -q $REAL --format ndjson >/dev/null"
+        "baseline scan (1 core)|all-anonymous 500 MiB|$ANON|taskset -c $CORE $BASELINE scan -q $ANON --format ndjson >/dev/null"
+        "baseline scan|all-anonymous 500 MiB|$ANON|$BASELINE scan -q $ANON --format ndjson >/dev/null"
+    )
+fi
 
 args=()
 for row in "${ROWS[@]}"; do
@@ -115,6 +126,12 @@ echo "== sanity: what each tool found" >&2
 [ -f "$REAL.gen.txt" ] && sed 's/^/  realistic generator: /' "$REAL.gen.txt" >&2
 [ -f "$ANON.gen.txt" ] && sed 's/^/  all-anonymous generator: /' "$ANON.gen.txt" >&2
 echo "  realistic: rg -c -i system:anonymous = $(rg -c -i system:anonymous "$REAL")" >&2
+# A rollup's lines add up to the rows' counts.
+for f in "$REAL" "$ANON"; do
+    rows=$("$KUBEANON" scan -q "$f" --format ndjson | jq -s 'map(.count) | [length, add]' -c)
+    lines=$("$KUBEANON" scan -q --rollup "$f" --format ndjson | jq -s 'map(.count) | [length, add]' -c)
+    echo "  $(basename "$f"): rows [lines, count sum] = $rows, --rollup = $lines" >&2
+done
 echo "  realistic 100 MiB slice: jq matches = $(jq -c 'select(.user.username=="system:anonymous")' "$SLICE" | wc -l)," \
     "kubeanon: $("$KUBEANON" scan "$SLICE" --format ndjson 2>&1 >/dev/null)" >&2
 

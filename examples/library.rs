@@ -29,5 +29,9 @@ fn main() {
             println!("{name:>26}: {value}");
         }
         println!("{:>26}: {}", "count", finding.count);
+        // The triage: how bad it is, and the binding that let it in.
+        println!("{:>26}: {}", "severity", finding.severity);
+        println!("{:>26}: {}", "decision", finding.triage.decision);
+        println!("{:>26}: {}", "binding", finding.triage.binding);
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::detect::Exclusion;
+use crate::detect::{Exclusion, Severity};
 use crate::exit::UsageError;
-use crate::output::{Format, Target};
+use crate::output::{Format, Style, Target};
 use crate::source::cloudwatch::cluster_log_group;
 
 #[derive(Debug, Parser)]
@@ -75,9 +75,25 @@ pub struct OutputArgs {
     /// Repeatable: a row matching any --exclude is dropped.
     #[arg(long, value_name = "COLUMN=PATTERN[,...]")]
     pub exclude: Vec<String>,
-    /// Exit 3 when there are findings.
+    /// Leave out rows below LEVEL (informational, low, medium, high,
+    /// critical; see README: Severity). Their events still count as read.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_severity)]
+    pub min_severity: Option<Severity>,
+    /// Group rows by source IP, user agent, verb, request URI and response
+    /// code, with first and last seen and the count (poll: per step).
     #[arg(long)]
-    pub fail_on_findings: bool,
+    pub rollup: bool,
+    /// Exit 3 when there are findings; with =LEVEL, when a row written is
+    /// at LEVEL or above.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "informational",
+        value_parser = parse_severity
+    )]
+    pub fail_on_findings: Option<Severity>,
     /// No summary line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -314,14 +330,37 @@ fn is_region_name(r: &str) -> bool {
         && r.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
 }
 
+/// `--min-severity` and `--fail-on-findings`' LEVEL.
+fn parse_severity(text: &str) -> Result<Severity, String> {
+    text.parse()
+}
+
 /// Output settings, checked.
 #[derive(Debug)]
 pub struct OutputConfig {
     pub format: Format,
     pub target: Target,
     pub exclusions: Vec<Exclusion>,
-    pub fail_on_findings: bool,
+    pub min_severity: Option<Severity>,
+    pub rollup: bool,
+    /// Colour the table's severities (stdout is a terminal, `NO_COLOR` unset).
+    pub colour: bool,
+    /// Exit 3 when a row written is at this level or above.
+    pub fail_on_findings: Option<Severity>,
     pub quiet: bool,
+}
+
+impl OutputConfig {
+    /// How rows are written, with the run's time (`run_ms`, for OCSF
+    /// findings without a timestamp).
+    pub fn style(&self, run_ms: i64) -> Style {
+        Style {
+            format: self.format,
+            rollup: self.rollup,
+            colour: self.colour,
+            run_ms,
+        }
+    }
 }
 
 impl OutputArgs {
@@ -339,18 +378,29 @@ impl OutputArgs {
                 Format::Ndjson
             },
         );
-        if matches!(target, Target::Append(_)) && !matches!(format, Format::Ndjson | Format::Csv) {
-            return Err(UsageError("--append takes --format ndjson or csv".into()));
+        if matches!(target, Target::Append(_)) && !format.is_lines() {
+            return Err(UsageError(
+                "--append takes --format ndjson, csv or ocsf".into(),
+            ));
         }
         let exclusions = self
             .exclude
             .iter()
             .map(|spec| Exclusion::parse(spec).map_err(UsageError))
             .collect::<Result<_, _>>()?;
+        // Colour only for a person: a terminal, and no NO_COLOR (any
+        // non-empty value, as no-color.org has it).
+        let colour = format == Format::Table
+            && target == Target::Stdout
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Ok(OutputConfig {
             format,
             target,
             exclusions,
+            min_severity: self.min_severity,
+            rollup: self.rollup,
+            colour,
             fail_on_findings: self.fail_on_findings,
             quiet: self.quiet,
         })
@@ -402,6 +452,42 @@ mod tests {
         assert!(err.0.contains("--append"));
         let ok = output_args(&["--append", "x"]).resolve().unwrap();
         assert_eq!(ok.format, Format::Ndjson);
+    }
+
+    #[test]
+    fn severity_flags_take_levels() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["kubeanon", "scan"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Scan(s) => s,
+                _ => unreachable!(),
+            })
+        };
+        // Plain --fail-on-findings is any finding, and never eats a path.
+        let s = parse(&["--fail-on-findings", "audit.log"]).unwrap();
+        assert_eq!(s.output.fail_on_findings, Some(Severity::Informational));
+        assert_eq!(s.paths, [std::path::PathBuf::from("audit.log")]);
+        let s = parse(&["--fail-on-findings=high"]).unwrap();
+        assert_eq!(s.output.fail_on_findings, Some(Severity::High));
+        assert_eq!(parse(&[]).unwrap().output.fail_on_findings, None);
+        let s = parse(&["--min-severity", "critical", "--rollup"]).unwrap();
+        assert_eq!(s.output.min_severity, Some(Severity::Critical));
+        assert!(s.output.rollup);
+        for bad in [
+            &["--min-severity", "severe"][..],
+            &["--fail-on-findings=5"],
+            &["--min-severity"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let err = parse(&["--min-severity", "severe"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("informational, low, medium, high or critical"),
+            "{err}"
+        );
     }
 
     #[test]

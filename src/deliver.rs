@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, Commit, sibling};
+use crate::detect::Severity;
 use crate::fleet::WorkUnit;
-use crate::output::{self, Format, Out, Parts, Rows, Target};
+use crate::output::{self, Out, Parts, Rows, Style, Target};
 use crate::testhooks;
 
 const JOURNAL_VERSION: u32 = 1;
@@ -191,13 +192,16 @@ pub struct Delivery {
     held: Vec<Commit>,
     /// Log groups whose dedup set hit its cap, with the horizon it moved to.
     pub capped: Vec<(WorkUnit, i64)>,
+    /// Findings (detection rows) delivered, and the highest severity
+    /// among them (the same with `--rollup`, whose lines group them).
     pub rows: u64,
+    pub worst: Option<Severity>,
 }
 
 impl Delivery {
     /// Opens the target. An append target is made absolute first: the
     /// journal must name the same file from any working directory.
-    pub fn open(format: Format, target: &Target, checkpoint: Option<Checkpoint>) -> Result<Self> {
+    pub fn open(style: Style, target: &Target, checkpoint: Option<Checkpoint>) -> Result<Self> {
         let target = match target {
             Target::Append(p) => Target::Append(
                 crate::checkpoint::resolve(p)
@@ -206,7 +210,7 @@ impl Delivery {
             t => t.clone(),
         };
         let out = Out::open(&target)?;
-        let parts = Parts::new(format, out.has_header());
+        let parts = Parts::new(style, out.existing_header());
         Ok(Delivery {
             out,
             parts,
@@ -214,6 +218,7 @@ impl Delivery {
             held: Vec::new(),
             capped: Vec::new(),
             rows: 0,
+            worst: None,
         })
     }
 
@@ -221,6 +226,7 @@ impl Delivery {
     pub fn step(&mut self, rows: &Rows<'_>, commit: Option<Commit>) -> Result<()> {
         self.deliver(rows, commit)?;
         self.rows += rows.findings.len() as u64;
+        self.worst = self.parts.written.worst;
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use crate::detect::Severity;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Success (findings or not, unless `--fail-on-findings`).
@@ -28,12 +30,12 @@ impl Exit {
         }
     }
 
-    /// The exit for a successful run with `findings` rows.
-    pub fn for_findings(findings: usize, fail_on_findings: bool) -> Exit {
-        if fail_on_findings && findings > 0 {
-            Exit::Findings
-        } else {
-            Exit::Ok
+    /// The exit for a successful run whose rows' highest severity is
+    /// `worst` (`None`: no rows), under `--fail-on-findings[=LEVEL]`.
+    pub fn for_findings(worst: Option<Severity>, fail_on: Option<Severity>) -> Exit {
+        match (worst, fail_on) {
+            (Some(worst), Some(level)) if worst >= level => Exit::Findings,
+            _ => Exit::Ok,
         }
     }
 }
@@ -73,8 +75,16 @@ mod tests {
         .map(Exit::code)
         .to_vec();
         assert_eq!(codes, vec![0, 1, 2, 3, 4]);
-        assert_eq!(Exit::for_findings(2, true), Exit::Findings);
-        assert_eq!(Exit::for_findings(2, false), Exit::Ok);
-        assert_eq!(Exit::for_findings(0, true), Exit::Ok);
+        use Severity::*;
+        let any = Some(Informational);
+        assert_eq!(Exit::for_findings(Some(Low), any), Exit::Findings);
+        assert_eq!(Exit::for_findings(Some(Low), None), Exit::Ok);
+        assert_eq!(Exit::for_findings(None, any), Exit::Ok);
+        assert_eq!(Exit::for_findings(Some(High), Some(High)), Exit::Findings);
+        assert_eq!(
+            Exit::for_findings(Some(Critical), Some(High)),
+            Exit::Findings
+        );
+        assert_eq!(Exit::for_findings(Some(Low), Some(High)), Exit::Ok);
     }
 }

@@ -686,7 +686,8 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
     let text = String::from_utf8(stdout.clone()).expect("UTF-8");
     // RFC 4180: CRLF line ends; a field with a comma, quote or line break
     // is quoted, quotes doubled.
-    assert!(text.starts_with(&(COLUMNS.join(",") + "\r\n")), "{text}");
+    let names: Vec<&str> = COLUMNS.iter().chain(&TRIAGE).copied().collect();
+    assert!(text.starts_with(&(names.join(",") + "\r\n")), "{text}");
     assert!(text.contains("\"a,\"\"b\"\"\r\nc\""), "{text}");
     let mut reader = csv::ReaderBuilder::new().from_reader(stdout.as_slice());
     let header: Vec<String> = reader
@@ -695,7 +696,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         .iter()
         .map(str::to_string)
         .collect();
-    assert_eq!(header, COLUMNS);
+    assert_eq!(header, names);
     let records: Vec<csv::StringRecord> = reader
         .records()
         .collect::<Result<_, _>>()
@@ -715,7 +716,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         assert!(agents.contains(&want), "{want:?} not in {agents:?}");
     }
     for r in &records {
-        assert_eq!(r.len(), 14);
+        assert_eq!(r.len(), 18);
         assert_eq!(&r[5], "403");
         assert_eq!(&r[6], "198.51.100.7");
         assert_eq!(&r[13], "1");

@@ -1,9 +1,9 @@
 //! A fast path for [`Record::parse`]: one validating pass over a record
 //! that keeps the spans of the fields the rule reads and skips the rest
-//! (request and response bodies, annotations), without building anything.
-//! On its way it also reads the members of `user`, `objectRef` and
-//! `responseStatus` the rule needs; the same reader serves nested objects
-//! and arrays read on their own.
+//! (request and response bodies, other annotations), without building
+//! anything. On its way it also reads the members of `user`, `objectRef`,
+//! `responseStatus` and `annotations` the rule and the triage need; the
+//! same reader serves nested objects and arrays read on their own.
 //!
 //! It answers only when it is sure to answer as serde_json would; anything
 //! unusual (invalid UTF-8, an escaped key, a duplicate field, nesting past
@@ -12,8 +12,8 @@
 //! record gets serde_json's verdict.
 
 use super::{
-    OBJECT_REF, OBJECT_REF_FIELDS, RECORD_FIELDS, RESPONSE_STATUS, RESPONSE_STATUS_FIELDS, Record,
-    USER, USER_FIELDS,
+    ANNOTATION_FIELDS, ANNOTATIONS, OBJECT_REF, OBJECT_REF_FIELDS, RECORD_FIELDS, RESPONSE_STATUS,
+    RESPONSE_STATUS_FIELDS, Record, USER, USER_FIELDS,
 };
 
 /// Bytes that end a run of plain string content: the closing quote, an
@@ -221,6 +221,9 @@ pub(super) fn record(bytes: &[u8]) -> Option<Record<'_>> {
                 }
                 (RESPONSE_STATUS, Some(b'{')) => {
                     p.nested(text, &RESPONSE_STATUS_FIELDS, &mut ahead.response_status)
+                }
+                (ANNOTATIONS, Some(b'{')) => {
+                    p.nested(text, &ANNOTATION_FIELDS, &mut ahead.annotations)
                 }
                 _ => p.value(),
             }

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 pub struct Record<'a> {
     /// The raw JSON text of each field in [`RECORD_FIELDS`], in its order
     /// (read them by the slots below it); `None` if absent or `null`.
-    fields: [Option<&'a str>; 14],
+    fields: [Option<&'a str>; 15],
     /// What the fast parse already read of the nested objects.
     ahead: ReadAhead<'a>,
 }
@@ -47,8 +47,14 @@ impl Eq for Record<'_> {}
 
 /// The members of `user`, `objectRef` and `responseStatus` the rule reads.
 pub(crate) const USER_FIELDS: [&str; 3] = ["username", "uid", "groups"];
-pub(crate) const OBJECT_REF_FIELDS: [&str; 3] = ["name", "namespace", "resource"];
+pub(crate) const OBJECT_REF_FIELDS: [&str; 4] = ["name", "namespace", "resource", "subresource"];
 pub(crate) const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
+/// The annotations the triage reads: what the API server's authorizer
+/// decided, and why (RBAC names the binding that allowed a request).
+pub(crate) const ANNOTATION_FIELDS: [&str; 2] = [
+    "authorization.k8s.io/decision",
+    "authorization.k8s.io/reason",
+];
 
 /// The members of the nested objects that the fast parse read on its way
 /// through the record, exactly as [`sub`] would read them; `None` where it
@@ -56,12 +62,13 @@ pub(crate) const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ReadAhead<'a> {
     pub user: Option<[Option<&'a str>; 3]>,
-    pub object_ref: Option<[Option<&'a str>; 3]>,
+    pub object_ref: Option<[Option<&'a str>; 4]>,
     pub response_status: Option<[Option<&'a str>; 1]>,
+    pub annotations: Option<[Option<&'a str>; 2]>,
 }
 
 /// The JSON names of [`Record`]'s fields, in its order.
-pub const RECORD_FIELDS: [&str; 14] = [
+pub const RECORD_FIELDS: [&str; 15] = [
     "kind",
     "user",
     "sourceIPs",
@@ -72,6 +79,7 @@ pub const RECORD_FIELDS: [&str; 14] = [
     "requestReceivedTimestamp",
     "objectRef",
     "responseStatus",
+    "annotations",
     "message",
     "eventId",
     "events",
@@ -89,6 +97,7 @@ const REQUEST_URI: usize = slot("requestURI");
 const REQUEST_RECEIVED_TIMESTAMP: usize = slot("requestReceivedTimestamp");
 pub(crate) const OBJECT_REF: usize = slot("objectRef");
 pub(crate) const RESPONSE_STATUS: usize = slot("responseStatus");
+pub(crate) const ANNOTATIONS: usize = slot("annotations");
 const MESSAGE: usize = slot("message");
 const EVENT_ID: usize = slot("eventId");
 const EVENTS: usize = slot("events");
@@ -140,6 +149,8 @@ struct Wire<'a> {
     #[serde(borrow, rename = "responseStatus")]
     response_status: Option<&'a RawValue>,
     #[serde(borrow)]
+    annotations: Option<&'a RawValue>,
+    #[serde(borrow)]
     message: Option<&'a RawValue>,
     #[serde(borrow, rename = "eventId")]
     event_id: Option<&'a RawValue>,
@@ -180,12 +191,22 @@ struct ObjectRefWire<'a> {
     namespace: Option<&'a RawValue>,
     #[serde(borrow)]
     resource: Option<&'a RawValue>,
+    #[serde(borrow)]
+    subresource: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct ResponseStatusWire<'a> {
     #[serde(borrow)]
     code: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AnnotationsWire<'a> {
+    #[serde(borrow, rename = "authorization.k8s.io/decision")]
+    pub(crate) decision: Option<&'a RawValue>,
+    #[serde(borrow, rename = "authorization.k8s.io/reason")]
+    pub(crate) reason: Option<&'a RawValue>,
 }
 
 impl<'a> Record<'a> {
@@ -204,6 +225,7 @@ impl<'a> Record<'a> {
             w.request_received_timestamp,
             w.object_ref,
             w.response_status,
+            w.annotations,
             w.message,
             w.event_id,
             w.events,
@@ -300,12 +322,7 @@ impl<'a> Event<'_, 'a> {
     /// responseStatus.code, stage, user.uid, user (username), userAgent, verb.
     pub fn scalars(&self) -> [Option<Cow<'a, str>>; 11] {
         let r = self.record;
-        let [name, namespace, resource] = sub(
-            r.fields[OBJECT_REF],
-            r.ahead.object_ref,
-            &OBJECT_REF_FIELDS,
-            |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource],
-        );
+        let [name, namespace, resource, _] = self.object_ref();
         let [code] = sub(
             r.fields[RESPONSE_STATUS],
             r.ahead.response_status,
@@ -326,6 +343,45 @@ impl<'a> Event<'_, 'a> {
             r.fields[VERB].and_then(scalar),
         ]
     }
+}
+
+impl<'a> Event<'_, 'a> {
+    /// The members of `objectRef` the rule and the triage read, as raw
+    /// JSON texts.
+    fn object_ref(&self) -> [Option<&'a str>; 4] {
+        let r = self.record;
+        sub(
+            r.fields[OBJECT_REF],
+            r.ahead.object_ref,
+            &OBJECT_REF_FIELDS,
+            |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource, w.subresource],
+        )
+    }
+
+    /// `objectRef.subresource` as Splunk would show it (`exec`, `token`).
+    pub fn subresource(&self) -> Option<Cow<'a, str>> {
+        self.object_ref()[3].and_then(scalar)
+    }
+
+    /// The raw JSON texts of the `authorization.k8s.io/decision` and
+    /// `authorization.k8s.io/reason` annotations (read them with
+    /// [`shown`]): raw, so that a caller that saw the same texts before can
+    /// skip decoding them again.
+    pub fn authorization(&self) -> [Option<&'a str>; 2] {
+        let r = self.record;
+        sub(
+            r.fields[ANNOTATIONS],
+            r.ahead.annotations,
+            &ANNOTATION_FIELDS,
+            |w: AnnotationsWire<'a>| [w.decision, w.reason],
+        )
+    }
+}
+
+/// A raw JSON value as the rule shows it (strings unescaped, numbers as
+/// written); `None` where it would be filled with "0".
+pub fn shown(text: &str) -> Option<Cow<'_, str>> {
+    scalar(text)
 }
 
 /// The raw texts of the members `names` of a nested object; a missing
@@ -549,6 +605,49 @@ mod tests {
         for bad in [r#""\ud800"x"#, r#""\ud800"#, r#""\ud800\x""#, "42"] {
             assert_eq!(string(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn authorization_annotations_are_read_as_serde_json_reads_them() {
+        let reads = |json: &str| -> Vec<[Option<String>; 2]> {
+            // The fast parse's read-ahead, and serde_json's reading.
+            let fast = Record::parse_fast(json.as_bytes()).expect("fast parse answers");
+            let slow = rec(json);
+            [fast, slow]
+                .iter()
+                .map(|r| match r.shape() {
+                    Shape::Event(e) => e.authorization().map(|v| v.map(String::from)),
+                    _ => panic!("not an event"),
+                })
+                .collect()
+        };
+        let both = |a: Option<&str>, b: Option<&str>| {
+            let want = [a.map(String::from), b.map(String::from)];
+            vec![want.clone(), want]
+        };
+        assert_eq!(
+            reads(
+                r#"{"annotations":{"x":"y","authorization.k8s.io/reason":"RBAC: \"b\"","authorization.k8s.io/decision":"allow"}}"#
+            ),
+            both(Some(r#""allow""#), Some(r#""RBAC: \"b\"""#))
+        );
+        // An escaped slash is the same key (serde_json decides it).
+        assert_eq!(
+            reads(r#"{"annotations":{"authorization.k8s.io\/decision":"forbid"}}"#)[1],
+            [Some(r#""forbid""#.to_string()), None]
+        );
+        // A named member twice: the object reads as empty, as user does.
+        assert_eq!(
+            reads(
+                r#"{"annotations":{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/decision":"allow"}}"#
+            ),
+            both(None, None)
+        );
+        assert_eq!(reads(r#"{"annotations":"x"}"#), both(None, None));
+        with_event(
+            r#"{"objectRef":{"resource":"pods","subresource":"exec"}}"#,
+            |e| assert_eq!(e.subresource().as_deref(), Some("exec")),
+        );
     }
 
     #[test]

@@ -8,9 +8,9 @@ mod scan;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command, OutputConfig};
-use crate::detect::{Finding, Findings, Stats};
+use crate::detect::{Findings, Stats};
 use crate::exit::Exit;
-use crate::output::{self, Rows};
+use crate::output::{self, Rows, Written};
 
 pub fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
@@ -20,20 +20,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
     }
 }
 
-/// Writes the findings where the output flags say, with the command's
-/// extra columns.
-fn write_findings(
-    out: &OutputConfig,
-    extra_columns: &[&str],
-    findings: &Findings,
-    extra: &dyn Fn(&Finding<'_>) -> Vec<String>,
-) -> Result<()> {
-    let rows = Rows {
-        extra_columns,
-        findings,
-        extra,
-    };
-    output::write(out.format, &out.target, &rows)
+/// Writes the findings where the output flags say.
+fn write_findings(out: &OutputConfig, findings: &Findings) -> Result<Written> {
+    let style = out.style(crate::testhooks::now_ms());
+    output::write(style, &out.target, &Rows::of(findings))
 }
 
 /// The counts every summary line starts with.
@@ -44,6 +34,12 @@ fn describe(stats: &Stats, findings: usize) -> String {
     );
     if stats.excluded > 0 {
         s.push_str(&format!(" ({} rows excluded)", stats.excluded));
+    }
+    if stats.below_min_severity > 0 {
+        s.push_str(&format!(
+            " ({} rows below --min-severity)",
+            stats.below_min_severity
+        ));
     }
     s
 }

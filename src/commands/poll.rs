@@ -23,11 +23,11 @@ use super::describe;
 use crate::checkpoint::{Checkpoint, Commit, GroupState, ReadSettings, seen_key};
 use crate::cli::{Engine, OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{self, Delivery, Settled};
-use crate::detect::{Detector, Fed, Finding, Findings, Origin, Stats};
+use crate::detect::{Detector, Fed, Findings, Origin, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope, WorkUnit};
-use crate::output::{Format, Parts, Rows};
+use crate::output::{Format, Parts, Rows, Style};
 use crate::source::advice;
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, RetryPolicy, ServerClock,
@@ -37,8 +37,6 @@ use crate::state::protocol::{Held, S3Run, Stepped};
 use crate::state::{Bucket, Deliveries, Leases, S3Url, Shard, States};
 use crate::testhooks;
 
-/// Columns poll adds after the fixed 14.
-const EXTRA: [&str; 5] = ["cluster", "log_group", "region", "account", "id"];
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 /// How far this machine's clock may run ahead of the server's before a
 /// checkpointed run refuses to commit (the Date header has whole seconds,
@@ -343,7 +341,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     }
     let checkpointed = checkpoint.is_some() || s3.is_some();
     let delivery = Mutex::new(Delivery::open(
-        plan.out.format,
+        plan.out.style(plan.now_ms),
         &plan.out.target,
         checkpoint,
     )?);
@@ -439,9 +437,9 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         }
         return Ok(Exit::Error);
     }
-    let delivered_rows = match s3 {
-        Some(_) => total.s3_rows,
-        None => delivery.rows,
+    let (delivered_rows, worst) = match s3 {
+        Some(_) => (total.s3_rows, total.worst),
+        None => (delivery.rows, delivery.worst),
     };
     let advanced = succeeded > 0 || failed.is_empty() || failed.iter().any(|f| f.advanced);
     if !advanced {
@@ -490,10 +488,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         );
     }
     if failed.is_empty() {
-        return Ok(Exit::for_findings(
-            delivered_rows as usize,
-            plan.out.fail_on_findings,
-        ));
+        return Ok(Exit::for_findings(worst, plan.out.fail_on_findings));
     }
     eprintln!(
         "kubeanon poll: {} failed; {} of {} log group(s) were delivered{}",
@@ -802,8 +797,10 @@ struct Total {
     /// Where the earliest read began (S3 state is read per unit, so the
     /// run's window is known only as units start).
     first_ms: Option<i64>,
-    /// S3: rows and objects delivered, units another run held.
+    /// S3: rows and objects delivered, the worst severity among them,
+    /// units another run held.
     s3_rows: u64,
+    worst: Option<crate::detect::Severity>,
     objects: u64,
     leased_elsewhere: u64,
 }
@@ -815,6 +812,7 @@ impl Total {
         self.skipped += o.skipped;
         self.steps += o.steps;
         self.s3_rows += o.s3_rows;
+        self.worst = self.worst.max(o.worst);
         self.first_ms = match (self.first_ms, o.first_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1008,10 +1006,22 @@ async fn poll_steps(
                 delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
             })?,
             Some((s3, held)) => {
+                // Each object is a whole document: ndjson (OCSF findings
+                // with --format ocsf), rolled up with --rollup.
+                let style = Style {
+                    format: match plan.out.format {
+                        Format::Ocsf => Format::Ocsf,
+                        _ => Format::Ndjson,
+                    },
+                    colour: false,
+                    ..plan.out.style(plan.now_ms)
+                };
+                let mut parts = Parts::new(style, None);
                 let ndjson = with_rows(&findings, &unit.work, |rows| {
                     let mut buf = Vec::new();
-                    Parts::new(Format::Ndjson, true)
+                    parts
                         .write(rows, &mut buf)
+                        .and_then(|()| parts.finish(rows, &mut buf))
                         .map(|()| buf)
                 })
                 .context("cannot render a delivery")?;
@@ -1019,7 +1029,8 @@ async fn poll_steps(
                     Stepped::Committed => {}
                     Stepped::Delivered | Stepped::AlreadyThere => {
                         total.objects += 1;
-                        total.s3_rows += findings.len() as u64;
+                        total.s3_rows += parts.written.rows;
+                        total.worst = total.worst.max(parts.written.worst);
                     }
                 }
             }
@@ -1044,19 +1055,16 @@ async fn poll_steps(
 /// Calls `f` with the rows of one step of one unit.
 fn with_rows<R>(findings: &Findings, unit: &WorkUnit, f: impl FnOnce(&Rows<'_>) -> R) -> R {
     let scope = unit.id_scope();
-    let extra = |f: &Finding<'_>| {
-        vec![
-            unit.cluster().to_string(),
-            unit.log_group.clone(),
-            unit.region.clone(),
-            unit.account.clone(),
-            f.id(&scope),
-        ]
-    };
+    let fixed = [
+        ("cluster", unit.cluster()),
+        ("log_group", unit.log_group.as_str()),
+        ("region", unit.region.as_str()),
+        ("account", unit.account.as_str()),
+    ];
     f(&Rows {
-        extra_columns: &EXTRA,
         findings,
-        extra: &extra,
+        fixed: &fixed,
+        id_label: Some(&scope),
     })
 }
 
@@ -1076,7 +1084,8 @@ async fn read_step(
     q: &Query,
     budget: Option<u64>,
 ) -> Result<Option<Step>> {
-    let mut det = Detector::new(ctx.plan.out.exclusions.clone());
+    let mut det =
+        Detector::new(ctx.plan.out.exclusions.clone()).at_least(ctx.plan.out.min_severity);
     let mut new_seen = Vec::new();
     let mut late = 0;
     let read = read_events(

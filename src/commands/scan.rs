@@ -15,7 +15,7 @@ use crate::source::file;
 pub fn run(args: ScanArgs) -> Result<Exit> {
     let out = args.output.resolve()?;
     let started = Instant::now();
-    let mut det = Detector::new(out.exclusions.clone());
+    let mut det = Detector::new(out.exclusions.clone()).at_least(out.min_severity);
     let mut bytes = 0;
     let stdin = [Path::new("-").to_path_buf()];
     let paths = if args.paths.is_empty() {
@@ -35,7 +35,7 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     let (agg, stats) = det.finish();
     let findings = agg.into_findings();
     let sorted = started.elapsed();
-    write_findings(&out, &[], &findings, &|_| Vec::new())?;
+    let written = write_findings(&out, &findings)?;
     tracing::debug!(
         "read {:.3} s, sort {:.3} s, write {:.3} s",
         read.as_secs_f64(),
@@ -43,14 +43,19 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
         (started.elapsed() - sorted).as_secs_f64()
     );
     if !out.quiet {
+        let rolled = if out.rollup {
+            format!(" rolled up into {} groups", written.rows)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "kubeanon scan: {}; {:.1} MB in {:.2} s",
+            "kubeanon scan: {}{rolled}; {:.1} MB in {:.2} s",
             describe(&stats, findings.len()),
             bytes as f64 / 1e6,
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(Exit::for_findings(findings.len(), out.fail_on_findings))
+    Ok(Exit::for_findings(written.worst, out.fail_on_findings))
 }
 
 fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {

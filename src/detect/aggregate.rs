@@ -6,10 +6,13 @@
 //! the number of rows (an all-anonymous flood makes a row per event).
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
+use super::notes::{Note, Notes, Triage};
+use super::severity::Severity;
 use crate::audit::{json_output_stop, json_stop};
 
 /// The aggregate's key: the 13 values and the scope in one string, so that
@@ -125,6 +128,9 @@ struct Tally {
     ids: u128,
     /// Also the key's last 8 characters; kept apart for the reader.
     scope: u32,
+    /// The highest severity and the annotations of the row's events (in
+    /// what was padding: a row is no larger for it).
+    note: Note,
 }
 
 /// Where a row's key sits in the arena.
@@ -155,25 +161,36 @@ pub struct Aggregator {
     rows: Vec<(Span, Tally)>,
     keys: String,
     hasher: foldhash::fast::RandomState,
+    /// The annotations the rows' notes refer to.
+    pub(super) notes: Notes,
+    /// Rows below it are left out of the findings (`--min-severity`).
+    min: Option<Severity>,
 }
 
 impl Aggregator {
     /// Counts `count` events with these `ids` in the row with this key
-    /// (which ends with `scope`, see [`Key`]).
+    /// (which ends with `scope`, see [`Key`]): for tests that build keys
+    /// directly.
+    #[cfg(test)]
     pub(super) fn add(&mut self, key: &str, scope: u32, count: u64, ids: u128) {
-        self.add_built(scope, count, ids, |buf| buf.push_str(key));
+        self.add_built(scope, count, ids, Severity::Informational, 0, |buf| {
+            buf.push_str(key)
+        });
     }
 
     /// [`Aggregator::add`] for the key that `build` appends to the string
-    /// it is given. The key is built at the end of the arena, where it
-    /// stays if the row is new: no copy either way.
+    /// it is given, of events with this severity and annotation pair. The
+    /// key is built at the end of the arena, where it stays if the row is
+    /// new: no copy either way. Returns the row's number.
     pub(super) fn add_built(
         &mut self,
         scope: u32,
         count: u64,
         ids: u128,
+        severity: Severity,
+        pair: u32,
         build: impl FnOnce(&mut String),
-    ) {
+    ) -> usize {
         let start = self.keys.len();
         build(&mut self.keys);
         let (rows, keys) = (&mut self.rows, &self.keys);
@@ -187,16 +204,28 @@ impl Aggregator {
                 let tally = &mut rows[i].1;
                 tally.count += count;
                 tally.ids = tally.ids.wrapping_add(ids);
+                tally.note = self.notes.join(tally.note, severity, pair);
                 self.keys.truncate(start);
+                i
             }
             None => {
                 let span = Span {
                     start,
                     len: key.len(),
                 };
-                self.index
-                    .insert_unique(hash, (hash, rows.len()), |&(h, _)| h);
-                rows.push((span, Tally { count, ids, scope }));
+                let i = rows.len();
+                self.index.insert_unique(hash, (hash, i), |&(h, _)| h);
+                let note = Note::pair(severity, pair);
+                rows.push((
+                    span,
+                    Tally {
+                        count,
+                        ids,
+                        scope,
+                        note,
+                    },
+                ));
+                i
             }
         }
     }
@@ -206,11 +235,34 @@ impl Aggregator {
     pub fn merge(&mut self, other: Aggregator) {
         if self.rows.is_empty() {
             // Nothing to look up against: take the other one whole.
+            let min = self.min;
             *self = other;
+            self.min = min;
             return;
         }
+        // The other's pairs as this one numbers them, each looked up once.
+        let mut pairs: Vec<Option<u32>> = vec![None; other.notes.len()];
         for (span, tally) in &other.rows {
-            self.add(span.of(&other.keys), tally.scope, tally.count, tally.ids);
+            let mut theirs = other.notes.pairs_of(tally.note).into_iter();
+            let mut ours = |p: u32, notes: &mut Notes| {
+                *pairs[p as usize].get_or_insert_with(|| notes.import(&other.notes, p))
+            };
+            let first = ours(theirs.next().unwrap_or(0), &mut self.notes);
+            let severity = tally.note.severity();
+            let key = span.of(&other.keys);
+            let row = self.add_built(
+                tally.scope,
+                tally.count,
+                tally.ids,
+                severity,
+                first,
+                |buf| buf.push_str(key),
+            );
+            for p in theirs {
+                let pair = ours(p, &mut self.notes);
+                let note = &mut self.rows[row].1.note;
+                *note = self.notes.join(*note, severity, pair);
+            }
         }
     }
 
@@ -222,12 +274,38 @@ impl Aggregator {
         self.rows.is_empty()
     }
 
+    /// Leaves rows below `min` out of the findings; returns how many rows
+    /// that is.
+    pub(super) fn at_least(&mut self, min: Option<Severity>) -> u64 {
+        self.min = min;
+        let Some(min) = min else { return 0 };
+        self.rows
+            .iter()
+            .filter(|(_, t)| t.note.severity() < min)
+            .count() as u64
+    }
+
     /// The rows, sorted by the 13 columns in order, then by scope.
     pub fn into_findings(self) -> Findings {
+        let kept: Vec<(Span, Tally)>;
+        let rows = match self.min {
+            Some(min) => {
+                kept = self
+                    .rows
+                    .iter()
+                    .filter(|(_, t)| t.note.severity() >= min)
+                    .copied()
+                    .collect();
+                kept
+            }
+            None => self.rows,
+        };
         Findings {
-            order: sort_rows(&self.rows, &self.keys),
-            rows: self.rows,
+            order: sort_rows(&rows, &self.keys),
+            rows,
             keys: self.keys,
+            triage: self.notes.render(),
+            notes: self.notes,
         }
     }
 }
@@ -324,6 +402,9 @@ pub struct Findings {
     rows: Vec<(Span, Tally)>,
     /// Row numbers, in key order.
     order: Vec<usize>,
+    notes: Notes,
+    /// Each pair's and each set's triage columns, made once.
+    triage: (Vec<Triage>, Vec<Triage>),
 }
 
 impl Findings {
@@ -338,14 +419,24 @@ impl Findings {
     /// The rows, in order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            keys: &self.keys,
-            rows: &self.rows,
+            findings: self,
             order: self.order.iter(),
         }
     }
 
     pub fn get(&self, i: usize) -> Option<Finding<'_>> {
         self.iter().nth(i)
+    }
+
+    /// Adds the annotation pairs of `f` (one of these findings) to `into`:
+    /// with [`Findings::triage_of_pairs`], the triage of several rows.
+    pub(super) fn pairs_into(&self, f: &Finding<'_>, into: &mut BTreeSet<u32>) {
+        self.notes.extend_pairs(f.note, into);
+    }
+
+    /// The triage columns of these pairs together.
+    pub(super) fn triage_of_pairs(&self, pairs: BTreeSet<u32>) -> Triage {
+        self.notes.triage(pairs)
     }
 }
 
@@ -358,7 +449,7 @@ impl PartialEq for Findings {
 impl Eq for Findings {}
 
 /// One group of the `stats count by ...` output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Finding<'a> {
     /// Opaque tag the source chose (poll: which region and log group).
     pub scope: u32,
@@ -370,7 +461,37 @@ pub struct Finding<'a> {
     /// Order-independent combination (wrapping sum) of the hashes of the
     /// CloudWatch eventIds counted here; 0 when events carry no id.
     pub ids: u128,
+    /// The highest severity of its events ([`super::severity`]).
+    pub severity: Severity,
+    /// Its triage columns: decision, reason, binding.
+    pub triage: &'a Triage,
+    /// Which annotation pairs its events had (for [`Findings::triage_of`]).
+    note: Note,
 }
+
+/// Rows are equal when what they show is: the numbering of annotation
+/// pairs differs between aggregates.
+impl PartialEq for Finding<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.scope,
+            self.key,
+            self.count,
+            self.ids,
+            self.severity,
+            self.triage,
+        ) == (
+            other.scope,
+            other.key,
+            other.count,
+            other.ids,
+            other.severity,
+            other.triage,
+        )
+    }
+}
+
+impl Eq for Finding<'_> {}
 
 impl<'a> Finding<'a> {
     /// The 13 by-field values, in [`super::COLUMNS`] order.
@@ -423,8 +544,7 @@ impl<'a> IntoIterator for &'a Findings {
 /// The rows of [`Findings`], in order.
 #[derive(Clone)]
 pub struct Iter<'a> {
-    keys: &'a str,
-    rows: &'a [(Span, Tally)],
+    findings: &'a Findings,
     order: std::slice::Iter<'a, usize>,
 }
 
@@ -451,12 +571,16 @@ impl ExactSizeIterator for Iter<'_> {}
 
 impl<'a> Iter<'a> {
     fn finding(&self, row: usize) -> Finding<'a> {
-        let (span, tally) = self.rows[row];
+        let f = self.findings;
+        let (span, tally) = f.rows[row];
         Finding {
             scope: tally.scope,
-            key: span.of(self.keys),
+            key: span.of(&f.keys),
             count: tally.count,
             ids: tally.ids,
+            severity: tally.note.severity(),
+            triage: Notes::rendered(tally.note, &f.triage),
+            note: tally.note,
         }
     }
 }

@@ -13,11 +13,17 @@
 //!
 //! Sources hand records (raw JSON bytes) to [`Detector::feed`]; the detector
 //! knows nothing of files or CloudWatch. Results come out as [`Findings`],
-//! sorted rows counted in the aggregate (`aggregate.rs`).
+//! sorted rows counted in the aggregate (`aggregate.rs`). Each row also
+//! carries its triage: the highest severity of its events
+//! (`severity.rs`) and the authorization annotations they had
+//! (`notes.rs`); `rollup.rs` groups rows for `--rollup`.
 
 mod aggregate;
 mod exclude;
+mod notes;
 mod prefilter;
+pub mod rollup;
+pub mod severity;
 
 use std::borrow::Cow;
 
@@ -25,7 +31,10 @@ use crate::audit::{Event, Record, Shape, Values};
 use aggregate::Key;
 pub use aggregate::{Aggregator, Finding, Findings, event_hash};
 pub use exclude::{Exclusion, glob_match};
+pub use notes::Triage;
 pub use prefilter::Prefilter;
+pub use rollup::{Group, ROLLUP_COLUMNS, Rollup};
+pub use severity::{Binding, Severity};
 
 /// Output column names, in order. The first 13 are the by-fields.
 pub const COLUMNS: [&str; 14] = [
@@ -44,6 +53,10 @@ pub const COLUMNS: [&str; 14] = [
     "verb",
     "count",
 ];
+/// The triage columns every row has after the detection's (see
+/// [`severity`]): its severity, the distinct authorization decisions and
+/// reasons of its events, and the bindings the reasons name.
+pub const TRIAGE_COLUMNS: [&str; 4] = ["severity", "decision", "reason", "binding"];
 const SRC_IP: usize = 6;
 const GROUPS: usize = 8;
 
@@ -83,6 +96,8 @@ pub struct Stats {
     pub duplicates: u64,
     /// Result rows dropped by `--exclude` (each event/value pair once).
     pub excluded: u64,
+    /// Result rows left out by `--min-severity` (each aggregated row once).
+    pub below_min_severity: u64,
 }
 
 impl Stats {
@@ -92,6 +107,7 @@ impl Stats {
         self.matched += other.matched;
         self.duplicates += other.duplicates;
         self.excluded += other.excluded;
+        self.below_min_severity += other.below_min_severity;
     }
 }
 
@@ -109,6 +125,8 @@ pub struct Origin<'a> {
 pub struct Detector {
     prefilter: Prefilter,
     exclusions: Vec<Exclusion>,
+    /// `--min-severity`: rows below it are left out at the end.
+    min_severity: Option<Severity>,
     agg: Aggregator,
     pub stats: Stats,
 }
@@ -143,6 +161,14 @@ impl Detector {
             exclusions,
             ..Default::default()
         }
+    }
+
+    /// Leaves rows below `min` out of the findings (`--min-severity`). A
+    /// row's severity is the highest of its events', known once all are
+    /// in: the rows are judged when the run [`finish`](Detector::finish)es.
+    pub fn at_least(mut self, min: Option<Severity>) -> Self {
+        self.min_severity = min;
+        self
     }
 
     /// Feeds one record: an audit event, a CloudWatch event wrapping one, or
@@ -241,6 +267,19 @@ impl Detector {
         let s = event.scalars();
         let fill = Cow::Borrowed(FILL);
         let scalar = |i: usize| s[i].as_ref().unwrap_or(&fill);
+        let [decision, reason] = event.authorization();
+        let pair = self.agg.notes.lookup(decision, reason);
+        let subresource = event.subresource();
+        // Indices into the eleven scalars (see Event::scalars).
+        let severity = severity::severity(&severity::Request {
+            code: scalar(5),
+            stage: scalar(6),
+            decision: self.agg.notes.decision(pair),
+            verb: scalar(10),
+            resource: scalar(2),
+            subresource: subresource.as_deref().unwrap_or(FILL),
+            uri: scalar(4),
+        });
         let ips = or_fill(event.source_ips());
         let groups = or_fill(groups);
         for ip in &ips {
@@ -260,33 +299,36 @@ impl Detector {
                     self.stats.excluded += 1;
                     continue;
                 }
-                self.agg.add_built(origin.scope, 1, ids, |key| {
-                    for value in values {
-                        // Only an unescaped (owned) value can hold a NUL.
-                        Key::push_value(key, value, matches!(value, Cow::Owned(_)));
-                    }
-                    Key::push_scope(key, origin.scope);
-                });
+                self.agg
+                    .add_built(origin.scope, 1, ids, severity, pair, |key| {
+                        for value in values {
+                            // Only an unescaped (owned) value can hold a NUL.
+                            Key::push_value(key, value, matches!(value, Cow::Owned(_)));
+                        }
+                        Key::push_scope(key, origin.scope);
+                    });
             }
         }
         Fed::Matched
     }
 
-    /// A new, empty detector with the same exclusions (for another thread).
+    /// A new, empty detector with the same settings (for another thread).
     pub fn fresh(&self) -> Detector {
-        Detector::new(self.exclusions.clone())
+        Detector::new(self.exclusions.clone()).at_least(self.min_severity)
     }
 
     /// Takes in another detector's rows and counters (one that read another
-    /// part of the same input).
+    /// part of the same input). Its rows are judged with these, at the end:
+    /// a row's severity is the highest over both parts.
     pub fn absorb(&mut self, other: Detector) {
-        let (agg, stats) = other.finish();
-        self.agg.merge(agg);
-        self.stats.merge(&stats);
+        self.agg.merge(other.agg);
+        self.stats.merge(&other.stats);
     }
 
-    /// Ends the run: the partial aggregate and the counters.
-    pub fn finish(self) -> (Aggregator, Stats) {
+    /// Ends the run: the aggregate and the counters. Rows below the
+    /// minimum severity are counted here and left out of its findings.
+    pub fn finish(mut self) -> (Aggregator, Stats) {
+        self.stats.below_min_severity += self.agg.at_least(self.min_severity);
         (self.agg, self.stats)
     }
 }

@@ -5,7 +5,7 @@
 //! `serde_json::Value` (`reference` below); none is produced by the code
 //! under test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::Value;
@@ -1670,4 +1670,342 @@ fn values_read_back_exactly_whatever_they_hold() {
         });
         assert_eq!(n, 13);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Property: each row's severity, decision, reason and binding agree with a
+// reference over serde_json values
+
+/// Reasons, with the binding each names (written out by hand).
+const REASONS: [(&str, &str); 7] = [
+    ("", "0"),
+    (
+        r#"RBAC: allowed by ClusterRoleBinding "system:public-info-viewer" of ClusterRole "system:public-info-viewer" to Group "system:unauthenticated""#,
+        "ClusterRoleBinding/system:public-info-viewer",
+    ),
+    (
+        r#"RBAC: allowed by ClusterRoleBinding "debug-anonymous" of ClusterRole "secret-reader" to User "system:anonymous""#,
+        "ClusterRoleBinding/debug-anonymous",
+    ),
+    (
+        r#"RBAC: allowed by RoleBinding "leaky/kube-system" of Role "r" to Group "system:unauthenticated""#,
+        "RoleBinding/kube-system/leaky",
+    ),
+    (
+        "RBAC: allowed by ClusterRoleBinding system:public-info-viewer",
+        "ClusterRoleBinding/system:public-info-viewer",
+    ),
+    (
+        r#"EKS Access Policy: allowed by ClusterRoleBinding "arn:aws:iam::1:role/x" of ClusterRole "p" to User "u""#,
+        "0",
+    ),
+    (
+        r#"RBAC: allowed by ClusterRoleBinding "a\"b" of ClusterRole "r" to Group "g""#,
+        "ClusterRoleBinding/a\"b",
+    ),
+];
+
+/// A family of matching events that share every by-field and differ in
+/// their annotations (so that rows see several), each as JSON text.
+fn gen_triage_family(rng: &mut Rng) -> Vec<String> {
+    let lit = |rng: &mut Rng, s: &str| {
+        let p = [0, 0, 10, 100][rng.below(4)];
+        json_string(rng, s, p)
+    };
+    let mut fields = vec![
+        r#""user":{"username":"system:anonymous","groups":["system:unauthenticated"]}"#.to_string(),
+        format!(
+            r#""sourceIPs":[{}]"#,
+            rng.pick(&[r#""203.0.113.7""#, r#""10.0.0.1","198.51.100.9""#])
+        ),
+    ];
+    let verb = rng.pick(&[
+        "get",
+        "list",
+        "watch",
+        "head",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "post",
+        "put",
+        "GET",
+    ]);
+    fields.push(format!(r#""verb":{}"#, lit(rng, verb)));
+    let uri = rng.pick(&[
+        "/version",
+        "/version/",
+        "/healthz?timeout=5s",
+        "/livez",
+        "/readyz",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+        "/healthz/etcd",
+        "/api",
+        "/api/v1/namespaces/default/pods/p/exec?command=sh",
+    ]);
+    fields.push(format!(r#""requestURI":{}"#, lit(rng, uri)));
+    if rng.pct(60) {
+        let resource = rng.pick(&[
+            "secrets",
+            "pods",
+            "serviceaccounts",
+            "roles",
+            "rolebindings",
+            "clusterroles",
+            "clusterrolebindings",
+            "configmaps",
+            "Secrets",
+        ]);
+        let mut members = vec![format!(r#""resource":{}"#, lit(rng, resource))];
+        if rng.pct(60) {
+            let sub = rng.pick(&[
+                "exec",
+                "attach",
+                "portforward",
+                "token",
+                "log",
+                "status",
+                "",
+            ]);
+            members.push(format!(r#""subresource":{}"#, lit(rng, sub)));
+        }
+        if rng.pct(50) {
+            members.push(r#""namespace":"default","name":"p""#.to_string());
+        }
+        fields.push(format!(r#""objectRef":{{{}}}"#, members.join(",")));
+    }
+    if rng.pct(85) {
+        let code = rng.pick(&[
+            "200", "201", "101", "404", "401", "403", "500", r#""403""#, "null",
+        ]);
+        fields.push(format!(r#""responseStatus":{{"code":{code}}}"#));
+    }
+    if rng.pct(85) {
+        let stage = rng.pick(&[
+            "ResponseComplete",
+            "RequestReceived",
+            "ResponseStarted",
+            "Panic",
+        ]);
+        fields.push(format!(r#""stage":{}"#, lit(rng, stage)));
+    }
+    fields.push(format!(
+        r#""requestReceivedTimestamp":"2024-05-01T12:00:0{}.000000Z""#,
+        rng.below(2)
+    ));
+    let copies = 1 + rng.below(3);
+    (0..copies)
+        .map(|_| {
+            let mut event = fields.clone();
+            match rng.below(10) {
+                0 => {}
+                1 => event.push(format!(
+                    r#""annotations":{}"#,
+                    rng.pick(&["null", "[]", r#""x""#])
+                )),
+                _ => {
+                    let mut members = Vec::new();
+                    // An escaped slash in a key is the same key.
+                    let key = |rng: &mut Rng, name: &str| {
+                        if rng.pct(20) {
+                            format!(r#""authorization.k8s.io\/{name}""#)
+                        } else {
+                            format!(r#""authorization.k8s.io/{name}""#)
+                        }
+                    };
+                    if rng.pct(90) {
+                        let decision = match rng.below(10) {
+                            0 => "null".to_string(),
+                            1 => "{}".to_string(),
+                            2 => "1".to_string(),
+                            _ => {
+                                let d =
+                                    rng.pick(&["allow", "allow", "forbid", "forbid", "", "Forbid"]);
+                                lit(rng, d)
+                            }
+                        };
+                        members.push(format!("{}:{decision}", key(rng, "decision")));
+                    }
+                    if rng.pct(80) {
+                        let (reason, _) = REASONS[rng.below(REASONS.len())];
+                        let reason = lit(rng, reason);
+                        members.push(format!("{}:{reason}", key(rng, "reason")));
+                    }
+                    if rng.pct(30) {
+                        members.push(
+                            r#""pod-security.kubernetes.io/enforce-policy":"privileged:latest""#
+                                .to_string(),
+                        );
+                    }
+                    for i in (1..members.len()).rev() {
+                        let j = rng.below(i + 1);
+                        members.swap(i, j);
+                    }
+                    event.push(format!(r#""annotations":{{{}}}"#, members.join(",")));
+                }
+            }
+            for i in (1..event.len()).rev() {
+                let j = rng.below(i + 1);
+                event.swap(i, j);
+            }
+            let event = format!("{{{}}}", event.join(","));
+            if rng.pct(30) {
+                // As CloudWatch delivers it: the event escaped once more.
+                format!(
+                    r#"{{"message":{},"eventId":"1"}}"#,
+                    json_string(rng, &event, 5)
+                )
+            } else {
+                event
+            }
+        })
+        .collect()
+}
+
+/// The severity policy, written out from the README over serde_json values.
+fn ref_severity(v: &Value) -> usize {
+    let s = |p: &str| ref_scalar(v.pointer(p)).unwrap_or_else(|| "0".to_string());
+    let annotation = |name: &str| {
+        ref_scalar(v.get("annotations").and_then(|a| a.as_object()?.get(name)))
+            .unwrap_or_else(|| "0".to_string())
+    };
+    let (code, stage, verb) = (s("/responseStatus/code"), s("/stage"), s("/verb"));
+    let (resource, sub, uri) = (
+        s("/objectRef/resource"),
+        s("/objectRef/subresource"),
+        s("/requestURI"),
+    );
+    let path = uri.split('?').next().unwrap_or("").to_string();
+    let writes = [
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "post",
+        "put",
+    ];
+    let rbac = [
+        "roles",
+        "rolebindings",
+        "clusterroles",
+        "clusterrolebindings",
+    ];
+    let public = [
+        "/version",
+        "/version/",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+    ];
+    if code == "401"
+        || code == "403"
+        || annotation("authorization.k8s.io/decision") == "forbid"
+        || stage == "RequestReceived"
+    {
+        1
+    } else if writes.contains(&verb.as_str())
+        || rbac.contains(&resource.as_str())
+        || resource == "secrets"
+        || (resource == "pods" && ["exec", "attach", "portforward"].contains(&sub.as_str()))
+        || (resource == "serviceaccounts" && sub == "token")
+    {
+        5
+    } else if public.contains(&path.as_str()) {
+        2
+    } else {
+        4
+    }
+}
+
+type TriageRow = (usize, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
+/// The reference's rows with their triage, from events (unwrapping
+/// CloudWatch messages).
+fn ref_triage(records: &[String]) -> BTreeMap<(Vec<String>, u64), TriageRow> {
+    let mut counts: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    let mut triage: BTreeMap<Vec<String>, TriageRow> = BTreeMap::new();
+    for r in records {
+        let mut v = ref_parse(r).expect("generated records are valid JSON");
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            v = ref_parse(m).expect("the message is an event");
+        }
+        let mut reference = Reference::default();
+        reference.record(&v);
+        let annotation = |name: &str| {
+            ref_scalar(v.get("annotations").and_then(|a| a.as_object()?.get(name)))
+                .unwrap_or_else(|| "0".to_string())
+        };
+        let reason = annotation("authorization.k8s.io/reason");
+        let binding = REASONS
+            .iter()
+            .find(|(text, _)| *text == reason)
+            .map_or("0", |(_, b)| *b);
+        for (key, n) in reference.rows {
+            *counts.entry(key.clone()).or_default() += n;
+            let t = triage.entry(key).or_default();
+            t.0 = t.0.max(ref_severity(&v));
+            t.1.insert(annotation("authorization.k8s.io/decision"));
+            t.2.insert(reason.clone());
+            if binding != "0" {
+                t.3.insert(binding.to_string());
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(k, n)| {
+            let t = triage.remove(&k).unwrap();
+            ((k, n), t)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn triage_agrees_with_a_reference_over_serde_json(seed in any::<u64>()) {
+        let mut rng = Rng(seed);
+        let records: Vec<String> = (0..24).flat_map(|_| gen_triage_family(&mut rng)).collect();
+        let mut det = Detector::new(Vec::new());
+        for r in &records {
+            det.feed(r.as_bytes(), Origin::default());
+        }
+        let findings = det.finish().0.into_findings();
+        let join = |set: &BTreeSet<String>| {
+            if set.is_empty() { "0".to_string() } else { set.iter().cloned().collect::<Vec<_>>().join(" | ") }
+        };
+        let got: Vec<_> = findings
+            .iter()
+            .map(|f| {
+                let cols: Vec<String> = f.cols().iter().map(|c| c.to_string()).collect();
+                let t = f.triage;
+                ((cols, f.count), (f.severity.id() as usize, t.decision.clone(), t.reason.clone(), t.binding.clone()))
+            })
+            .collect();
+        let want: Vec<_> = ref_triage(&records)
+            .into_iter()
+            .map(|(row, (s, d, r, b))| (row, (s, join(&d), join(&r), join(&b))))
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// The generator makes the cases the property is about.
+#[test]
+fn triage_corpus_covers_every_severity_and_rows_whose_events_disagree() {
+    let mut rng = Rng(7);
+    let records: Vec<String> = (0..400).flat_map(|_| gen_triage_family(&mut rng)).collect();
+    let rows = ref_triage(&records);
+    let severities: BTreeSet<usize> = rows.values().map(|t| t.0).collect();
+    assert_eq!(severities, BTreeSet::from([1, 2, 4, 5]));
+    assert!(rows.values().filter(|t| t.1.len() > 1).count() > 10);
+    assert!(rows.values().filter(|t| t.3.len() > 1).count() > 3);
+    let bindings: BTreeSet<&String> = rows.values().flat_map(|t| &t.3).collect();
+    assert!(bindings.len() >= 4, "{bindings:?}");
 }

@@ -3,19 +3,102 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use super::Rows;
+use super::{Row, Sink};
 
-pub fn write(rows: &Rows<'_>, out: &mut dyn Write, header: bool) -> io::Result<()> {
-    let mut w = csv::WriterBuilder::new()
+/// Rendered into a buffer of about this size, then written whole.
+const CHUNK: usize = 256 * 1024;
+
+/// RFC 4180 rows, the header once per stream.
+#[derive(Debug)]
+pub struct Csv {
+    /// The first line of the append file this stream continues (its
+    /// header; "" if it could not be read); `None` for a new stream.
+    existing: Option<String>,
+    header_done: bool,
+    w: csv::Writer<Vec<u8>>,
+}
+
+/// RFC 4180: CRLF line ends, fields quoted as needed.
+fn writer() -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
-        .from_writer(out);
-    if header {
-        w.write_record(rows.header())?;
+        .from_writer(Vec::new())
+}
+
+impl Clone for Csv {
+    fn clone(&self) -> Csv {
+        let mut copy = Csv::new(self.existing.clone());
+        copy.header_done = self.header_done;
+        copy
     }
-    for row in rows.iter() {
-        w.write_record(rows.cells(&row).map(|c| neutralise_formula(c).into_owned()))?;
+}
+
+impl Csv {
+    pub fn new(existing: Option<String>) -> Csv {
+        Csv {
+            header_done: existing.is_some(),
+            existing,
+            w: writer(),
+        }
     }
-    w.flush()
+
+    fn flush(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let bytes = std::mem::replace(&mut self.w, writer())
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        out.write_all(&bytes)
+    }
+
+    fn header(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        if let Some(existing) = self.existing.take().filter(|e| !e.is_empty()) {
+            // Rows under another header would be read as the wrong columns.
+            let mut ours = csv::WriterBuilder::new().from_writer(Vec::new());
+            ours.write_record(columns)?;
+            let ours = String::from_utf8_lossy(&ours.into_inner().map_err(|e| e.into_error())?)
+                .trim_end()
+                .to_string();
+            if existing != ours {
+                return Err(io::Error::other(format!(
+                    "its CSV header names other columns than this run writes ({}); append to a new file",
+                    if existing.len() > 200 {
+                        "a long header"
+                    } else {
+                        &existing
+                    }
+                )));
+            }
+        }
+        if !self.header_done {
+            self.header_done = true;
+            self.w.write_record(columns)?;
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Csv {
+    fn begin(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        self.header(columns, out)
+    }
+
+    fn row(&mut self, row: &Row<'_>, out: &mut dyn Write) -> io::Result<()> {
+        let mut cells = Vec::new();
+        row.each_cell(|c| cells.push(neutralise_formula(Cow::Borrowed(c.text)).into_owned()));
+        self.w.write_record(&cells)?;
+        if self.w.get_ref().len() >= CHUNK {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.flush(out)
+    }
+
+    fn close(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        self.header(columns, out)
+    }
 }
 
 /// A cell that a spreadsheet would evaluate as a formula gets a leading

@@ -3,62 +3,157 @@
 
 use std::io::{self, Write};
 
-use super::{Rows, is_hidden};
+use super::{Cell, Row, Sink, is_hidden};
 use crate::audit::json_stop;
-use crate::detect::{COLUMNS, Finding};
 
 /// Rows are rendered into a buffer of this size that is then written
 /// whole (a write this large goes past the writer's own buffer).
 const CHUNK: usize = 256 * 1024;
 
-pub fn write_lines(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let keys = keys(&rows.header());
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for f in rows.findings.iter() {
-        push_object(&keys, &f, &(rows.extra)(&f), &mut chunk);
-        chunk.push(b'\n');
-        if chunk.len() >= CHUNK {
-            out.write_all(&chunk)?;
-            chunk.clear();
-        }
-    }
-    out.write_all(&chunk)
+/// ndjson (`lines`) or one JSON array across the stream's parts.
+#[derive(Debug, Clone)]
+pub struct Json {
+    lines: bool,
+    keys: Vec<ColumnKey>,
+    /// Whether the last column is text (its value's closing quote is
+    /// written after it).
+    last_is_text: bool,
+    chunk: Vec<u8>,
+    /// An array: `[` written; elements written.
+    opened: bool,
+    elements: u64,
+    /// The escaped text of shared cells (a row's triage values, which many
+    /// rows share), by the text's address and length, for this part.
+    escaped: Escaped,
 }
 
-/// The objects of a JSON array, each after a line break and, when it is
-/// not the array's first (`more`: an earlier part wrote some), a comma.
-pub fn write_elements(rows: &Rows<'_>, out: &mut dyn Write, more: bool) -> io::Result<()> {
-    let keys = keys(&rows.header());
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for (i, f) in rows.findings.iter().enumerate() {
-        chunk.extend_from_slice(if i == 0 && !more { b"\n" } else { b",\n" });
-        push_object(&keys, &f, &(rows.extra)(&f), &mut chunk);
-        if chunk.len() >= CHUNK {
-            out.write_all(&chunk)?;
-            chunk.clear();
+/// A few escaped texts, the oldest replaced first.
+#[derive(Debug, Clone, Default)]
+struct Escaped {
+    texts: Vec<((usize, usize), Vec<u8>)>,
+    next: usize,
+}
+
+impl Escaped {
+    const KEPT: usize = 12;
+
+    fn push(&mut self, text: &str, out: &mut Vec<u8>) {
+        let key = (text.as_ptr() as usize, text.len());
+        if let Some((_, bytes)) = self.texts.iter().find(|(k, _)| *k == key) {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let mut bytes = Vec::with_capacity(text.len());
+        push_escaped(&mut bytes, text);
+        out.extend_from_slice(&bytes);
+        if self.texts.len() < Self::KEPT {
+            self.texts.push((key, bytes));
+        } else {
+            self.texts[self.next] = (key, bytes);
+            self.next = (self.next + 1) % Self::KEPT;
         }
     }
-    out.write_all(&chunk)
+}
+
+impl Json {
+    pub fn new(lines: bool) -> Json {
+        Json {
+            lines,
+            keys: Vec::new(),
+            last_is_text: true,
+            chunk: Vec::new(),
+            opened: false,
+            elements: 0,
+            escaped: Escaped::default(),
+        }
+    }
+
+    fn flush(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.chunk)?;
+        self.chunk.clear();
+        Ok(())
+    }
+}
+
+impl Sink for Json {
+    fn begin(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        // The addresses were a finished part's: they may be reused.
+        self.escaped = Escaped::default();
+        self.keys = keys(columns);
+        self.last_is_text = columns.last().is_none_or(|c| !is_number(c));
+        if self.chunk.capacity() == 0 {
+            self.chunk.reserve(CHUNK);
+        }
+        if !self.lines && !self.opened {
+            self.opened = true;
+            out.write_all(b"[")?;
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, row: &Row<'_>, out: &mut dyn Write) -> io::Result<()> {
+        if !self.lines {
+            self.chunk
+                .extend_from_slice(if self.elements == 0 { b"\n" } else { b",\n" });
+            self.elements += 1;
+        }
+        push_object(
+            &self.keys,
+            self.last_is_text,
+            row,
+            &mut self.escaped,
+            &mut self.chunk,
+        );
+        if self.lines {
+            self.chunk.push(b'\n');
+        }
+        if self.chunk.len() >= CHUNK {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.flush(out)
+    }
+
+    fn close(&mut self, _columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        if self.lines {
+            return Ok(());
+        }
+        if !self.opened {
+            self.opened = true;
+            out.write_all(b"[")?;
+        }
+        out.write_all(b"\n]\n")
+    }
+}
+
+/// The columns written as JSON numbers; every other value is a string.
+fn is_number(column: &str) -> bool {
+    column == "count"
 }
 
 /// What goes before each column's value, in header order, made once, with
-/// the quotes around string values folded in: `{"name":"` for the first,
-/// `","name":"` after a value, `","count":` before the count and `,"name":"`
-/// after it. A row is then two copies per value, most of them short.
+/// the quotes around string values folded in: `{"name":"` for a first
+/// text column, `","name":"` after a text value, `","count":` before the
+/// count and `,"name":"` after it. A row is then two copies per value,
+/// most of them short.
 fn keys(header: &[&str]) -> Vec<ColumnKey> {
-    let count = COUNT_COLUMN;
+    let mut after_text = false;
     header
         .iter()
         .enumerate()
         .map(|(i, name)| {
             let mut key = match i {
                 0 => b"{".to_vec(),
-                i if i <= count => b"\",".to_vec(),
+                _ if after_text => b"\",".to_vec(),
                 _ => b",".to_vec(),
             };
             push_string(&mut key, name);
             key.push(b':');
-            if i != count {
+            after_text = !is_number(name);
+            if after_text {
                 key.push(b'"');
             }
             ColumnKey::new(key)
@@ -68,7 +163,8 @@ fn keys(header: &[&str]) -> Vec<ColumnKey> {
 
 /// One of [`keys`], also kept padded to a fixed size when it fits: a copy
 /// of a known size is a few moves instead of a call, and each row copies
-/// 14 of them.
+/// 18 of them or more.
+#[derive(Debug, Clone)]
 struct ColumnKey {
     bytes: Vec<u8>,
     padded: Option<[u8; ColumnKey::PADDED]>,
@@ -99,38 +195,59 @@ impl ColumnKey {
     }
 }
 
-/// Where `count` stands in the header: last of the fixed columns.
-const COUNT_COLUMN: usize = COLUMNS.len() - 1;
-
 /// One row as a JSON object; `count` is a number, the rest strings. The
-/// values are copied straight out of the finding, not collected first; the
-/// walk over the row's key already tells which are plain (ASCII without
-/// controls, DEL, quotes or backslashes: nothing to escape), and only the
-/// others are looked at again.
-fn push_object(keys: &[ColumnKey], f: &Finding<'_>, extra: &[String], out: &mut Vec<u8>) {
-    // Header order: the 13 values, count, the extra columns.
+/// values are copied straight out of the row, not collected first; a
+/// finding's walk over its key already tells which are plain (ASCII
+/// without controls, DEL, quotes or backslashes: nothing to escape), and
+/// only the others are looked at again.
+fn push_object(
+    keys: &[ColumnKey],
+    last_is_text: bool,
+    row: &Row<'_>,
+    escaped: &mut Escaped,
+    out: &mut Vec<u8>,
+) {
     let mut keys = keys.iter();
-    let mut key = |out: &mut Vec<u8>| {
-        if let Some(key) = keys.next() {
-            key.push(out);
-        }
-    };
-    f.each_value(|value, plain| {
-        key(out);
-        if plain {
-            out.extend_from_slice(value.as_bytes());
-        } else {
-            push_escaped(out, &value);
-        }
-    });
-    key(out);
-    out.extend_from_slice(itoa::Buffer::new().format(f.count).as_bytes());
-    for extra in extra {
-        key(out);
-        push_escaped(out, extra);
+    row.each_cell(
+        |Cell {
+             text,
+             plain,
+             shared,
+             ..
+         }| {
+            if let Some(key) = keys.next() {
+                key.push(out);
+            }
+            if plain {
+                out.extend_from_slice(text.as_bytes());
+            } else if shared {
+                escaped.push(text, out);
+            } else {
+                push_escaped(out, text);
+            }
+        },
+    );
+    if last_is_text {
         out.push(b'"');
     }
     out.push(b'}');
+}
+
+/// `json` (serde_json's output) with every character [`is_hidden`] names
+/// that serde_json leaves raw written as a `\uXXXX` escape: they can only
+/// stand inside its strings, where the escape means the same character.
+pub(super) fn escape_hidden(json: &str, out: &mut Vec<u8>) {
+    let mut copied = 0;
+    for (i, c) in json.char_indices() {
+        if is_hidden(c) {
+            out.extend_from_slice(&json.as_bytes()[copied..i]);
+            for &unit in c.encode_utf16(&mut [0; 2]).iter() {
+                push_unit(out, unit);
+            }
+            copied = i + c.len_utf8();
+        }
+    }
+    out.extend_from_slice(&json.as_bytes()[copied..]);
 }
 
 /// A JSON string literal, escaped as serde_json escapes (`"`, `\\` and
@@ -273,11 +390,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::detect::{Detector, FILL, Origin};
+    use crate::detect::{COLUMNS, Detector, FILL, Origin};
+    use crate::output::{Format, Parts, Rows, Style};
 
-    /// Rows with values that need escaping (or not), a count and extra
-    /// columns read back through serde_json exactly: names in order, values
-    /// as the events held them, `count` a number.
+    /// Rows with values that need escaping (or not), a count, the triage
+    /// columns and a command's columns read back through serde_json
+    /// exactly: names in order, values as the events held them, `count` a
+    /// number.
     #[test]
     fn rows_read_back_through_serde_json() {
         let nasty = [
@@ -289,6 +408,9 @@ mod tests {
             "\n\t\u{1b}[2J",
             "é😀\u{202e}",
         ];
+        // A key longer than the padded copies holds goes the other way.
+        const LONG: &str = "an extra column whose name is longer than most";
+        let cluster = "c\"l\u{202e}\u{85}";
         let mut det = Detector::new(Vec::new());
         let mut want = BTreeMap::new();
         for (n, agent) in nasty.iter().enumerate() {
@@ -320,34 +442,45 @@ mod tests {
                 object.insert((*name).into(), value.into());
             }
             object.insert("count".into(), (n + 1).into());
-            object.insert("cluster".into(), (*agent).into());
-            object.insert(LONG.into(), "x".into());
+            // An allowed get of no public-info path, without annotations.
+            for (name, value) in [
+                ("severity", "high"),
+                ("decision", FILL),
+                ("reason", FILL),
+                ("binding", FILL),
+                ("cluster", cluster),
+                (LONG, "x"),
+            ] {
+                object.insert(name.into(), value.into());
+            }
             want.insert((or_fill(uri), or_fill(agent)), object);
         }
-        // A key longer than the padded copies holds goes the other way.
-        const LONG: &str = "an extra column whose name is longer than most";
-        let names: Vec<&str> = COLUMNS.iter().chain(&["cluster", LONG]).copied().collect();
-        let keys = keys(&names);
         let findings = det.finish().0.into_findings();
         assert_eq!(findings.len(), nasty.len());
-        for f in findings.iter() {
-            let mut out = Vec::new();
-            let cols = f.cols();
-            let agent = &cols[COLUMNS.iter().position(|&c| c == "userAgent").unwrap()];
-            let cluster = if agent == FILL { "" } else { agent };
-            let extra = [cluster.to_owned(), "x".to_owned()];
-            push_object(&keys, &f, &extra, &mut out);
-            let got: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&out).expect("valid JSON");
+        let rows = Rows {
+            findings: &findings,
+            fixed: &[("cluster", cluster), (LONG, "x")],
+            id_label: Some("label"),
+        };
+        let names = rows.columns(false);
+        let mut parts = Parts::new(Style::plain(Format::Ndjson), None);
+        let mut out = Vec::new();
+        parts.write(&rows, &mut out).unwrap();
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert_eq!(text.lines().count(), nasty.len());
+        for (line, f) in text.lines().zip(findings.iter()) {
+            let mut got: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).expect("valid JSON");
+            assert_eq!(got.remove("id"), Some(f.id("label").into()));
             let uri = got["requestURI"].as_str().unwrap().to_owned();
-            assert_eq!(got, want[&(uri, agent.to_string())]);
+            let agent = got["userAgent"].as_str().unwrap().to_owned();
+            assert_eq!(got, want[&(uri, agent)]);
             // No value holds a quoted name followed by a colon.
-            let text = String::from_utf8(out).expect("UTF-8");
             let at: Vec<usize> = names
                 .iter()
-                .map(|n| text.find(&format!("\"{n}\":")).expect("every name"))
+                .map(|n| line.find(&format!("\"{n}\":")).expect("every name"))
                 .collect();
-            assert!(at.is_sorted(), "names in header order: {text}");
+            assert!(at.is_sorted(), "names in header order: {line}");
         }
     }
 

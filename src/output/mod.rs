@@ -1,24 +1,32 @@
-//! Sinks: findings out as a table, ndjson, json or csv, to stdout, to a
-//! file replaced atomically, or appended to a file.
+//! Sinks: findings out as a table, ndjson, json, csv or OCSF findings, to
+//! stdout, to a file replaced atomically, or appended to a file.
 //!
-//! The formats know nothing of the rule: they get a header and rows of
-//! text. Every value that came from an audit event is attacker-controlled:
-//! the table shows the characters [`is_hidden`] names as visible escapes,
-//! JSON writes them as `\uXXXX` escapes, and the CSV neutralises
-//! spreadsheet formulas.
+//! Every format is a [`Sink`]: it takes a part of the stream (a run's rows,
+//! or one poll step's) as `begin`, a `row` at a time, and `finish`, and the
+//! stream's end as `close`, as ripgrep's printers take a search. The
+//! formats know nothing of the rule: a [`Row`] hands them its cells in
+//! header order (the detection's 14 columns, or a rollup's, then the
+//! triage columns, then the command's). Every value that came from an
+//! audit event is attacker-controlled: the table shows the characters
+//! [`is_hidden`] names as visible escapes, JSON and OCSF write them as
+//! `\uXXXX` escapes, and the CSV neutralises spreadsheet formulas.
 
 mod csv;
 mod json;
+mod ocsf;
 mod table;
 
-use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::detect::{COLUMNS, Finding, Findings};
+use crate::detect::{
+    COLUMNS, Finding, Findings, Group, ROLLUP_COLUMNS, Rollup, Severity, TRIAGE_COLUMNS, Triage,
+};
+
+pub use ocsf::OCSF_VERSION;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -30,6 +38,40 @@ pub enum Format {
     Json,
     /// RFC 4180 CSV with a header row.
     Csv,
+    /// One OCSF Detection Finding (class_uid 2004) per line.
+    Ocsf,
+}
+
+impl Format {
+    /// Whether the format is one record per line, which `--append` takes.
+    pub fn is_lines(self) -> bool {
+        matches!(self, Format::Ndjson | Format::Csv | Format::Ocsf)
+    }
+}
+
+/// How rows are written: the format and what the output flags add to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub format: Format,
+    /// `--rollup`: groups instead of rows.
+    pub rollup: bool,
+    /// Colour the table's severity column (stdout is a terminal, and
+    /// `NO_COLOR` is not set).
+    pub colour: bool,
+    /// The run's time, ms since the epoch: an OCSF finding's `time` when
+    /// its row has no timestamp to give.
+    pub run_ms: i64,
+}
+
+impl Style {
+    pub fn plain(format: Format) -> Style {
+        Style {
+            format,
+            rollup: false,
+            colour: false,
+            run_ms: 0,
+        }
+    }
 }
 
 /// Whether `c` must never reach a terminal raw: C0 and C1 controls and DEL
@@ -60,61 +102,240 @@ pub enum Target {
     Append(PathBuf),
 }
 
-/// One result row: the 13 by-field values, the count, and any extra
-/// columns the command adds (poll: cluster, region, id).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row<'a> {
-    pub cols: [Cow<'a, str>; 13],
-    pub count: u64,
-    pub extra: Vec<String>,
-}
-
-/// The rows of one run with their column names: the findings, and the
-/// values of the command's extra columns for each. Rows are made one at a
-/// time as they are written, so a flood of findings is held once, not twice.
+/// The rows of one run (or one poll step): its findings, and the columns
+/// the command adds. Rows are made one at a time as they are written, so a
+/// flood of findings is held once, not twice.
+#[derive(Clone, Copy)]
 pub struct Rows<'a> {
-    pub extra_columns: &'a [&'a str],
     pub findings: &'a Findings,
-    pub extra: &'a dyn Fn(&Finding<'_>) -> Vec<String>,
+    /// Columns with one value for every row (poll: cluster, log_group,
+    /// region), after the triage columns.
+    pub fixed: &'a [(&'a str, &'a str)],
+    /// `Some(label)`: a last column `id`, each row's stable id under this
+    /// label ([`Finding::id`]).
+    pub id_label: Option<&'a str>,
 }
 
 impl<'a> Rows<'a> {
-    /// All column names, the fixed 14 first.
-    pub fn header(&self) -> Vec<&str> {
-        COLUMNS.iter().chain(self.extra_columns).copied().collect()
+    /// Rows with no columns of the command's own (scan).
+    pub fn of(findings: &'a Findings) -> Rows<'a> {
+        Rows {
+            findings,
+            fixed: &[],
+            id_label: None,
+        }
     }
 
-    /// The rows, in order.
-    fn iter(&self) -> impl Iterator<Item = Row<'a>> + '_ {
-        self.findings.iter().map(|f| Row {
-            cols: f.cols(),
-            count: f.count,
-            extra: (self.extra)(&f),
-        })
-    }
-
-    /// A row's cells as text, in header order.
-    fn cells<'r>(&self, row: &'r Row) -> impl Iterator<Item = std::borrow::Cow<'r, str>> {
-        let count = std::iter::once(std::borrow::Cow::Owned(row.count.to_string()));
-        row.cols
+    /// All column names: the detection's 14 (or a rollup's 8), the triage
+    /// columns, then the command's.
+    pub fn columns(&self, rollup: bool) -> Vec<&'a str> {
+        let first: &[&'a str] = if rollup { &ROLLUP_COLUMNS } else { &COLUMNS };
+        first
             .iter()
-            .map(|c| std::borrow::Cow::Borrowed(&**c))
-            .chain(count)
-            .chain(
-                row.extra
-                    .iter()
-                    .map(|e| std::borrow::Cow::Borrowed(e.as_str())),
-            )
+            .chain(&TRIAGE_COLUMNS)
+            .copied()
+            .chain(self.fixed.iter().map(|(name, _)| *name))
+            .chain(self.id_label.map(|_| "id"))
+            .collect()
     }
 }
 
-/// Writes `rows` in `format` to `target`. Returns once the bytes are on
+/// One cell of a row.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell<'c> {
+    pub text: &'c str,
+    /// Known to hold nothing JSON escapes (ASCII without controls, DEL,
+    /// quotes or backslashes); `false` means "look".
+    pub plain: bool,
+    /// A number (`count`), not text.
+    pub number: bool,
+    /// The same text (at the same address) for many rows of a part: a
+    /// triage value. A sink may keep what it made of it until the part
+    /// ends.
+    pub shared: bool,
+}
+
+/// One row as a sink sees it: a finding or a rollup group, with the
+/// command's columns.
+pub struct Row<'r> {
+    body: Body<'r>,
+    fixed: &'r [(&'r str, &'r str)],
+    id: Option<String>,
+}
+
+enum Body<'r> {
+    Finding(Finding<'r>),
+    Group(&'r Group<'r>),
+}
+
+impl<'r> Row<'r> {
+    fn finding(f: Finding<'r>, rows: &Rows<'r>) -> Row<'r> {
+        Row {
+            id: rows.id_label.map(|l| f.id(l)),
+            body: Body::Finding(f),
+            fixed: rows.fixed,
+        }
+    }
+
+    fn group(g: &'r Group<'r>, rows: &Rows<'r>) -> Row<'r> {
+        Row {
+            id: rows.id_label.map(|l| g.id(l)),
+            body: Body::Group(g),
+            fixed: rows.fixed,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match &self.body {
+            Body::Finding(f) => f.severity,
+            Body::Group(g) => g.severity,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        match &self.body {
+            Body::Finding(f) => f.count,
+            Body::Group(g) => g.count,
+        }
+    }
+
+    pub fn triage(&self) -> &Triage {
+        match &self.body {
+            Body::Finding(f) => f.triage,
+            Body::Group(g) => &g.triage,
+        }
+    }
+
+    /// The row's `id` column, or (when the command has none) its stable id
+    /// under an empty label: an OCSF finding's `uid`.
+    pub fn uid(&self) -> String {
+        match (&self.id, &self.body) {
+            (Some(id), _) => id.clone(),
+            (None, Body::Finding(f)) => f.id(""),
+            (None, Body::Group(g)) => g.id(""),
+        }
+    }
+
+    /// Every cell, in header order.
+    pub fn each_cell(&self, mut each: impl FnMut(Cell<'_>)) {
+        fn text(text: &str) -> Cell<'_> {
+            Cell {
+                text,
+                plain: false,
+                number: false,
+                shared: false,
+            }
+        }
+        let mut count = itoa::Buffer::new();
+        let count = Cell {
+            text: count.format(self.count()),
+            plain: true,
+            number: true,
+            shared: false,
+        };
+        match &self.body {
+            Body::Finding(f) => {
+                f.each_value(|value, plain| {
+                    each(Cell {
+                        text: &value,
+                        plain,
+                        number: false,
+                        shared: false,
+                    })
+                });
+                each(count);
+            }
+            Body::Group(g) => {
+                for v in g.values.iter().chain([&g.first_seen, &g.last_seen]) {
+                    each(text(v));
+                }
+                each(count);
+            }
+        }
+        let triage = self.triage();
+        each(Cell {
+            text: self.severity().name(),
+            plain: true,
+            number: false,
+            shared: false,
+        });
+        for v in [&triage.decision, &triage.reason, &triage.binding] {
+            each(Cell {
+                shared: true,
+                ..text(v)
+            });
+        }
+        for (_, v) in self.fixed {
+            each(text(v));
+        }
+        if let Some(id) = &self.id {
+            each(Cell {
+                text: id,
+                plain: true,
+                number: false,
+                shared: false,
+            });
+        }
+    }
+
+    /// The cells as text, in header order.
+    pub fn cells(&self) -> Vec<String> {
+        let mut cells = Vec::new();
+        self.each_cell(|c| cells.push(c.text.to_string()));
+        cells
+    }
+}
+
+/// A format. A stream is parts (a run's rows, or a poll step's), each
+/// `begin`, `row`s, `finish`; then `close`, once.
+pub trait Sink {
+    /// A part begins; `columns` names each row's cells.
+    fn begin(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()>;
+    fn row(&mut self, row: &Row<'_>, out: &mut dyn Write) -> io::Result<()>;
+    /// The part ends: what it holds back is written.
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()>;
+    /// The stream ends (after every part, or none): a JSON array is
+    /// closed; an empty table or CSV still shows its header.
+    fn close(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// The format's sink, in its state (cloned to measure a part before it is
+/// written, see `deliver.rs`).
+#[derive(Debug, Clone)]
+enum Formatter {
+    Table(table::Table),
+    Json(json::Json),
+    Csv(Box<csv::Csv>),
+    Ocsf(ocsf::Ocsf),
+}
+
+impl Formatter {
+    fn sink(&mut self) -> &mut dyn Sink {
+        match self {
+            Formatter::Table(s) => s,
+            Formatter::Json(s) => s,
+            Formatter::Csv(s) => &mut **s,
+            Formatter::Ocsf(s) => s,
+        }
+    }
+}
+
+/// What a stream has written so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+    /// The highest severity among them.
+    pub worst: Option<Severity>,
+}
+
+/// Writes `rows` in `style` to `target`. Returns once the bytes are on
 /// disk (files are fsynced), so a caller may advance its checkpoint.
-pub fn write(format: Format, target: &Target, rows: &Rows<'_>) -> Result<()> {
+pub fn write(style: Style, target: &Target, rows: &Rows<'_>) -> Result<Written> {
     let mut out = Out::open(target)?;
-    let mut parts = Parts::new(format, out.has_header());
+    let mut parts = Parts::new(style, out.existing_header());
     out.write(|w| parts.write(rows, w).and_then(|()| parts.finish(rows, w)))?;
-    out.finish()
+    out.finish()?;
+    Ok(parts.written)
 }
 
 /// The rows were not written because stdout was closed (`| head`): the one
@@ -173,12 +394,23 @@ impl Out {
         })
     }
 
-    /// An append file that already has content (so CSV has its header).
-    pub fn has_header(&self) -> bool {
-        match self {
-            Out::Append(_, f) => f.metadata().map(|m| m.len() > 0).unwrap_or(false),
-            _ => false,
+    /// The first line of an append file that already has content (a CSV
+    /// file's header), `Some("")` if it cannot be read; `None` when there
+    /// is nothing before what this run writes.
+    pub fn existing_header(&self) -> Option<String> {
+        let Out::Append(path, f) = self else {
+            return None;
+        };
+        if f.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+            return None;
         }
+        let mut head = Vec::new();
+        let read = File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        Some(match read {
+            Ok(_) => String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned(),
+            Err(_) => String::new(),
+        })
     }
 
     /// Writes one part; appends are fsynced before it returns.
@@ -219,71 +451,68 @@ fn stdout_error(e: io::Error) -> anyhow::Error {
     }
 }
 
-/// Rows written in parts (a run's steps) into one stream, so that the
-/// stream is one document: a JSON array spans the parts, a CSV header comes
-/// once, a table is printed per part that has rows (or once, empty).
+/// Rows written in parts (a run's steps) into one stream through the
+/// format's [`Sink`], so that the stream is one document: a JSON array
+/// spans the parts, a CSV header comes once, a table is printed per part
+/// that has rows (or once, empty).
 #[derive(Debug, Clone)]
 pub struct Parts {
-    format: Format,
-    /// A CSV header is (or is already) there.
-    header_done: bool,
-    /// Rows written so far.
-    written: u64,
-    begun: bool,
+    style: Style,
+    sink: Formatter,
+    /// Rows written so far, and the worst of them.
+    pub written: Written,
 }
 
 impl Parts {
-    /// `header_done`: the stream already has a CSV header (an append file
-    /// that is not empty).
-    pub fn new(format: Format, header_done: bool) -> Self {
+    /// `existing`: the first line of an append file that is not empty
+    /// (its CSV header), `Some("")` if it cannot be read; `None` for a new
+    /// stream.
+    pub fn new(style: Style, existing: Option<String>) -> Self {
+        let sink = match style.format {
+            Format::Table => Formatter::Table(table::Table::new(style.colour)),
+            Format::Ndjson => Formatter::Json(json::Json::new(true)),
+            Format::Json => Formatter::Json(json::Json::new(false)),
+            Format::Csv => Formatter::Csv(Box::new(csv::Csv::new(existing))),
+            Format::Ocsf => Formatter::Ocsf(ocsf::Ocsf::new(style.run_ms)),
+        };
         Parts {
-            format,
-            header_done,
-            written: 0,
-            begun: false,
+            style,
+            sink,
+            written: Written::default(),
         }
     }
 
+    /// Writes one part: the rows, or their rollup.
     pub fn write(&mut self, rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-        let n = rows.findings.len() as u64;
-        match self.format {
-            Format::Table if n > 0 => table::write(rows, out)?,
-            Format::Table => {}
-            Format::Ndjson => json::write_lines(rows, out)?,
-            Format::Json => {
-                if !self.begun {
-                    out.write_all(b"[")?;
-                }
-                json::write_elements(rows, out, self.written > 0)?;
+        let columns = rows.columns(self.style.rollup);
+        let sink = self.sink.sink();
+        sink.begin(&columns, out)?;
+        let mut written = self.written;
+        let mut each = |row: Row<'_>| {
+            written.rows += 1;
+            written.worst = written.worst.max(Some(row.severity()));
+            sink.row(&row, out)
+        };
+        if self.style.rollup {
+            let rollup = Rollup::of(rows.findings);
+            for g in &rollup.groups {
+                each(Row::group(g, rows))?;
             }
-            Format::Csv => {
-                csv::write(rows, out, !self.header_done)?;
-                self.header_done = true;
+        } else {
+            for f in rows.findings.iter() {
+                each(Row::finding(f, rows))?;
             }
         }
-        self.begun = true;
-        self.written += n;
+        sink.finish(out)?;
+        self.written = written;
         Ok(())
     }
 
     /// Ends the document: closes a JSON array; prints the empty table or
-    /// array of a run without rows.
+    /// CSV header of a run without rows.
     pub fn finish(&mut self, rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-        match self.format {
-            Format::Table if self.written == 0 => table::write(rows, out),
-            Format::Json => {
-                if !self.begun {
-                    out.write_all(b"[")?;
-                }
-                self.begun = true;
-                out.write_all(b"\n]\n")
-            }
-            Format::Csv if !self.header_done => {
-                self.header_done = true;
-                csv::write(rows, out, true)
-            }
-            _ => Ok(()),
-        }
+        let columns = rows.columns(self.style.rollup);
+        self.sink.sink().close(&columns, out)
     }
 }
 

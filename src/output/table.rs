@@ -8,38 +8,107 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{Rows, is_hidden};
+use super::{Row, Sink, is_hidden};
+use crate::detect::Severity;
 
 const MAX_WIDTH: usize = 80;
 
-pub fn write(rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let header: Vec<String> = rows.header().iter().map(|h| h.to_string()).collect();
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            rows.cells(&row)
-                .map(|c| fit(&neutralise_terminal(&c)))
-                .collect()
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for cells in &body {
-        for (w, c) in widths.iter_mut().zip(cells) {
-            *w = (*w).max(c.chars().count());
+/// A table per part that has rows (a table needs all of a part's rows to
+/// size its columns), or one header for a stream without any.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Colour the severity column (a terminal, `NO_COLOR` unset).
+    colour: bool,
+    header: Vec<String>,
+    severity_column: Option<usize>,
+    body: Vec<(Vec<String>, Severity)>,
+    printed: bool,
+}
+
+impl Table {
+    pub fn new(colour: bool) -> Table {
+        Table {
+            colour,
+            header: Vec::new(),
+            severity_column: None,
+            body: Vec::new(),
+            printed: false,
         }
     }
-    for cells in std::iter::once(&header).chain(&body) {
-        let mut line = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(c);
-            } else {
-                let _ = write!(line, "{c}{:pad$}  ", "", pad = w - c.chars().count());
+
+    fn print(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.printed = true;
+        let body = std::mem::take(&mut self.body);
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for (cells, _) in &body {
+            for (w, c) in widths.iter_mut().zip(cells) {
+                *w = (*w).max(c.chars().count());
             }
         }
-        writeln!(out, "{}", line.trim_end())?;
+        let header = (self.header.clone(), None);
+        let rows = body.into_iter().map(|(cells, s)| (cells, Some(s)));
+        for (cells, severity) in std::iter::once(header).chain(rows) {
+            let mut line = String::new();
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                let pad = w - c.chars().count();
+                // The text is the cell's, whatever the colour: widths and
+                // cuts are the same with and without it.
+                match severity.filter(|_| self.colour && Some(i) == self.severity_column) {
+                    Some(s) => {
+                        let _ = write!(line, "{}{c}\u{1b}[0m", colour(s));
+                    }
+                    None => line.push_str(c),
+                }
+                if i + 1 < cells.len() {
+                    let _ = write!(line, "{:pad$}  ", "");
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The SGR sequence a severity is shown in: critical bold red, high red,
+/// medium yellow, low cyan, informational dim.
+fn colour(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "\u{1b}[1;31m",
+        Severity::High => "\u{1b}[31m",
+        Severity::Medium => "\u{1b}[33m",
+        Severity::Low => "\u{1b}[36m",
+        Severity::Informational => "\u{1b}[2m",
+    }
+}
+
+impl Sink for Table {
+    fn begin(&mut self, columns: &[&str], _out: &mut dyn Write) -> io::Result<()> {
+        self.header = columns.iter().map(|h| h.to_string()).collect();
+        self.severity_column = columns.iter().position(|&c| c == "severity");
+        Ok(())
+    }
+
+    fn row(&mut self, row: &Row<'_>, _out: &mut dyn Write) -> io::Result<()> {
+        let mut cells = Vec::new();
+        row.each_cell(|c| cells.push(fit(&neutralise_terminal(c.text))));
+        self.body.push((cells, row.severity()));
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if self.body.is_empty() {
+            return Ok(());
+        }
+        self.print(out)
+    }
+
+    fn close(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
+        if self.printed {
+            return Ok(());
+        }
+        self.begin(columns, out)?;
+        self.print(out)
+    }
 }
 
 /// Replaces C0 and C1 controls, DEL, bidi controls, invisible format

@@ -5,12 +5,12 @@
 //! given, with lists and rules written out independently of the code
 //! under test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::{Format, Parts, Rows};
-use crate::detect::{COLUMNS, Detector, FILL, Finding, Origin};
+use super::{Format, Parts, Rows, Style};
+use crate::detect::{COLUMNS, Detector, FILL, Origin, TRIAGE_COLUMNS};
 
 /// The characters no sink may write raw (besides the line breaks that end
 /// ndjson and table lines): C0, DEL, C1, and the bidi, invisible and
@@ -49,18 +49,27 @@ fn any_char() -> impl Strategy<Value = char> {
 }
 
 fn value() -> impl Strategy<Value = String> {
-    prop::collection::vec(any_char(), 0..10).prop_map(|v| v.into_iter().collect())
+    prop_oneof![
+        4 => prop::collection::vec(any_char(), 0..10).prop_map(|v| v.into_iter().collect()),
+        // Values the triage policy reads, so that every severity shows.
+        1 => prop::sample::select(vec![
+            "403", "401", "200", "forbid", "allow", "RequestReceived", "create", "get", "secrets",
+            "roles", "/version", "/healthz?x=1",
+        ]).prop_map(String::from),
+    ]
 }
 
 /// One matching event's values: the 11 columns an event sets freely
-/// (all but `user`), the source IP, a second group, and `user` in some
-/// ASCII case.
+/// (all but `user`), the source IP, a second group, `user` in some ASCII
+/// case, and its authorization decision and reason.
 #[derive(Debug, Clone)]
 struct Event {
     scalars: Vec<String>,
     ip: String,
     group: String,
     user: String,
+    decision: String,
+    reason: String,
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -69,14 +78,63 @@ fn event() -> impl Strategy<Value = Event> {
         value(),
         value(),
         "[sS][yY][sS][tT][eE][mM]:[aA][nN][oO][nN][yY][mM][oO][uU][sS]",
+        value(),
+        value(),
     )
-        .prop_map(|(scalars, ip, group, user)| Event {
+        .prop_map(|(scalars, ip, group, user, decision, reason)| Event {
             scalars,
             ip,
             group,
             user,
+            decision,
+            reason,
         })
 }
+
+/// The severity policy, written out from the README for these tests.
+fn severity_name(row: &[String], decision: &str) -> &'static str {
+    let (resource, uri, code, stage, verb) = (&row[2], &row[4], &row[5], &row[7], &row[12]);
+    let path = uri.split('?').next().unwrap_or("");
+    if code == "401" || code == "403" || decision == "forbid" || stage == "RequestReceived" {
+        "informational"
+    } else if [
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "post",
+        "put",
+    ]
+    .contains(&verb.as_str())
+        || [
+            "secrets",
+            "roles",
+            "rolebindings",
+            "clusterroles",
+            "clusterrolebindings",
+        ]
+        .contains(&resource.as_str())
+    {
+        "critical"
+    } else if [
+        "/version",
+        "/version/",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+    ]
+    .contains(&path)
+    {
+        "low"
+    } else {
+        "high"
+    }
+}
+
+const LEVELS: [&str; 4] = ["informational", "low", "high", "critical"];
 
 impl Event {
     fn json(&self) -> String {
@@ -95,6 +153,11 @@ impl Event {
             },
             "userAgent": s[8],
             "verb": s[9],
+            "annotations": {
+                "authorization.k8s.io/decision": self.decision,
+                "authorization.k8s.io/reason": self.reason,
+                "other": "x",
+            },
         })
         .to_string()
     }
@@ -131,22 +194,37 @@ impl Event {
     }
 }
 
-/// The rows, each with its count and its two extra values (`cluster`: the
-/// same for every row; `id`: the row's user agent), sorted.
-type Expected = Vec<(Vec<String>, u64, [String; 2])>;
+/// The rows, each with its count and its five values after the count:
+/// severity, decision, reason, binding (none: the reasons here name no
+/// RBAC binding), and `cluster` (the same for every row); sorted.
+type Expected = Vec<(Vec<String>, u64, [String; 5])>;
 
 fn expected(events: &[Event], cluster: &str) -> Expected {
-    let mut counts: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    type Seen = (u64, usize, BTreeSet<String>, BTreeSet<String>);
+    let mut rows: BTreeMap<Vec<String>, Seen> = BTreeMap::new();
+    let fill = |v: &str| if v.is_empty() { FILL } else { v }.to_string();
     for e in events {
         for row in e.rows() {
-            *counts.entry(row).or_default() += 1;
+            let level = severity_name(&row, &fill(&e.decision));
+            let level = LEVELS.iter().position(|l| *l == level).unwrap();
+            let seen = rows.entry(row).or_default();
+            seen.0 += 1;
+            seen.1 = seen.1.max(level);
+            seen.2.insert(fill(&e.decision));
+            seen.3.insert(fill(&e.reason));
         }
     }
-    counts
-        .into_iter()
-        .map(|(row, n)| {
-            let agent = row[11].clone();
-            (row, n, [cluster.to_string(), agent])
+    let join = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join(" | ");
+    rows.into_iter()
+        .map(|(row, (n, level, decisions, reasons))| {
+            let after = [
+                LEVELS[level].to_string(),
+                join(decisions),
+                join(reasons),
+                FILL.to_string(),
+                cluster.to_string(),
+            ];
+            (row, n, after)
         })
         .collect()
 }
@@ -158,13 +236,12 @@ fn render(events: &[Event], cluster: &str, format: Format) -> Vec<u8> {
         det.feed(e.json().as_bytes(), Origin::default());
     }
     let findings = det.finish().0.into_findings();
-    let extra = |f: &Finding<'_>| vec![cluster.to_string(), f.cols()[11].to_string()];
     let rows = Rows {
-        extra_columns: &["cluster", "id"],
         findings: &findings,
-        extra: &extra,
+        fixed: &[("cluster", cluster)],
+        id_label: Some("label"),
     };
-    let mut parts = Parts::new(format, false);
+    let mut parts = Parts::new(Style::plain(format), None);
     let mut out = Vec::new();
     parts.write(&rows, &mut out).expect("written");
     parts.finish(&rows, &mut out).expect("finished");
@@ -172,11 +249,21 @@ fn render(events: &[Event], cluster: &str, format: Format) -> Vec<u8> {
 }
 
 fn names() -> Vec<&'static str> {
-    COLUMNS.iter().chain(&["cluster", "id"]).copied().collect()
+    COLUMNS
+        .iter()
+        .chain(&TRIAGE_COLUMNS)
+        .chain(&["cluster", "id"])
+        .copied()
+        .collect()
+}
+
+/// A row's id: 32 hex digits.
+fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A JSON object of a row, read back: values by name.
-fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 2]) {
+fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 5]) {
     let object = object.as_object().expect("an object");
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     let mut want = names();
@@ -184,10 +271,11 @@ fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 2]) {
     want.sort_unstable();
     assert_eq!(keys, want);
     let text = |name: &str| object[name].as_str().expect("a string").to_string();
+    assert!(is_id(&text("id")));
     (
         COLUMNS[..13].iter().map(|c| text(c)).collect(),
         object["count"].as_u64().expect("a number"),
-        [text("cluster"), text("id")],
+        ["severity", "decision", "reason", "binding", "cluster"].map(text),
     )
 }
 
@@ -261,6 +349,7 @@ proptest! {
                     .map(|v| csv_cell(v))
                     .chain([n.to_string()])
                     .chain(extra.iter().map(|v| csv_cell(v)))
+                    .chain(["id".to_string()])
                     .collect()
             })
             .collect();
@@ -270,7 +359,13 @@ proptest! {
         prop_assert_eq!(header, names());
         let got: Vec<Vec<String>> = reader
             .records()
-            .map(|r| r.expect("a valid record").iter().map(str::to_string).collect())
+            .map(|r| {
+                let mut cells: Vec<String> = r.expect("a valid record").iter().map(str::to_string).collect();
+                let id = cells.pop().expect("an id");
+                assert!(is_id(&id), "{id}");
+                cells.push("id".to_string());
+                cells
+            })
             .collect();
         prop_assert_eq!(got, want);
     }

@@ -28,6 +28,9 @@ pub const COLUMNS: [&str; 14] = [
     "count",
 ];
 
+/// The triage columns every row has after the 14 (README: Severity).
+pub const TRIAGE: [&str; 4] = ["severity", "decision", "reason", "binding"];
+
 /// Every fixture file (see tests/fixtures/SOURCES.md).
 pub const FIXTURES: [&str; 8] = [
     "90daysofdevops_day61_openshift_audit.jsonl",
@@ -104,10 +107,11 @@ fn cell_text(v: &Value) -> String {
 }
 
 /// An output object as a row, checking it has exactly the 14 columns in
-/// order.
+/// order, then the triage columns.
 pub fn object_row(obj: &Ordered) -> Row {
     let keys: Vec<&str> = obj.0.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, COLUMNS, "column names and order");
+    assert_eq!(keys[..14], COLUMNS, "column names and order");
+    assert_eq!(keys[14..], TRIAGE, "triage columns after the 14");
     let cols = obj.0[..13].iter().map(|(_, v)| cell_text(v)).collect();
     let count = match &obj.0[13].1 {
         Value::Number(n) => n.as_u64().expect("count is a whole number"),

@@ -1,0 +1,307 @@
+//! `--format ocsf`: one OCSF Detection Finding (`class_uid` 2004, OCSF
+//! 1.5.0) per row, one per line: what Amazon Security Lake's custom
+//! sources and most SIEMs take in.
+//!
+//! The mapping (the README's "OCSF" section):
+//! - `finding_info`: `uid` the row's id, `title` what happened, `analytic`
+//!   the ESCU detection and its id, first and last seen;
+//! - `severity_id` the row's severity; `time` its latest request (a rollup
+//!   group's last seen; the run's time when it has no timestamp),
+//!   `start_time`/`end_time` first and last seen, `count`;
+//! - `evidences`: the anonymous `actor.user`, `src_endpoint.ip` (when the
+//!   source is an IP address), `http_request` (user agent, URL path and
+//!   query, method), `api` (the Kubernetes verb and the response code);
+//! - `resources`: the Kubernetes object (`objectRef`), and the cluster
+//!   when the row names one;
+//! - `cloud` (profile `cloud`) from the row's `region` and `account`
+//!   columns, when it has them (poll);
+//! - `remediation`: the binding that allowed the request and the `kubectl`
+//!   command that shows it;
+//! - `unmapped`: the row itself, column by column, so nothing is lost.
+//!
+//! Columns are found by name, so a command may add its own in any order.
+//! Values are attacker-controlled: the JSON is serde_json's, with every
+//! character `is_hidden` names written as a `\uXXXX` escape, as ndjson.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use serde_json::{Map, Value, json};
+
+use super::json::escape_hidden;
+use super::{Row, Sink};
+use crate::detect::rollup::parse_time;
+use crate::detect::{FILL, Severity};
+
+/// The OCSF version of the findings.
+pub const OCSF_VERSION: &str = "1.5.0";
+/// Splunk ESCU's detection, which the rows are.
+const ANALYTIC_UID: &str = "042a3d32-8318-4763-9679-09db2644a8f2";
+const ANALYTIC_NAME: &str = "Kubernetes AWS detect suspicious kubectl calls";
+/// Findings are buffered to about this size, then written whole.
+const CHUNK: usize = 256 * 1024;
+/// Longest request path in a title (the whole one is in `http_request`).
+const TITLE_PATH: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct Ocsf {
+    run_ms: i64,
+    columns: Vec<String>,
+    chunk: Vec<u8>,
+}
+
+impl Ocsf {
+    pub fn new(run_ms: i64) -> Ocsf {
+        Ocsf {
+            run_ms,
+            columns: Vec::new(),
+            chunk: Vec::new(),
+        }
+    }
+
+    fn finding(&self, row: &Row<'_>) -> Value {
+        let cells = row.cells();
+        let cell = |name: &str| -> Option<&str> {
+            let i = self.columns.iter().position(|c| c == name)?;
+            Some(cells[i].as_str()).filter(|v| *v != FILL)
+        };
+        let severity = row.severity();
+        let triage = row.triage();
+        let verb = cell("verb");
+        let uri = cell("requestURI");
+        let code = cell("responseStatus.code");
+        let (first, last) = match cell("first_seen") {
+            Some(first) => (Some(first), cell("last_seen")),
+            None => {
+                let at = cell("requestReceivedTimestamp");
+                (at, at)
+            }
+        };
+        let ms = |t: Option<&str>| t.and_then(parse_time).map(|t| t.timestamp_millis());
+        let (start, end) = (ms(first), ms(last));
+        let title = title(severity, verb, uri, code, cell("stage"));
+
+        let mut finding_info = json!({
+            "uid": row.uid(),
+            "title": title,
+            "analytic": {
+                "uid": ANALYTIC_UID,
+                "name": ANALYTIC_NAME,
+                "type_id": 1,
+                "type": "Rule",
+                "category": "Splunk ESCU",
+                "version": "4",
+            },
+            "types": ["Anonymous Kubernetes API request"],
+            "data_sources": ["Kubernetes audit log"],
+        });
+        if triage.reason != FILL {
+            finding_info["desc"] = triage.reason.clone().into();
+        }
+        if let Some(start) = start {
+            finding_info["first_seen_time"] = start.into();
+        }
+        if let Some(end) = end {
+            finding_info["last_seen_time"] = end.into();
+        }
+
+        // The one who asked: always the anonymous user (the rule's match).
+        let mut user = json!({ "name": cell("user").unwrap_or("system:anonymous") });
+        if let Some(uid) = cell("user.uid") {
+            user["uid"] = uid.into();
+        }
+        if let Some(group) = cell("user.groups{}") {
+            user["groups"] = json!([{ "name": group }]);
+        }
+        let mut evidence = json!({ "actor": { "user": user } });
+        if let Some(ip) = cell("src_ip").and_then(|ip| ip.parse::<IpAddr>().ok()) {
+            evidence["src_endpoint"] = json!({ "ip": ip.to_string() });
+        }
+        let mut http = Map::new();
+        if let Some(agent) = cell("userAgent") {
+            http.insert("user_agent".into(), agent.into());
+        }
+        if let Some(uri) = uri {
+            let mut url = Map::new();
+            let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+            url.insert("path".into(), path.into());
+            if !query.is_empty() {
+                url.insert("query_string".into(), query.into());
+            }
+            http.insert("url".into(), url.into());
+        }
+        if let Some(method) = verb.and_then(http_method) {
+            http.insert("http_method".into(), method.into());
+        }
+        if !http.is_empty() {
+            evidence["http_request"] = http.into();
+        }
+        if let Some(verb) = verb {
+            let mut api = json!({ "operation": verb });
+            if let Some(code) = code.and_then(|c| c.parse::<i64>().ok()) {
+                api["response"] = json!({ "code": code });
+            }
+            evidence["api"] = api;
+        }
+
+        let mut resources = Vec::new();
+        if let Some(resource) = cell("objectRef.resource") {
+            // A list or a create names no object: the collection stands in.
+            let mut r = json!({
+                "type": resource,
+                "name": cell("objectRef.name").unwrap_or(resource),
+            });
+            if let Some(ns) = cell("objectRef.namespace") {
+                r["namespace"] = ns.into();
+            }
+            resources.push(r);
+        }
+        if let Some(cluster) = cell("cluster") {
+            let mut r = json!({ "type": "Kubernetes cluster", "name": cluster });
+            if let Some(region) = cell("region") {
+                r["region"] = region.into();
+            }
+            resources.push(r);
+        }
+
+        let mut metadata = json!({
+            "version": OCSF_VERSION,
+            "product": {
+                "name": "kubeanon",
+                "vendor_name": "kubeanon",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+        });
+        if let Some(log_group) = cell("log_group") {
+            metadata["log_name"] = log_group.into();
+        }
+
+        let mut unmapped = Map::new();
+        for (name, value) in self.columns.iter().zip(&cells) {
+            let value = match (name.as_str(), value.parse::<u64>()) {
+                ("count", Ok(n)) => n.into(),
+                _ => value.as_str().into(),
+            };
+            unmapped.insert(name.clone(), value);
+        }
+
+        let mut f = json!({
+            "class_uid": 2004,
+            "class_name": "Detection Finding",
+            "category_uid": 2,
+            "category_name": "Findings",
+            "activity_id": 1,
+            "activity_name": "Create",
+            "type_uid": 200401,
+            "type_name": "Detection Finding: Create",
+            "severity_id": severity.id(),
+            "severity": severity.caption(),
+            "status_id": 1,
+            "status": "New",
+            "is_alert": severity >= Severity::High,
+            "time": end.unwrap_or(self.run_ms),
+            "count": row.count(),
+            "message": title,
+            "finding_info": finding_info,
+            "evidences": [evidence],
+            "metadata": metadata,
+            "unmapped": unmapped,
+        });
+        if let Some(start) = start {
+            f["start_time"] = start.into();
+        }
+        if let Some(end) = end {
+            f["end_time"] = end.into();
+        }
+        if !resources.is_empty() {
+            f["resources"] = resources.into();
+        }
+        if let Some(region) = cell("region") {
+            let mut cloud = json!({ "provider": "AWS", "region": region });
+            if let Some(account) = cell("account") {
+                cloud["account"] = json!({ "uid": account });
+            }
+            f["cloud"] = cloud;
+            f["metadata"]["profiles"] = json!(["cloud"]);
+        }
+        if !triage.bindings.is_empty() {
+            let desc: Vec<String> = triage
+                .bindings
+                .iter()
+                .map(|b| {
+                    format!(
+                        "Allowed by {b}: review it with `{}` and remove system:anonymous and system:unauthenticated from its subjects.",
+                        b.kubectl()
+                    )
+                })
+                .collect();
+            f["remediation"] = json!({ "desc": desc.join(" ") });
+        }
+        f
+    }
+}
+
+/// What happened, in a line: `Anonymous list /api/v1/secrets: allowed (200)`.
+fn title(
+    severity: Severity,
+    verb: Option<&str>,
+    uri: Option<&str>,
+    code: Option<&str>,
+    stage: Option<&str>,
+) -> String {
+    let path = uri.map_or("/", |u| u.split_once('?').map_or(u, |(p, _)| p));
+    let path: String = match path.char_indices().nth(TITLE_PATH) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_string(),
+    };
+    let code = code.unwrap_or("no response code");
+    let outcome = if severity > Severity::Informational {
+        format!("allowed ({code})")
+    } else if stage == Some("RequestReceived") {
+        "received; the outcome is on its later stage".to_string()
+    } else {
+        format!("refused ({code})")
+    };
+    format!("Anonymous {} {path}: {outcome}", verb.unwrap_or("request"))
+}
+
+/// The HTTP method of a Kubernetes verb (a non-resource request's verb is
+/// its method already). PATCH is not among OCSF 1.5's methods.
+fn http_method(verb: &str) -> Option<&'static str> {
+    Some(match verb {
+        "get" | "list" | "watch" => "GET",
+        "create" | "post" => "POST",
+        "update" | "put" => "PUT",
+        "delete" | "deletecollection" => "DELETE",
+        "head" => "HEAD",
+        "options" => "OPTIONS",
+        _ => return None,
+    })
+}
+
+impl Sink for Ocsf {
+    fn begin(&mut self, columns: &[&str], _out: &mut dyn Write) -> io::Result<()> {
+        self.columns = columns.iter().map(|c| c.to_string()).collect();
+        Ok(())
+    }
+
+    fn row(&mut self, row: &Row<'_>, out: &mut dyn Write) -> io::Result<()> {
+        let text = serde_json::to_string(&self.finding(row)).map_err(io::Error::other)?;
+        escape_hidden(&text, &mut self.chunk);
+        self.chunk.push(b'\n');
+        if self.chunk.len() >= CHUNK {
+            self.finish(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.chunk)?;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    fn close(&mut self, _columns: &[&str], _out: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+}
