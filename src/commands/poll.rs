@@ -173,8 +173,27 @@ fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             Some(t) => Shard::parse(t)?,
             None => Shard::ALL,
         },
-        lease: parse_duration("--lease", &args.lease)?,
+        lease: lease(args)?,
     })
+}
+
+/// `--lease`, checked against the longest an S3 request can take before
+/// anything is reached (see `state::lease` for why it must cover twice
+/// that and the clock's error).
+fn lease(args: &PollArgs) -> Result<Duration, UsageError> {
+    let lease = parse_duration("--lease", &args.lease)?;
+    let attempt = parse_duration("--attempt-timeout", &args.attempt_timeout)?;
+    let min = crate::state::lease::shortest_for(crate::state::s3::longest_request(attempt));
+    if args.deliver.is_some() && lease < min {
+        return Err(UsageError(format!(
+            "--lease {}: too short for S3 requests of up to {} (3 attempts of --attempt-timeout); \
+             a holder writes only with half its lease left: use at least {}",
+            args.lease,
+            humantime::format_duration(crate::state::s3::longest_request(attempt)),
+            humantime::format_duration(Duration::from_secs(min.as_secs_f64().ceil() as u64))
+        )));
+    }
+    Ok(lease)
 }
 
 /// `--checkpoint s3://...` with `--deliver s3://...`, checked: they go

@@ -295,7 +295,13 @@ impl Lease {
 /// The shortest lease that still covers a write started with half of it
 /// left: twice ([`CLOCK_ERROR`] + the bucket's longest request).
 pub fn shortest(bucket: &Bucket) -> Duration {
-    (CLOCK_ERROR + bucket.longest_request()) * 2
+    shortest_for(bucket.longest_request())
+}
+
+/// [`shortest`] for requests that take up to `longest_request` (known
+/// from `--attempt-timeout` before any bucket is reached).
+pub fn shortest_for(longest_request: Duration) -> Duration {
+    (CLOCK_ERROR + longest_request) * 2
 }
 
 /// A holder name unique to this run, that says where it runs: the host

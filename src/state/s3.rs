@@ -143,6 +143,12 @@ pub struct Bucket {
     attempt_timeout: Duration,
 }
 
+/// The longest one S3 request can take with `attempt_timeout` per
+/// attempt: every attempt, and a second for the backoff between them.
+pub fn longest_request(attempt_timeout: Duration) -> Duration {
+    attempt_timeout * ATTEMPTS + Duration::from_secs(1)
+}
+
 impl Bucket {
     /// A client from the standard credential chain with the settings
     /// CloudWatch's client uses (region, profile, `--endpoint-url` or
@@ -250,7 +256,7 @@ impl Bucket {
     /// The longest one request can take, retries and their waits included
     /// (a lease must leave a writer this long; see `lease`).
     pub fn longest_request(&self) -> Duration {
-        self.attempt_timeout * ATTEMPTS + Duration::from_secs(1)
+        longest_request(self.attempt_timeout)
     }
 
     /// The region the client signs for: the bucket's.
