@@ -223,6 +223,46 @@ fn the_cronjob_runs_one_region_with_flags_kubeanon_accepts() {
 }
 
 #[test]
+fn the_sharded_cronjob_runs_with_flags_kubeanon_accepts() {
+    let docs = yaml_documents("examples/deploy/cronjob-sharded.yaml");
+    let cron = docs
+        .iter()
+        .find(|d| d["kind"] == "CronJob")
+        .expect("a CronJob");
+    let args: Vec<&str> = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        ["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "poll");
+    assert!(args.iter().any(|a| a.starts_with("--shard=")), "{args:?}");
+    // Every pod of the Indexed Job: Kubernetes puts its completion index
+    // where the args say $(JOB_COMPLETION_INDEX). Nothing to connect to: a
+    // run that gets as far as connecting took every flag (a usage error
+    // is exit 2 and says so).
+    let shards = cron["spec"]["jobTemplate"]["spec"]["completions"]
+        .as_u64()
+        .unwrap();
+    for index in [0, shards - 1] {
+        let endpoint = closed_endpoint();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+        aws_env(&mut cmd);
+        let out = cmd
+            .args(
+                args.iter()
+                    .map(|a| a.replace("$(JOB_COMPLETION_INDEX)", &index.to_string())),
+            )
+            .arg("--endpoint-url")
+            .arg(&endpoint)
+            .output()
+            .unwrap();
+        assert_fails_with(&out, &["cannot connect to", &endpoint]);
+    }
+}
+
+#[test]
 fn the_dockerfile_is_a_two_stage_non_root_build_as_the_readme_says() {
     let dockerfile = read("Dockerfile");
     // Instructions, comments dropped and continuation lines joined.

@@ -6,165 +6,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
-use aws_sdk_eks::types::{LogSetup, LogType, Logging, VpcConfigRequest};
+use support::fleet::*;
 use support::proxy::Proxy;
 use support::*;
 
 const REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
-
-fn role(account: &str) -> String {
-    format!("arn:aws:iam::{account}:role/kubeanon-reader")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Credentials of `account` in `region`, through STS AssumeRole on moto.
-async fn config(account: &str, region: &str) -> aws_config::SdkConfig {
-    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region.to_string()))
-        .endpoint_url(&moto().endpoint)
-        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let provider = aws_config::sts::AssumeRoleProvider::builder(role(account))
-        .session_name("fleet-test")
-        .configure(&base)
-        .build()
-        .await;
-    base.into_builder()
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
-        )
-        .build()
-}
-
-/// One cluster of the test fleet.
-#[derive(Clone)]
-struct Cluster {
-    name: String,
-    audit: bool,
-    /// (time, message) in its audit stream.
-    events: Vec<(i64, String)>,
-}
-
-/// Creates `clusters` in (account, region): the EKS cluster with its
-/// logging setting and, for audit logging on, the log group with the
-/// events in an audit stream and anonymous-looking decoys in the API
-/// server's own stream. `deleted` log groups get events but no cluster.
-fn build(account: &str, region: &str, clusters: &[Cluster], deleted: &[Cluster]) {
-    rt().block_on(async {
-        let conf = config(account, region).await;
-        let eks = aws_sdk_eks::Client::new(&conf);
-        let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
-        for c in clusters {
-            eks.create_cluster()
-                .name(&c.name)
-                .role_arn(format!("arn:aws:iam::{account}:role/eks"))
-                .resources_vpc_config(VpcConfigRequest::builder().build())
-                .logging(
-                    Logging::builder()
-                        .cluster_logging(
-                            LogSetup::builder()
-                                .types(LogType::Audit)
-                                .types(LogType::Api)
-                                .enabled(c.audit)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .send()
-                .await
-                .expect("create cluster");
-        }
-        for c in clusters.iter().filter(|c| c.audit).chain(deleted) {
-            let group = format!("/aws/eks/{}/cluster", c.name);
-            logs.create_log_group()
-                .log_group_name(&group)
-                .send()
-                .await
-                .expect("create log group");
-            for stream in [AUDIT_STREAM, APISERVER_STREAM] {
-                logs.create_log_stream()
-                    .log_group_name(&group)
-                    .log_stream_name(stream)
-                    .send()
-                    .await
-                    .expect("create stream");
-            }
-            let put = |stream: &'static str, events: Vec<(i64, String)>| {
-                let logs = logs.clone();
-                let group = group.clone();
-                async move {
-                    if events.is_empty() {
-                        return;
-                    }
-                    let list = events
-                        .iter()
-                        .map(|(t, m)| {
-                            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                                .timestamp(*t)
-                                .message(m)
-                                .build()
-                                .unwrap()
-                        })
-                        .collect();
-                    logs.put_log_events()
-                        .log_group_name(&group)
-                        .log_stream_name(stream)
-                        .set_log_events(Some(list))
-                        .send()
-                        .await
-                        .expect("put events");
-                }
-            };
-            put(AUDIT_STREAM, c.events.clone()).await;
-            // The API server's own log: anonymous-looking, never counted.
-            let decoys = c
-                .events
-                .iter()
-                .take(2)
-                .map(|(t, _)| (*t, audit_event(999, true)))
-                .collect();
-            put(APISERVER_STREAM, decoys).await;
-        }
-    })
-}
-
-/// A cluster's events: `anon` anonymous and two normal ones, numbered from
-/// `seed`, seconds apart from 8 minutes ago (inside a rerun's overlap).
-fn cluster(name: &str, audit: bool, seed: u64, anon: u64) -> Cluster {
-    let now = now_ms();
-    let events = (0..anon + 2)
-        .map(|i| {
-            (
-                now - 8 * 60_000 + i as i64 * 7_000,
-                audit_event(seed + i, i < anon),
-            )
-        })
-        .collect();
-    Cluster {
-        name: name.to_string(),
-        audit,
-        events,
-    }
-}
-
-fn kubeanon(endpoint: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
-    aws_env(&mut cmd);
-    cmd.args(args).args(["--endpoint-url", endpoint]);
-    cmd
-}
 
 fn poll_fleet(endpoint: &str, accounts: &[&str], extra: &[&str]) -> Command {
     let mut cmd = kubeanon(endpoint, &["poll", "--all-clusters"]);
@@ -181,41 +30,6 @@ fn poll_fleet(endpoint: &str, accounts: &[&str], extra: &[&str]) -> Command {
     ])
     .args(extra);
     cmd
-}
-
-/// `kubeanon scan` of these events: the rows the fleet run must give for
-/// their cluster.
-fn scan(events: &[(i64, String)]) -> BTreeMap<Vec<String>, u64> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("events.jsonl");
-    let text: String = events.iter().map(|(_, m)| format!("{m}\n")).collect();
-    std::fs::write(&file, text).unwrap();
-    let out = ok(Command::new(env!("CARGO_BIN_EXE_kubeanon"))
-        .args(["scan", "--format", "ndjson"])
-        .arg(&file)
-        .output()
-        .unwrap());
-    totals(&rows(&out.stdout))
-}
-
-/// Rows by (account, region, cluster).
-fn by_unit(
-    rows: &[serde_json::Value],
-) -> BTreeMap<(String, String, String), Vec<serde_json::Value>> {
-    let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
-    for r in rows {
-        let key = (
-            r["account"].as_str().unwrap().to_string(),
-            r["region"].as_str().unwrap().to_string(),
-            r["cluster"].as_str().unwrap().to_string(),
-        );
-        out.entry(key).or_default().push(r.clone());
-    }
-    out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The standard fleet of a test: in each account and region two clusters

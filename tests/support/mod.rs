@@ -243,6 +243,7 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
         .and_then(|w| w[0].parse().ok())
         .unwrap_or_else(|| panic!("no '{label}' in summary: {text}"))
 }
+pub mod fleet;
 pub mod proxy;
 
 /// An RFC 3339 time (ms precision) for `--start`/`--end`.
