@@ -134,7 +134,8 @@ pub struct AwsArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// Endpoint for every AWS service a run calls (CloudWatch Logs, STS,
-    /// EKS): emulators, VPC endpoints. AWS_ENDPOINT_URL also works.
+    /// EKS, S3 path-style): emulators, VPC endpoints. AWS_ENDPOINT_URL also
+    /// works.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Only log streams whose name starts with this (`kube-apiserver-` would
