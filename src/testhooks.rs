@@ -10,6 +10,9 @@
 //!   that a test killing the process at random moments lands inside them.
 //! - `KUBEANON_TEST_NOW=<RFC 3339>` is the time the run takes as now (a
 //!   host clock ahead or behind, without waiting).
+//! - `KUBEANON_TEST_ROLE_SECONDS=<N>` asks STS for assumed-role sessions of
+//!   N seconds (AWS's minimum is 900; emulators take less), so that a test
+//!   sees credentials expire and renew within one run.
 
 /// Does `KUBEANON_FAULT` name this point? (Callers abort on `true`.)
 pub fn fault_point(point: &str) -> bool {
@@ -40,4 +43,13 @@ pub fn now_ms() -> i64 {
         return t.timestamp_millis();
     }
     chrono::Utc::now().timestamp_millis()
+}
+
+/// The assumed-role session length `KUBEANON_TEST_ROLE_SECONDS` asks for.
+pub fn role_session() -> Option<std::time::Duration> {
+    if !cfg!(feature = "test-hooks") {
+        return None;
+    }
+    let secs = std::env::var("KUBEANON_TEST_ROLE_SECONDS").ok()?;
+    secs.parse().ok().map(std::time::Duration::from_secs)
 }

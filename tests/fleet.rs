@@ -319,6 +319,69 @@ fn each_account_and_region_has_its_own_request_pace() {
     );
 }
 
+/// Assumed credentials that expire during a run are renewed (the SDK's
+/// identity cache asks STS again before they lapse), and the run goes on.
+/// Sessions of 12 s (`KUBEANON_TEST_ROLE_SECONDS`; AWS's minimum is 900)
+/// over a run paced to last about 20 s.
+#[test]
+fn assumed_credentials_are_renewed_when_they_expire_mid_run() {
+    require_test_hooks();
+    let account = "100000000061";
+    let clusters: Vec<Cluster> = (0..4)
+        .map(|i| cluster(&format!("slow-{i}"), true, 11_000 + i * 10, 2))
+        .collect();
+    build(account, "us-east-1", &clusters, &[]);
+    // The same run with sessions of 12 s and of an hour: AssumeRole calls.
+    let run = |seconds: &str| {
+        let proxy = Proxy::start(&moto().endpoint);
+        let began = Instant::now();
+        let out = kubeanon(
+            &proxy.endpoint,
+            &[
+                "poll",
+                "--all-clusters",
+                "--role-arn",
+                &role(account),
+                "--region",
+                "us-east-1",
+                "--since",
+                "30m",
+                "--max-rps",
+                "0.5",
+                "--format",
+                "ndjson",
+            ],
+        )
+        .env("KUBEANON_TEST_ROLE_SECONDS", seconds)
+        .output()
+        .unwrap();
+        let took = began.elapsed();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(took.as_secs() >= 14, "the run outlived a session: {took:?}");
+        let got = by_unit(&rows(&out.stdout));
+        assert_eq!(got.len(), 4);
+        for c in &clusters {
+            let unit = (account.to_string(), "us-east-1".to_string(), c.name.clone());
+            assert_eq!(totals(&got[&unit]), scan(&c.events), "{unit:?}");
+        }
+        let assumed = proxy
+            .requests()
+            .iter()
+            .filter(|r| r.body.contains("Action=AssumeRole") && r.body.contains(account))
+            .count();
+        (assumed, took)
+    };
+    let (short, took) = run("12");
+    let (long, _) = run("3600");
+    assert!(
+        short > long,
+        "12 s sessions over {took:?}: {short} AssumeRole calls; hour-long ones: {long}"
+    );
+    eprintln!(
+        "AssumeRole calls over {took:?}: {short} with 12 s sessions, {long} with hour-long ones"
+    );
+}
+
 #[test]
 fn doctor_reports_the_fleets_coverage_and_fails_on_blind_clusters() {
     let accounts = ["100000000041"];

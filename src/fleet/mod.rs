@@ -134,6 +134,9 @@ pub async fn scopes(s: &Settings) -> Result<Fleet> {
         if let Some(id) = &s.external_id {
             builder = builder.external_id(id);
         }
+        if let Some(length) = crate::testhooks::role_session() {
+            builder = builder.session_length(length);
+        }
         let provider = builder.build().await;
         // Assume it once now: a role that cannot be assumed fails its
         // account here, once, instead of every request of every cluster.
