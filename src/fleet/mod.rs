@@ -47,13 +47,13 @@ impl WorkUnit {
 impl std::fmt::Display for WorkUnit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Log group names are the account's users' to choose: escaped.
-        use crate::state::unit::printable;
+        use crate::output::neutralise_terminal;
         write!(
             f,
             "log group {} (account {}, {})",
-            printable(&self.log_group),
-            printable(&self.account),
-            printable(&self.region)
+            neutralise_terminal(&self.log_group),
+            neutralise_terminal(&self.account),
+            neutralise_terminal(&self.region)
         )
     }
 }

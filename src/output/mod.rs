@@ -27,6 +27,7 @@ use crate::detect::{
 };
 
 pub use ocsf::OCSF_VERSION;
+pub use table::neutralise_terminal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

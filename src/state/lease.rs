@@ -42,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::s3::{Bucket, CasError, Condition, ETag, PutExtra};
-use super::unit::{WorkUnit, printable};
+use super::unit::WorkUnit;
+use crate::output::neutralise_terminal;
 
 /// How far a holder's estimate of S3's time may be behind S3's real time
 /// when it computes an expiry: the `Date` header's second, and the time
@@ -77,7 +78,11 @@ impl std::fmt::Display for LeaseInfo {
         let until = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.expires_ms)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_else(|| self.expires_ms.to_string());
-        write!(f, "held by {} until {until}", printable(&self.holder))
+        write!(
+            f,
+            "held by {} until {until}",
+            neutralise_terminal(&self.holder)
+        )
     }
 }
 
@@ -161,7 +166,7 @@ impl Leases {
                             expires_ms: body.expires_ms,
                         }));
                     }
-                    tracing::debug!(unit = %unit, holder = %printable(&body.holder), "taking over an expired lease");
+                    tracing::debug!(unit = %unit, holder = %neutralise_terminal(&body.holder), "taking over an expired lease");
                     Some(&v.etag)
                 }
             };
@@ -315,7 +320,7 @@ pub fn holder_id() -> String {
         .unwrap_or_else(|| "unknown-host".to_string());
     format!(
         "{}/{}/{:08x}",
-        printable(&host),
+        neutralise_terminal(&host),
         std::process::id(),
         fastrand::u32(..)
     )

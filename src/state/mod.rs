@@ -84,7 +84,7 @@ impl S3Url {
         let bad = |why: &str| {
             UsageError(format!(
                 "{flag} '{}': {why} (expected s3://BUCKET/PREFIX/)",
-                unit::printable(text)
+                crate::output::neutralise_terminal(text)
             ))
         };
         let rest = text

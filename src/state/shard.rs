@@ -40,7 +40,7 @@ impl Shard {
         let bad = |why: String| {
             UsageError(format!(
                 "--shard '{}': {why} (expected I/N: shard I of N, I from 0 to N-1, as JOB_COMPLETION_INDEX counts)",
-                super::unit::printable(text)
+                crate::output::neutralise_terminal(text)
             ))
         };
         let (i, n) = text.split_once('/').ok_or_else(|| bad("no '/'".into()))?;

@@ -112,20 +112,6 @@ pub fn segment(text: &str) -> String {
     format!("{}~{hash}", &full[..cut])
 }
 
-/// Text for a message: characters that must not reach a terminal shown as
-/// `\u{..}` escapes.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if crate::output::is_hidden(c) {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
