@@ -11,12 +11,11 @@ use anyhow::Result;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::poll::enable_audit;
 use crate::cli::{DoctorArgs, DoctorFormat, parse_duration};
 use crate::exit::Exit;
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope};
-use crate::source::advice;
+use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{self, Api, ApiStats, Pacer, Query, RetryPolicy, checks};
 use crate::testhooks;
 

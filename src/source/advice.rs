@@ -204,6 +204,22 @@ pub fn service_endpoint(
         .unwrap_or_else(|| format!("https://{host}.{region}.amazonaws.com"))
 }
 
+/// The command that turns a cluster's audit logging on.
+pub fn enable_audit_command(cluster: &str, region: &str) -> String {
+    format!(
+        "aws eks update-cluster-config --name {cluster} --region {region} --logging \
+         '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
+    )
+}
+
+/// "Enable its audit logs: " and [`enable_audit_command`].
+pub fn enable_audit(cluster: &str, region: &str) -> String {
+    format!(
+        "Enable its audit logs: {}",
+        enable_audit_command(cluster, region)
+    )
+}
+
 /// The closest of `names` to `wanted` (edit distance at most a third of
 /// its length, at least 2), for "did you mean".
 pub fn closest<'a>(wanted: &str, names: &'a [String]) -> Option<&'a str> {

@@ -574,9 +574,8 @@ pub async fn explain_missing(client: &Client, log_group: &str, region: &str) -> 
     }
     if !wanted.starts_with('/') {
         text.push_str(&format!(
-            ". If cluster {wanted} exists in {region}, its control-plane logging was never turned on: \
-             aws eks update-cluster-config --name {wanted} --region {region} --logging \
-             '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
+            ". If cluster {wanted} exists in {region}, its control-plane logging was never turned on: {}",
+            advice::enable_audit_command(wanted, region)
         ));
     }
     text

@@ -27,7 +27,7 @@ use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope, WorkUnit};
 use crate::output::{Format, Parts, Rows, Style};
-use crate::source::advice;
+use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, ServerClock,
 };
@@ -445,14 +445,6 @@ async fn work_units(
         );
     }
     (units, notes)
-}
-
-/// The command that turns a cluster's audit logging on.
-pub fn enable_audit(cluster: &str, region: &str) -> String {
-    format!(
-        "Enable its audit logs: aws eks update-cluster-config --name {cluster} --region {region} --logging \
-         '{{\"clusterLogging\":[{{\"types\":[\"audit\"],\"enabled\":true}}]}}'"
-    )
 }
 
 /// Settles a journal an earlier run left, and says what it found.
