@@ -204,6 +204,8 @@ async fn check_scope(
                     match c {
                         Coverage::Readable { log_group, .. } => {
                             line.audit_logging = Some("on");
+                            // Discovery listed the log groups already.
+                            line.log_group_present = Some(found.log_groups.contains(&log_group));
                             targets.push((line, Some(log_group)));
                         }
                         Coverage::AuditOff { cluster } => {
@@ -277,8 +279,8 @@ fn clone_where(l: &Line) -> Line {
     }
 }
 
-/// The checks of one log group: present, audit streams written lately,
-/// FilterLogEvents allowed.
+/// The checks of one log group: present (unless discovery said so
+/// already), audit streams written lately, FilterLogEvents allowed.
 async fn check_group(
     api: &Api<'_>,
     region: &str,
@@ -290,7 +292,11 @@ async fn check_group(
     let cluster = cloudwatch::cluster_name(group);
     let enable = enable_audit(cluster, region);
     let client = api.client;
-    match checks::log_group_exists(client, group).await {
+    let present = match line.log_group_present {
+        Some(known) => Ok(known),
+        None => checks::log_group_exists(client, group).await,
+    };
+    match present {
         Ok(true) => line.log_group_present = Some(true),
         Ok(false) => {
             line.log_group_present = Some(false);
