@@ -194,10 +194,6 @@ pub fn role_account(arn: &str) -> Result<&str, UsageError> {
     }
 }
 
-fn endpoint_url(config: &SdkConfig) -> Option<String> {
-    config.endpoint_url().map(str::to_string)
-}
-
 /// The caller's own account (STS GetCallerIdentity: needs no permission).
 pub async fn caller_account(config: &SdkConfig) -> Result<String> {
     // The run's own retries are for FilterLogEvents: the SDK's for this.
@@ -214,7 +210,7 @@ pub async fn caller_account(config: &SdkConfig) -> Result<String> {
         Err(e) if advice::is_connect_failure(&e) => bail!(
             "cannot connect to AWS STS at {} ({}): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
             advice::service_endpoint(
-                endpoint_url(config).as_deref(),
+                config.endpoint_url(),
                 "STS",
                 "sts",
                 config.region().map(|r| r.as_ref()).unwrap_or("us-east-1")
