@@ -103,7 +103,8 @@ impl S3Run {
         Ok(Ok(held))
     }
 
-    /// Puts `doc` as the unit's state (a rebaseline or a first run's),
+    /// Puts `group` as the unit's state (checked for this run: a first
+    /// run's, a rebaseline's, or the one read),
     /// written with the next step.
     pub fn adopt(&self, held: &mut Held, group: GroupState) {
         let seq = held.doc.as_ref().map_or(0, |d| d.seq);
