@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::detect::{Exclusion, Severity};
+use crate::detect::{Exclusion, Rules, Severity};
 use crate::exit::UsageError;
 use crate::output::{Format, Style, Target};
 use crate::source::cloudwatch::cluster_log_group;
@@ -79,6 +79,11 @@ pub struct OutputArgs {
     /// critical; see README: Severity). Their events still count as read.
     #[arg(long, value_name = "LEVEL", value_parser = parse_severity)]
     pub min_severity: Option<Severity>,
+    /// The rules to apply, comma-separated: escu (anonymous requests, as
+    /// Splunk ESCU), unauthenticated (401s with no user), truncated (cut
+    /// records showing either), or all (see README: Rules).
+    #[arg(long, value_name = "LIST", default_value = "all", value_parser = parse_rules)]
+    pub rules: Rules,
     /// Group rows by source IP, user agent, verb, request URI and response
     /// code, with first and last seen and the count (poll: per step).
     #[arg(long)]
@@ -336,6 +341,10 @@ fn parse_severity(text: &str) -> Result<Severity, String> {
     text.parse()
 }
 
+fn parse_rules(text: &str) -> Result<Rules, String> {
+    text.parse()
+}
+
 /// Output settings, checked.
 #[derive(Debug)]
 pub struct OutputConfig {
@@ -343,6 +352,8 @@ pub struct OutputConfig {
     pub target: Target,
     pub exclusions: Vec<Exclusion>,
     pub min_severity: Option<Severity>,
+    /// `--rules`.
+    pub rules: Rules,
     pub rollup: bool,
     /// Colour the table's severities (stdout is a terminal, `NO_COLOR` unset).
     pub colour: bool,
@@ -400,6 +411,7 @@ impl OutputArgs {
             target,
             exclusions,
             min_severity: self.min_severity,
+            rules: self.rules,
             rollup: self.rollup,
             colour,
             fail_on_findings: self.fail_on_findings,

@@ -15,7 +15,9 @@ use crate::source::file;
 pub fn run(args: ScanArgs) -> Result<Exit> {
     let out = args.output.resolve()?;
     let started = Instant::now();
-    let mut det = Detector::new(out.exclusions.clone()).at_least(out.min_severity);
+    let mut det = Detector::new(out.exclusions.clone())
+        .at_least(out.min_severity)
+        .with_rules(out.rules);
     let mut bytes = 0;
     let stdin = [Path::new("-").to_path_buf()];
     let paths = if args.paths.is_empty() {

@@ -23,6 +23,7 @@ mod exclude;
 mod notes;
 mod prefilter;
 pub mod rollup;
+pub mod rule;
 pub mod severity;
 
 use std::borrow::Cow;
@@ -34,6 +35,7 @@ pub use exclude::{Exclusion, glob_match};
 pub use notes::Triage;
 pub use prefilter::Prefilter;
 pub use rollup::{Group, ROLLUP_COLUMNS, Rollup};
+pub use rule::{Rule, Rules};
 pub use severity::{Binding, Severity};
 
 /// Output column names, in order. The first 13 are the by-fields.
@@ -127,6 +129,8 @@ pub struct Detector {
     exclusions: Vec<Exclusion>,
     /// `--min-severity`: rows below it are left out at the end.
     min_severity: Option<Severity>,
+    /// `--rules`.
+    rules: Rules,
     agg: Aggregator,
     pub stats: Stats,
 }
@@ -161,6 +165,18 @@ impl Detector {
             exclusions,
             ..Default::default()
         }
+    }
+
+    /// Applies these rules (all of them by default).
+    pub fn with_rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self.prefilter = Prefilter::for_rules(rules);
+        self
+    }
+
+    /// The rules it applies.
+    pub fn rules(&self) -> Rules {
+        self.rules
     }
 
     /// Leaves rows below `min` out of the findings (`--min-severity`). A
@@ -314,7 +330,9 @@ impl Detector {
 
     /// A new, empty detector with the same settings (for another thread).
     pub fn fresh(&self) -> Detector {
-        Detector::new(self.exclusions.clone()).at_least(self.min_severity)
+        Detector::new(self.exclusions.clone())
+            .at_least(self.min_severity)
+            .with_rules(self.rules)
     }
 
     /// Takes in another detector's rows and counters (one that read another

@@ -10,8 +10,19 @@
 //! event's own escapes arrive escaped once more (`\\u0061`, `\u005cu0061`).
 //! Records the test rejects cannot match; records it passes get a full
 //! parse. That keeps the common case (no anonymous traffic) at memory speed.
+//!
+//! The `unauthenticated` rule needs `responseStatus.code` to show as `401`.
+//! A number cannot be escaped, so its record holds the bytes `401` as a
+//! value: after a `:` (blanks allowed between) and before a byte that
+//! cannot continue a number. A string `"401"` holds them between quotes
+//! (escaped ones inside a CloudWatch message), or writes a digit as a
+//! `\u` escape, which is let through as for the letters above. The
+//! `truncated` rule needs a prefix that shows one or the other, so it adds
+//! nothing: a cut record is judged by the same bytes.
 
 use memchr::memmem::Finder;
+
+use super::rule::{Rule, Rules};
 
 /// Finds candidate positions. Searching a lowercased copy with two SIMD
 /// substring finders is several times faster than a case-insensitive
@@ -19,29 +30,47 @@ use memchr::memmem::Finder;
 pub struct Prefilter {
     anonymous: Finder<'static>,
     escape: Finder<'static>,
+    /// `Some` when the `unauthenticated` rule is applied.
+    code_401: Option<Finder<'static>>,
     lower: Vec<u8>,
     hits: Vec<usize>,
 }
 
 impl Default for Prefilter {
+    /// For every rule (a [`super::Detector`]'s default).
     fn default() -> Self {
-        Self::new()
+        Self::for_rules(Rules::ALL)
     }
 }
 
 impl Clone for Prefilter {
     fn clone(&self) -> Self {
-        Self::new()
+        Prefilter {
+            code_401: self.code_401.clone(),
+            ..Self::new()
+        }
     }
 }
 
 impl Prefilter {
+    /// For ESCU's rule alone.
     pub fn new() -> Self {
         Prefilter {
             anonymous: Finder::new(b"anonymous"),
             escape: Finder::new(br"\u"),
+            code_401: None,
             lower: Vec::new(),
             hits: Vec::new(),
+        }
+    }
+
+    /// For these rules.
+    pub fn for_rules(rules: Rules) -> Self {
+        Prefilter {
+            code_401: rules
+                .contains(Rule::Unauthenticated)
+                .then(|| Finder::new(b"401")),
+            ..Self::new()
         }
     }
 
@@ -62,22 +91,63 @@ impl Prefilter {
         self.hits.clear();
         let lower = &self.lower;
         self.hits.extend(self.anonymous.find_iter(lower));
-        let before = self.hits.len();
-        self.hits.extend(
-            self.escape
+        let digits = self.code_401.is_some();
+        let mut sorted = true;
+        let mut extend = |hits: &mut Vec<usize>, more: &mut dyn Iterator<Item = usize>| {
+            let before = hits.len();
+            hits.extend(more);
+            sorted &= before == 0 || before == hits.len();
+        };
+        extend(
+            &mut self.hits,
+            &mut self
+                .escape
                 .find_iter(lower)
-                .filter(|&at| escape_may_matter(lower.get(at + 2..at + 6))),
+                .filter(|&at| escape_may_matter(lower.get(at + 2..at + 6), digits)),
         );
-        if before > 0 && before < self.hits.len() {
+        if let Some(code) = &self.code_401 {
+            extend(
+                &mut self.hits,
+                &mut code.find_iter(lower).filter(|&at| is_401_value(lower, at)),
+            );
+        }
+        if !sorted {
             self.hits.sort_unstable();
         }
         &self.hits
     }
 }
 
+/// Whether the `401` at `at` in `buf` may be a value of its own: a number
+/// after a `:`, or a string's whole text (between quotes, which a
+/// CloudWatch message escapes as `\"`), and not part of a longer number
+/// or word. Timestamps (`.401234Z`), addresses and names are not.
+fn is_401_value(buf: &[u8], at: usize) -> bool {
+    let after = buf.get(at + 3).copied();
+    if after.is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-')) {
+        return false;
+    }
+    // Blanks before it, written as themselves or, inside a JSON string
+    // (a CloudWatch message), as `\n`, `\t`, `\r` escapes at any depth.
+    let mut rest = &buf[..at];
+    loop {
+        match rest {
+            [head @ .., b' ' | b'\t' | b'\n' | b'\r'] => rest = head,
+            [head @ .., b'\\', b'n' | b't' | b'r'] => {
+                rest = head;
+                while let [head @ .., b'\\'] = rest {
+                    rest = head;
+                }
+            }
+            _ => break,
+        }
+    }
+    matches!(rest.last(), Some(b':' | b'"') | None)
+}
+
 /// Whether the four bytes after a `\u` might form part of `anonymous` once
-/// unescaped (at any nesting depth).
-fn escape_may_matter(hex: Option<&[u8]>) -> bool {
+/// unescaped (at any nesting depth), or with `digits`, of `401`.
+fn escape_may_matter(hex: Option<&[u8]>, digits: bool) -> bool {
     let Some(hex) = hex else { return true };
     let mut code = 0;
     for &b in hex {
@@ -86,7 +156,9 @@ fn escape_may_matter(hex: Option<&[u8]>) -> bool {
         };
         code = code * 16 + digit;
     }
-    char::from_u32(code).is_some_and(|c| c == '\\' || "anonymousANONYMOUS".contains(c))
+    char::from_u32(code).is_some_and(|c| {
+        c == '\\' || "anonymousANONYMOUS".contains(c) || (digits && "014 \t\n\r".contains(c))
+    })
 }
 
 #[cfg(test)]

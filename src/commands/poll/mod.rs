@@ -881,8 +881,9 @@ async fn read_step(
     q: &Query,
     budget: Option<u64>,
 ) -> Result<Option<Step>> {
-    let mut det =
-        Detector::new(ctx.plan.out.exclusions.clone()).at_least(ctx.plan.out.min_severity);
+    let mut det = Detector::new(ctx.plan.out.exclusions.clone())
+        .at_least(ctx.plan.out.min_severity)
+        .with_rules(ctx.plan.out.rules);
     let mut new_seen = Vec::new();
     let mut late = 0;
     let read = read_events(
