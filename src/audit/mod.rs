@@ -7,6 +7,7 @@
 //! here panics, and no value is trusted to have the type the schema says.
 
 mod lazy;
+pub mod prefix;
 
 pub(crate) use lazy::STOP_BYTES as JSON_STOP_BYTES;
 /// [`json_stop`], also stopping at DEL and at any byte of a non-ASCII
@@ -30,7 +31,7 @@ use serde_json::value::RawValue;
 pub struct Record<'a> {
     /// The raw JSON text of each field in [`RECORD_FIELDS`], in its order
     /// (read them by the slots below it); `None` if absent or `null`.
-    fields: [Option<&'a str>; 15],
+    fields: [Option<&'a str>; 16],
     /// What the fast parse already read of the nested objects.
     ahead: ReadAhead<'a>,
 }
@@ -48,7 +49,7 @@ impl Eq for Record<'_> {}
 /// The members of `user`, `objectRef` and `responseStatus` the rule reads.
 pub(crate) const USER_FIELDS: [&str; 3] = ["username", "uid", "groups"];
 pub(crate) const OBJECT_REF_FIELDS: [&str; 4] = ["name", "namespace", "resource", "subresource"];
-pub(crate) const RESPONSE_STATUS_FIELDS: [&str; 1] = ["code"];
+pub(crate) const RESPONSE_STATUS_FIELDS: [&str; 2] = ["code", "message"];
 /// The annotations the triage reads: what the API server's authorizer
 /// decided, and why (RBAC names the binding that allowed a request).
 pub(crate) const ANNOTATION_FIELDS: [&str; 2] = [
@@ -63,12 +64,12 @@ pub(crate) const ANNOTATION_FIELDS: [&str; 2] = [
 pub(crate) struct ReadAhead<'a> {
     pub user: Option<[Option<&'a str>; 3]>,
     pub object_ref: Option<[Option<&'a str>; 4]>,
-    pub response_status: Option<[Option<&'a str>; 1]>,
+    pub response_status: Option<[Option<&'a str>; 2]>,
     pub annotations: Option<[Option<&'a str>; 2]>,
 }
 
 /// The JSON names of [`Record`]'s fields, in its order.
-pub const RECORD_FIELDS: [&str; 15] = [
+pub const RECORD_FIELDS: [&str; 16] = [
     "kind",
     "user",
     "sourceIPs",
@@ -82,6 +83,7 @@ pub const RECORD_FIELDS: [&str; 15] = [
     "annotations",
     "message",
     "eventId",
+    "timestamp",
     "events",
     "items",
 ];
@@ -100,6 +102,7 @@ pub(crate) const RESPONSE_STATUS: usize = slot("responseStatus");
 pub(crate) const ANNOTATIONS: usize = slot("annotations");
 const MESSAGE: usize = slot("message");
 const EVENT_ID: usize = slot("eventId");
+const TIMESTAMP: usize = slot("timestamp");
 const EVENTS: usize = slot("events");
 const ITEMS: usize = slot("items");
 
@@ -155,6 +158,8 @@ struct Wire<'a> {
     #[serde(borrow, rename = "eventId")]
     event_id: Option<&'a RawValue>,
     #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
     events: Option<&'a RawValue>,
     #[serde(borrow)]
     items: Option<&'a RawValue>,
@@ -168,6 +173,9 @@ pub enum Shape<'r, 'a> {
     CloudWatch {
         message: Cow<'a, str>,
         event_id: Option<Cow<'a, str>>,
+        /// The event's `timestamp` (ms since the epoch), when it is an
+        /// integer: the time of a cut record whose own was cut away.
+        timestamp_ms: Option<i64>,
     },
     /// A document holding a list of records (`events` or `items`).
     List(Vec<&'a str>),
@@ -199,6 +207,8 @@ struct ObjectRefWire<'a> {
 struct ResponseStatusWire<'a> {
     #[serde(borrow)]
     code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +238,7 @@ impl<'a> Record<'a> {
             w.annotations,
             w.message,
             w.event_id,
+            w.timestamp,
             w.events,
             w.items,
         ];
@@ -251,7 +262,12 @@ impl<'a> Record<'a> {
         if self.fields[USER].is_none() {
             if let Some(message) = self.fields[MESSAGE].and_then(string) {
                 let event_id = self.fields[EVENT_ID].and_then(string);
-                return Shape::CloudWatch { message, event_id };
+                let timestamp_ms = self.fields[TIMESTAMP].and_then(|t| t.parse().ok());
+                return Shape::CloudWatch {
+                    message,
+                    event_id,
+                    timestamp_ms,
+                };
             }
             let list = self.fields[EVENTS].or(
                 if self.fields[KIND].and_then(string).as_deref() == Some("EventList") {
@@ -323,12 +339,7 @@ impl<'a> Event<'_, 'a> {
     pub fn scalars(&self) -> [Option<Cow<'a, str>>; 11] {
         let r = self.record;
         let [name, namespace, resource, _] = self.object_ref();
-        let [code] = sub(
-            r.fields[RESPONSE_STATUS],
-            r.ahead.response_status,
-            &RESPONSE_STATUS_FIELDS,
-            |w: ResponseStatusWire<'a>| [w.code],
-        );
+        let [code, _] = self.response_status();
         [
             name.and_then(scalar),
             namespace.and_then(scalar),
@@ -356,6 +367,24 @@ impl<'a> Event<'_, 'a> {
             &OBJECT_REF_FIELDS,
             |w: ObjectRefWire<'a>| [w.name, w.namespace, w.resource, w.subresource],
         )
+    }
+
+    /// The members of `responseStatus` read: `code` and `message`.
+    fn response_status(&self) -> [Option<&'a str>; 2] {
+        let r = self.record;
+        sub(
+            r.fields[RESPONSE_STATUS],
+            r.ahead.response_status,
+            &RESPONSE_STATUS_FIELDS,
+            |w: ResponseStatusWire<'a>| [w.code, w.message],
+        )
+    }
+
+    /// `responseStatus.message`, unescaped, when it is a string: what the
+    /// API server said of a refusal (`Authentication failed, attempted:
+    /// bearer`).
+    pub fn status_message(&self) -> Option<Cow<'a, str>> {
+        self.response_status()[1].and_then(string)
     }
 
     /// `objectRef.subresource` as Splunk would show it (`exec`, `token`).
@@ -659,11 +688,18 @@ mod tests {
 
     #[test]
     fn shapes_are_recognised() {
-        let cw = rec(r#"{"logStreamName":"s","message":"{\"kind\":\"Event\"}","eventId":"42"}"#);
+        let cw = rec(
+            r#"{"logStreamName":"s","timestamp":1764460800123,"message":"{\"kind\":\"Event\"}","eventId":"42"}"#,
+        );
         match cw.shape() {
-            Shape::CloudWatch { message, event_id } => {
+            Shape::CloudWatch {
+                message,
+                event_id,
+                timestamp_ms,
+            } => {
                 assert_eq!(message, r#"{"kind":"Event"}"#);
                 assert_eq!(event_id.as_deref(), Some("42"));
+                assert_eq!(timestamp_ms, Some(1_764_460_800_123));
             }
             _ => panic!("not a CloudWatch event"),
         }

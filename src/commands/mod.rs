@@ -28,8 +28,13 @@ fn write_findings(out: &OutputConfig, findings: &Findings) -> Result<Written> {
 
 /// The counts every summary line starts with.
 fn describe(stats: &Stats, findings: usize) -> String {
+    let cut = if stats.truncated > 0 {
+        format!(", {} cut records (rule truncated)", stats.truncated)
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "{} events, {} malformed, {} matched, {} findings",
+        "{} events, {} malformed{cut}, {} matched, {} findings",
         stats.events, stats.malformed, stats.matched, findings
     );
     if stats.excluded > 0 {

@@ -11,20 +11,26 @@ use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
+use super::rule::Rule;
 use super::notes::{Note, Notes, Triage};
 use super::severity::Severity;
 use crate::audit::{json_output_stop, json_stop};
 
-/// The aggregate's key: the 13 values and the scope in one string, so that
-/// rows hash, compare and sort as plain bytes. Each value is written with
+/// The aggregate's key: the 13 values, the row's rule, credential and note
+/// (see [`super::rule`]), and the scope in one string, so that rows hash,
+/// compare and sort as plain bytes (by the 13 values first, as ESCU's
+/// rows always have). Each value is written with
 /// its NUL characters escaped as `00 01` and ended by `00 00`, which keeps
 /// byte order equal to value-by-value order (a value sorts before its
 /// extensions, and an escaped NUL before any other character); the scope
 /// follows as 8 hex digits, so it sorts last. No key is a prefix of
-/// another: each holds exactly 13 terminators and 8 digits.
+/// another: each holds exactly [`VALUES`] terminators and 8 digits.
 pub(super) struct Key;
 
 const SCOPE_DIGITS: usize = 8;
+/// The 13 by-field values, then the 3 of [`super::RULE_COLUMNS`].
+const VALUES: usize = 16;
+const BY_FIELDS: usize = 13;
 
 impl Key {
     /// `decoded` says whether the value went through JSON unescaping: raw
@@ -54,6 +60,13 @@ impl Key {
         for c in cols {
             Key::push_value(&mut key, c, true);
         }
+        // Given the 13 by-fields alone: an ESCU row's rule, credential and
+        // note.
+        if cols.len() == BY_FIELDS {
+            for extra in ["escu", super::FILL, super::FILL] {
+                Key::push_value(&mut key, extra, false);
+            }
+        }
         Key::push_scope(&mut key, scope);
         key
     }
@@ -61,24 +74,36 @@ impl Key {
     /// The 13 values.
     pub(super) fn decode(key: &str) -> [Cow<'_, str>; 13] {
         let mut cols: [Cow<'_, str>; 13] = Default::default();
-        let mut n = 0;
-        Key::each_value(key, |value, _| {
-            cols[n] = value;
-            n += 1;
-        });
+        Key::each_value(key, BY_FIELDS, |n, value, _| cols[n] = value);
         cols
     }
 
-    /// The 13 values one at a time, in order, without collecting them:
-    /// `each` gets each value and whether it is plain (holds no quote,
+    /// The rule, credential and note.
+    pub(super) fn extras(key: &str) -> [Cow<'_, str>; 3] {
+        let mut extras: [Cow<'_, str>; 3] = Default::default();
+        Key::each_value(key, VALUES, |n, value, _| {
+            if n >= BY_FIELDS {
+                extras[n - BY_FIELDS] = value;
+            }
+        });
+        extras
+    }
+
+    /// The first `count` values one at a time, in order, without
+    /// collecting them: `each` gets each value's number, the value and
+    /// whether it is plain (holds no quote,
     /// backslash, control character, DEL or non-ASCII character: nothing
     /// JSON output escapes). Values are short: the inline search for those
     /// bytes (NUL is one of them) finds their ends sooner than a vector
     /// search, and tells plain values apart on the way.
-    pub(super) fn each_value<'k>(key: &'k str, mut each: impl FnMut(Cow<'k, str>, bool)) {
+    pub(super) fn each_value<'k>(
+        key: &'k str,
+        count: usize,
+        mut each: impl FnMut(usize, Cow<'k, str>, bool),
+    ) {
         let bytes = key.as_bytes();
         let (mut start, mut i) = (0, 0);
-        for _ in 0..13 {
+        for n in 0..count.min(VALUES) {
             let mut escaped = false;
             let mut stopped = false;
             let end = loop {
@@ -115,7 +140,7 @@ impl Key {
             } else {
                 Cow::Borrowed(raw)
             };
-            each(value, !escaped && !stopped);
+            each(n, value, !escaped && !stopped);
             i = end + 2;
             start = i;
         }
@@ -504,16 +529,41 @@ impl<'a> Finding<'a> {
     /// is plain (holds no quote, backslash, control character, DEL or
     /// non-ASCII character, so it may be copied where any of those might be
     /// escaped).
-    pub fn each_value(&self, each: impl FnMut(Cow<'a, str>, bool)) {
-        Key::each_value(self.key, each);
+    pub fn each_value(&self, mut each: impl FnMut(Cow<'a, str>, bool)) {
+        Key::each_value(self.key, BY_FIELDS, |_, value, plain| each(value, plain));
+    }
+
+    /// [`Finding::each_value`] for the 13 by-fields and then the rule,
+    /// credential and note (`each` gets each value's number too).
+    pub fn each_value_and_extra(&self, each: impl FnMut(usize, Cow<'a, str>, bool)) {
+        Key::each_value(self.key, VALUES, each);
+    }
+
+    /// Its rule, credential and note ([`super::RULE_COLUMNS`]).
+    pub fn extras(&self) -> [Cow<'a, str>; 3] {
+        Key::extras(self.key)
+    }
+
+    /// Its rule.
+    pub fn rule(&self) -> Rule {
+        Rule::from_name(&self.extras()[0]).unwrap_or(Rule::Escu)
     }
 
     /// A stable id for this row: same log group, values and events give the
-    /// same id, so a row delivered twice can be recognised downstream.
+    /// same id, so a row delivered twice can be recognised downstream. An
+    /// ESCU row's id is what it was before the other rules existed (a
+    /// re-read window gives the same ids across the upgrade); another
+    /// rule's row adds its rule, credential and note.
     pub fn id(&self, scope_label: &str) -> String {
         let mut h = Sha256::new();
         h.update(scope_label.as_bytes());
-        for col in &self.cols() {
+        let extras = self.extras();
+        let tail: &[Cow<'_, str>] = if extras[0] == Rule::Escu.name() {
+            &[]
+        } else {
+            &extras
+        };
+        for col in self.cols().iter().chain(tail) {
             h.update([0]);
             h.update(col.as_bytes());
         }

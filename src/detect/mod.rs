@@ -59,6 +59,12 @@ pub const COLUMNS: [&str; 14] = [
 /// [`severity`]): its severity, the distinct authorization decisions and
 /// reasons of its events, and the bindings the reasons name.
 pub const TRIAGE_COLUMNS: [&str; 4] = ["severity", "decision", "reason", "binding"];
+/// The columns after the triage columns: which rule made the row
+/// ([`Rule::name`]), the credential a refused request presented (`none`,
+/// or the methods the API server says it attempted: `bearer`, `basic,
+/// bearer`), and what kubeanon itself has to say about the row (a cut
+/// record; in poll, a version restriction); `"0"` where nothing.
+pub const RULE_COLUMNS: [&str; 3] = ["rule", "credential", "note"];
 const SRC_IP: usize = 6;
 const GROUPS: usize = 8;
 
@@ -90,8 +96,12 @@ fn matches_with_groups(event: &Event<'_, '_>, groups: &[Cow<'_, str>]) -> bool {
 pub struct Stats {
     /// Records read: audit events, or lines/messages judged cheaply.
     pub events: u64,
-    /// Records that are not a JSON object (truncated, binary, cut lines).
+    /// Records that are not a JSON object (truncated, binary, cut lines)
+    /// and that no rule reported.
     pub malformed: u64,
+    /// Cut records reported by the `truncated` rule (not counted in
+    /// `events` or `malformed`).
+    pub truncated: u64,
     /// Events that matched the rule.
     pub matched: u64,
     /// Matched events already counted by an earlier run (poll only).
@@ -106,6 +116,7 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         self.events += other.events;
         self.malformed += other.malformed;
+        self.truncated += other.truncated;
         self.matched += other.matched;
         self.duplicates += other.duplicates;
         self.excluded += other.excluded;
@@ -120,6 +131,9 @@ pub struct Origin<'a> {
     pub scope: u32,
     /// The CloudWatch eventId, when the source has one.
     pub event_id: Option<&'a str>,
+    /// The CloudWatch event's timestamp (ms since the epoch), when the
+    /// source has one: a cut record's time when its own was cut away.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// The detection core. Feed it records; take the findings at the end.
@@ -243,6 +257,9 @@ impl Detector {
             return self.feed_judged(bytes, origin, Verdict::Rejected, depth);
         }
         let Some(shape) = shape else {
+            if self.rules.contains(Rule::Truncated) {
+                return self.count_cut(bytes, origin);
+            }
             self.stats.malformed += 1;
             return Fed::Nothing;
         };
@@ -255,9 +272,17 @@ impl Detector {
                 self.stats.malformed += 1;
                 Fed::Nothing
             }
-            Shape::CloudWatch { message, event_id } => {
+            Shape::CloudWatch {
+                message,
+                event_id,
+                timestamp_ms,
+            } => {
                 let event_id = origin.event_id.or(event_id.as_deref());
-                let origin = Origin { event_id, ..origin };
+                let origin = Origin {
+                    event_id,
+                    timestamp_ms: origin.timestamp_ms.or(timestamp_ms),
+                    ..origin
+                };
                 self.feed_at(message.as_bytes(), origin, depth + 1)
             }
             Shape::List(items) => {
@@ -272,22 +297,86 @@ impl Detector {
         }
     }
 
-    /// Counts a matched event: one row per (source IP, group) pair.
+    /// Counts an event if a rule takes it: one row per (source IP, group)
+    /// pair.
     fn count(&mut self, event: &Event<'_, '_>, origin: Origin<'_>) -> Fed {
         let groups = event.groups();
-        if !matches_with_groups(event, &groups) {
-            return Fed::Nothing;
-        }
-        self.stats.matched += 1;
-        let ids = origin.event_id.map_or(0, event_hash);
         let s = event.scalars();
+        let rule = if self.rules.contains(Rule::Escu) && matches_with_groups(event, &groups) {
+            Rule::Escu
+        } else if self.rules.contains(Rule::Unauthenticated) && refused_authentication(&s) {
+            Rule::Unauthenticated
+        } else {
+            return Fed::Nothing;
+        };
+        self.stats.matched += 1;
+        let pair = self.pair(event);
+        let (credential, severity) = match rule {
+            Rule::Escu => (Cow::Borrowed(FILL), self.escu_severity(event, &s, pair)),
+            _ => {
+                let credential = rule::credential(event.status_message());
+                let severity = rule::refusal_severity(&credential);
+                (credential, severity)
+            }
+        };
+        let extras = [Cow::Borrowed(rule.name()), credential, Cow::Borrowed(FILL)];
+        self.add_rows(event, s, groups, extras, severity, pair, origin);
+        Fed::Matched
+    }
+
+    /// A record that is not whole JSON: a row of rule `truncated` when
+    /// its readable prefix shows an anonymous user or a 401 with no user;
+    /// otherwise malformed, as before.
+    fn count_cut(&mut self, bytes: &[u8], origin: Origin<'_>) -> Fed {
+        let Some(text) = crate::audit::prefix::readable(bytes) else {
+            self.stats.malformed += 1;
+            return Fed::Nothing;
+        };
+        let record = Record::parse_fast(text.as_bytes()).or_else(|| Record::parse(text.as_bytes()).ok());
+        let Some(Shape::Event(event)) = record.as_ref().map(Record::shape) else {
+            self.stats.malformed += 1;
+            return Fed::Nothing;
+        };
+        let mut s = event.scalars();
+        let Some(shown) = rule::cut_shows(&event, &s) else {
+            self.stats.malformed += 1;
+            return Fed::Nothing;
+        };
+        self.stats.truncated += 1;
+        // The time: the prefix's own, else CloudWatch's, else filled.
+        if s[3].is_none() {
+            s[3] = origin.timestamp_ms.and_then(rule::timestamp_of_ms).map(Cow::Owned);
+        }
+        let pair = self.pair(&event);
+        let groups = event.groups();
+        let extras = [
+            Cow::Borrowed(Rule::Truncated.name()),
+            Cow::Borrowed(FILL),
+            Cow::Borrowed(shown.note()),
+        ];
+        let severity = shown.severity();
+        self.add_rows(&event, s, groups, extras, severity, pair, origin);
+        Fed::Matched
+    }
+
+    /// The event's authorization annotations, as a pair of the notes.
+    fn pair(&mut self, event: &Event<'_, '_>) -> u32 {
+        let [decision, reason] = event.authorization();
+        self.agg.notes.lookup(decision, reason)
+    }
+
+    /// ESCU's row's severity (see [`severity`]), from its scalars.
+    fn escu_severity(
+        &self,
+        event: &Event<'_, '_>,
+        s: &[Option<Cow<'_, str>>; 11],
+        pair: u32,
+    ) -> Severity {
         let fill = Cow::Borrowed(FILL);
         let scalar = |i: usize| s[i].as_ref().unwrap_or(&fill);
-        let [decision, reason] = event.authorization();
-        let pair = self.agg.notes.lookup(decision, reason);
         let subresource = event.subresource();
         // Indices into the eleven scalars (see Event::scalars).
-        let severity = severity::severity(&severity::Request {
+        severity::severity(&severity::Request {
             code: scalar(5),
             stage: scalar(6),
             decision: self.agg.notes.decision(pair),
@@ -295,7 +384,26 @@ impl Detector {
             resource: scalar(2),
             subresource: subresource.as_deref().unwrap_or(FILL),
             uri: scalar(4),
-        });
+        })
+    }
+
+    /// Adds the rows of one event: one per (source IP, group) pair, with
+    /// the 13 by-fields from `s` and the groups, then `extras` (rule,
+    /// credential, note).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows(
+        &mut self,
+        event: &Event<'_, '_>,
+        s: [Option<Cow<'_, str>>; 11],
+        groups: Values<'_>,
+        extras: [Cow<'_, str>; 3],
+        severity: Severity,
+        pair: u32,
+        origin: Origin<'_>,
+    ) {
+        let ids = origin.event_id.map_or(0, event_hash);
+        let fill = Cow::Borrowed(FILL);
+        let scalar = |i: usize| s[i].as_ref().unwrap_or(&fill);
         let ips = or_fill(event.source_ips());
         let groups = or_fill(groups);
         for ip in &ips {
@@ -317,7 +425,7 @@ impl Detector {
                 }
                 self.agg
                     .add_built(origin.scope, 1, ids, severity, pair, |key| {
-                        for value in values {
+                        for value in values.into_iter().chain(&extras) {
                             // Only an unescaped (owned) value can hold a NUL.
                             Key::push_value(key, value, matches!(value, Cow::Owned(_)));
                         }
@@ -325,7 +433,6 @@ impl Detector {
                     });
             }
         }
-        Fed::Matched
     }
 
     /// A new, empty detector with the same settings (for another thread).
@@ -349,6 +456,13 @@ impl Detector {
         self.stats.below_min_severity += self.agg.at_least(self.min_severity);
         (self.agg, self.stats)
     }
+}
+
+/// The `unauthenticated` rule: `responseStatus.code` 401 and no username
+/// (absent, `{}`, empty, or not a string), given the event's scalars.
+fn refused_authentication(s: &[Option<Cow<'_, str>>; 11]) -> bool {
+    // Indices into the eleven scalars: responseStatus.code, user.
+    s[5].as_deref() == Some("401") && s[8].is_none()
 }
 
 /// A multi-valued field with no usable value groups as one "0" row.

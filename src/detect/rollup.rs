@@ -18,6 +18,7 @@ use hashbrown::HashMap;
 use sha2::{Digest, Sha256};
 
 use super::notes::Triage;
+use super::rule::Rule;
 use super::severity::Severity;
 use super::{FILL, Finding, Findings};
 
@@ -47,6 +48,9 @@ pub struct Group<'a> {
     pub scope: u32,
     /// src_ip, userAgent, verb, requestURI, responseStatus.code.
     pub values: [Cow<'a, str>; 5],
+    /// Its rows' rule, credential and note (rows of different rules, or
+    /// that presented different credentials, are not grouped together).
+    pub extras: [Cow<'a, str>; 3],
     /// The earliest and latest `requestReceivedTimestamp` of its rows
     /// ("0" when none has one).
     pub first_seen: Cow<'a, str>,
@@ -60,16 +64,28 @@ pub struct Group<'a> {
 }
 
 impl Group<'_> {
+    /// Its rule.
+    pub fn rule(&self) -> Rule {
+        Rule::from_name(&self.extras[0]).unwrap_or(Rule::Escu)
+    }
+
     /// A stable id, as [`super::Finding::id`] for rows: the same events
-    /// grouped again give the same id.
+    /// grouped again give the same id (an ESCU group's as before the other
+    /// rules existed).
     pub fn id(&self, scope_label: &str) -> String {
         let mut h = Sha256::new();
         h.update(b"rollup\0");
         h.update(scope_label.as_bytes());
+        let tail: &[Cow<'_, str>] = if self.rule() == Rule::Escu {
+            &[]
+        } else {
+            &self.extras
+        };
         for v in self
             .values
             .iter()
             .chain([&self.first_seen, &self.last_seen])
+            .chain(tail)
         {
             h.update([0]);
             h.update(v.as_bytes());
@@ -93,7 +109,7 @@ pub struct Rollup<'a> {
 
 impl<'a> Rollup<'a> {
     pub fn of(findings: &'a Findings) -> Rollup<'a> {
-        type GroupKey<'a> = (u32, [Cow<'a, str>; 5]);
+        type GroupKey<'a> = (u32, [Cow<'a, str>; 5], [Cow<'a, str>; 3]);
         let mut index: HashMap<GroupKey<'a>, usize, foldhash::fast::RandomState> =
             HashMap::default();
         let mut groups: Vec<Group<'a>> = Vec::new();
@@ -105,11 +121,12 @@ impl<'a> Rollup<'a> {
             let values = KEPT.map(|i| std::mem::take(&mut cols[i]));
             let seen = std::mem::take(&mut cols[TIMESTAMP]);
             let i = *index
-                .entry((f.scope, values))
-                .or_insert_with_key(|(scope, values)| {
+                .entry((f.scope, values, f.extras()))
+                .or_insert_with_key(|(scope, values, extras)| {
                     groups.push(Group {
                         scope: *scope,
                         values: values.clone(),
+                        extras: extras.clone(),
                         first_seen: Cow::Borrowed(FILL),
                         last_seen: Cow::Borrowed(FILL),
                         count: 0,
@@ -150,7 +167,9 @@ impl<'a> Rollup<'a> {
         groups.sort_unstable_by(|a, b| {
             (b.severity, b.count)
                 .cmp(&(a.severity, a.count))
-                .then_with(|| (&a.values, a.scope).cmp(&(&b.values, b.scope)))
+                .then_with(|| {
+                    (&a.values, &a.extras, a.scope).cmp(&(&b.values, &b.extras, b.scope))
+                })
         });
         Rollup { groups }
     }

@@ -7,8 +7,13 @@
 //! Every rule's rows have the same 13 by-fields with ESCU's fill and
 //! grouping; the rule is a column of the row.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+
+use super::FILL;
+use super::severity::Severity;
+use crate::audit::Event;
 
 /// One rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -123,9 +128,121 @@ impl FromStr for Rules {
     }
 }
 
+/// What API server's failed-authentication audit writes as
+/// `responseStatus.message` (kubernetes `authn_audit.go`).
+const NO_CREDENTIALS: &str = "Authentication failed, no credentials provided";
+const ATTEMPTED: &str = "Authentication failed, attempted: ";
+
+/// The `credential` column of a refused request, from its
+/// `responseStatus.message`: `none` when it presented none, the methods
+/// exactly as the message lists them when it presented some (`bearer`,
+/// `basic, bearer`), `"0"` when the message says neither.
+pub fn credential(message: Option<Cow<'_, str>>) -> Cow<'_, str> {
+    match message {
+        Some(m) if m == NO_CREDENTIALS => Cow::Borrowed("none"),
+        Some(m) if m.len() > ATTEMPTED.len() && m.starts_with(ATTEMPTED) => match m {
+            Cow::Borrowed(m) => Cow::Borrowed(&m[ATTEMPTED.len()..]),
+            Cow::Owned(m) => Cow::Owned(m[ATTEMPTED.len()..].to_string()),
+        },
+        _ => Cow::Borrowed(FILL),
+    }
+}
+
+/// The severity of a refused authentication: informational when it
+/// presented no credentials (or the message does not say: a scanner's
+/// probe), low when it presented some and they were refused (an expired,
+/// revoked or forged token or certificate: someone holds, or tried to
+/// make, a credential).
+pub fn refusal_severity(credential: &str) -> Severity {
+    if credential == "none" || credential == FILL {
+        Severity::Informational
+    } else {
+        Severity::Low
+    }
+}
+
+/// What the readable prefix of a cut record shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutShows {
+    /// An anonymous user; `refused` when a 401 or 403 is readable.
+    Anonymous { refused: bool },
+    /// A 401 with no user: a refused authentication.
+    RefusedAuthentication,
+}
+
+impl CutShows {
+    /// The row's `note`.
+    pub fn note(self) -> &'static str {
+        match self {
+            CutShows::Anonymous { .. } => {
+                "cut record: the part that could be read shows an anonymous request (system:anonymous); the rest was cut"
+            }
+            CutShows::RefusedAuthentication => {
+                "cut record: the part that could be read shows a refused authentication (401, no user); the rest was cut"
+            }
+        }
+    }
+
+    /// High: what the request did was cut away, and someone made it large
+    /// enough to be cut. Informational when the prefix shows it refused.
+    pub fn severity(self) -> Severity {
+        match self {
+            CutShows::Anonymous { refused: false } => Severity::High,
+            _ => Severity::Informational,
+        }
+    }
+}
+
+/// Whether the `truncated` rule takes a cut record, given the event its
+/// readable prefix holds and that event's scalars (see `Event::scalars`).
+pub fn cut_shows(event: &Event<'_, '_>, s: &[Option<Cow<'_, str>>; 11]) -> Option<CutShows> {
+    let code = s[5].as_deref();
+    if event
+        .username()
+        .is_some_and(|u| u.eq_ignore_ascii_case("system:anonymous"))
+    {
+        let refused = matches!(code, Some("401" | "403"));
+        return Some(CutShows::Anonymous { refused });
+    }
+    (s[8].is_none() && code == Some("401")).then_some(CutShows::RefusedAuthentication)
+}
+
+/// A CloudWatch timestamp in the API server's own form
+/// (`2026-11-30T01:02:03.123000Z`), so that it sorts and rolls up with
+/// the others.
+pub fn timestamp_of_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_read_as_the_message_lists_them() {
+        let of = |m: &str| credential(Some(Cow::Borrowed(m))).into_owned();
+        assert_eq!(of(NO_CREDENTIALS), "none");
+        assert_eq!(of("Authentication failed, attempted: bearer"), "bearer");
+        assert_eq!(
+            of("Authentication failed, attempted: basic, bearer"),
+            "basic, bearer"
+        );
+        assert_eq!(
+            credential(Some(Cow::Owned(format!("{ATTEMPTED}x509")))),
+            "x509"
+        );
+        assert_eq!(of("Authentication failed, attempted: "), "0");
+        assert_eq!(of("Unauthorized"), "0");
+        assert_eq!(credential(None), "0");
+        assert_eq!(refusal_severity("none"), Severity::Informational);
+        assert_eq!(refusal_severity("0"), Severity::Informational);
+        assert_eq!(refusal_severity("x509"), Severity::Low);
+        assert_eq!(
+            timestamp_of_ms(1_764_464_523_123).as_deref(),
+            Some("2025-11-30T01:02:03.123000Z")
+        );
+    }
 
     #[test]
     fn rules_parse_and_print_in_one_order() {

@@ -22,8 +22,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use std::borrow::Cow;
+
 use crate::detect::{
-    COLUMNS, Finding, Findings, Group, ROLLUP_COLUMNS, Rollup, Severity, TRIAGE_COLUMNS, Triage,
+    COLUMNS, FILL, Finding, Findings, Group, ROLLUP_COLUMNS, RULE_COLUMNS, Rollup, Rule, Severity,
+    TRIAGE_COLUMNS, Triage,
 };
 
 pub use ocsf::OCSF_VERSION;
@@ -115,6 +118,10 @@ pub struct Rows<'a> {
     /// `Some(label)`: a last column `id`, each row's stable id under this
     /// label ([`Finding::id`]).
     pub id_label: Option<&'a str>,
+    /// The cluster lets anonymous reach only the health paths (EKS 1.32
+    /// and later): an ESCU row for any other path gets a note saying it
+    /// should not exist there. Known only to poll.
+    pub anonymous_health_only: bool,
 }
 
 impl<'a> Rows<'a> {
@@ -124,16 +131,18 @@ impl<'a> Rows<'a> {
             findings,
             fixed: &[],
             id_label: None,
+            anonymous_health_only: false,
         }
     }
 
     /// All column names: the detection's 14 (or a rollup's 8), the triage
-    /// columns, then the command's.
+    /// columns, the rule columns, then the command's.
     pub fn columns(&self, rollup: bool) -> Vec<&'a str> {
         let first: &[&'a str] = if rollup { &ROLLUP_COLUMNS } else { &COLUMNS };
         first
             .iter()
             .chain(&TRIAGE_COLUMNS)
+            .chain(&RULE_COLUMNS)
             .copied()
             .chain(self.fixed.iter().map(|(name, _)| *name))
             .chain(self.id_label.map(|_| "id"))
@@ -162,6 +171,26 @@ pub struct Row<'r> {
     body: Body<'r>,
     fixed: &'r [(&'r str, &'r str)],
     id: Option<String>,
+    /// See [`Rows::anonymous_health_only`].
+    health_only: bool,
+}
+
+/// The note of an ESCU row on a cluster where anonymous reaches only the
+/// health paths, for any other path.
+pub const HEALTH_ONLY_NOTE: &str = "EKS 1.32 and later let anonymous reach only /healthz, /livez and /readyz: this request should have been refused (check the cluster's version and its API server flags)";
+
+/// Where `requestURI` is among the 13 by-fields.
+const URI: usize = 4;
+
+/// The paths anonymous still reaches on EKS 1.32 and later.
+const HEALTH_PATHS: [&str; 3] = ["/healthz", "/livez", "/readyz"];
+
+/// Whether `uri` (a `requestURI`, with or without a query) is one of
+/// [`HEALTH_PATHS`]: the anonymous authenticator's conditions compare the
+/// path whole (`/readyz/ping` is not among them).
+fn is_health_path(uri: &str) -> bool {
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    HEALTH_PATHS.contains(&path)
 }
 
 enum Body<'r> {
@@ -175,6 +204,7 @@ impl<'r> Row<'r> {
             id: rows.id_label.map(|l| f.id(l)),
             body: Body::Finding(f),
             fixed: rows.fixed,
+            health_only: rows.anonymous_health_only,
         }
     }
 
@@ -183,6 +213,36 @@ impl<'r> Row<'r> {
             id: rows.id_label.map(|l| g.id(l)),
             body: Body::Group(g),
             fixed: rows.fixed,
+            health_only: rows.anonymous_health_only,
+        }
+    }
+
+    /// Its rule.
+    pub fn rule(&self) -> Rule {
+        match &self.body {
+            Body::Finding(f) => f.rule(),
+            Body::Group(g) => g.rule(),
+        }
+    }
+
+    /// Its rule, credential and note, the note with what the command adds
+    /// (a version restriction).
+    fn extras(&self, cols: [Cow<'r, str>; 3], uri: &str) -> [Cow<'r, str>; 3] {
+        let [rule, credential, note] = cols;
+        let restricted = self.health_only && rule == Rule::Escu.name() && !is_health_path(uri);
+        let note = match (restricted, note) {
+            (false, note) => note,
+            (true, note) if note == FILL => Cow::Borrowed(HEALTH_ONLY_NOTE),
+            (true, note) => Cow::Owned(format!("{note}; {HEALTH_ONLY_NOTE}")),
+        };
+        [rule, credential, note]
+    }
+
+    /// Its rule, credential and note, as the columns show them.
+    pub fn rule_cells(&self) -> [Cow<'r, str>; 3] {
+        match &self.body {
+            Body::Finding(f) => self.extras(f.extras(), &f.cols()[4]),
+            Body::Group(g) => self.extras(g.extras.clone(), &g.values[3]),
         }
     }
 
@@ -234,25 +294,36 @@ impl<'r> Row<'r> {
             number: true,
             shared: false,
         };
-        match &self.body {
+        let extras = match &self.body {
             Body::Finding(f) => {
-                f.each_value(|value, plain| {
+                let mut extras: [Cow<'_, str>; 3] = Default::default();
+                let mut uri = Cow::Borrowed("");
+                f.each_value_and_extra(|i, value, plain| {
+                    if i >= COLUMNS.len() - 1 {
+                        extras[i + 1 - COLUMNS.len()] = value;
+                        return;
+                    }
                     each(Cell {
                         text: &value,
                         plain,
                         number: false,
                         shared: false,
-                    })
+                    });
+                    if i == URI {
+                        uri = value;
+                    }
                 });
                 each(count);
+                self.extras(extras, &uri)
             }
             Body::Group(g) => {
                 for v in g.values.iter().chain([&g.first_seen, &g.last_seen]) {
                     each(text(v));
                 }
                 each(count);
+                self.extras(g.extras.clone(), &g.values[3])
             }
-        }
+        };
         let triage = self.triage();
         each(Cell {
             text: self.severity().name(),
@@ -265,6 +336,9 @@ impl<'r> Row<'r> {
                 shared: true,
                 ..text(v)
             });
+        }
+        for v in &extras {
+            each(text(v));
         }
         for (_, v) in self.fixed {
             each(text(v));

@@ -862,6 +862,8 @@ fn with_rows<R>(findings: &Findings, unit: &WorkUnit, f: impl FnOnce(&Rows<'_>) 
         findings,
         fixed: &fixed,
         id_label: Some(&scope),
+        // Set from the cluster's Kubernetes version once poll knows it.
+        anonymous_health_only: false,
     })
 }
 
@@ -904,6 +906,7 @@ async fn read_step(
             let origin = Origin {
                 scope: 0,
                 event_id: ev.event_id,
+                timestamp_ms: Some(ev.timestamp),
             };
             if det.feed(ev.message.as_bytes(), origin) == Fed::Matched {
                 if let Some(id) = ev.event_id {
@@ -912,7 +915,7 @@ async fn read_step(
                 if ev.timestamp < state.watermark_ms {
                     late += 1;
                 }
-                if budget.is_some_and(|b| det.stats.matched > b) {
+                if budget.is_some_and(|b| det.stats.matched + det.stats.truncated > b) {
                     return ControlFlow::Break(());
                 }
             }
