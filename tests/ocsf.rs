@@ -61,13 +61,26 @@ fn ocsf_scan(args: &[&str], file: &Path) -> Vec<u8> {
 #[test]
 fn every_finding_of_the_bundled_sample_is_valid_ocsf() {
     let out = ocsf_scan(&[], &sample());
-    // One finding per row: the sample's 28.
+    // One finding per row: the sample's 28 of ESCU's rule, and its cut
+    // anonymous record (rule truncated).
+    let lines: Vec<Value> = findings(&out);
+    assert_eq!(lines.len(), 29);
+    assert_valid(&out, 29);
+    let cut: Vec<&Value> = lines
+        .iter()
+        .filter(|f| f["unmapped"]["rule"] == "truncated")
+        .collect();
+    assert_eq!(cut.len(), 1);
     assert_eq!(
-        out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(),
-        28
+        cut[0]["finding_info"]["analytic"]["name"],
+        "Cut audit record of an unauthenticated request"
     );
-    assert_valid(&out, 28);
+    assert_eq!(cut[0]["severity"], "High");
+    let escu = ocsf_scan(&["--rules", "escu"], &sample());
+    assert_valid(&escu, 28);
     let rolled = ocsf_scan(&["--rollup"], &sample());
+    assert_valid(&rolled, 28);
+    let rolled = ocsf_scan(&["--rollup", "--rules", "escu"], &sample());
     assert_valid(&rolled, 27);
 }
 
@@ -331,9 +344,9 @@ fn poll_findings_name_the_cloud_and_the_cluster_and_validate() {
 /// any place among its own, gets `cloud.account.uid`.
 #[test]
 fn an_account_column_becomes_the_cloud_account() {
-    use kubeanon::detect::{Detector, Origin};
+    use kubeanon::detect::{Detector, Origin, Rules};
     use kubeanon::output::{Format, Parts, Rows, Style};
-    let mut det = Detector::new(Vec::new());
+    let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
     for line in std::fs::read_to_string(sample()).unwrap().lines() {
         det.feed(line.as_bytes(), Origin::default());
     }
@@ -347,6 +360,7 @@ fn an_account_column_becomes_the_cloud_account() {
             ("region", "eu-west-1"),
         ],
         id_label: Some("eu-west-1\n/aws/eks/prod/cluster"),
+        anonymous_health_only: false,
     };
     let mut out = Vec::new();
     let mut parts = Parts::new(Style::plain(Format::Ocsf), None);

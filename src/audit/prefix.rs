@@ -84,15 +84,17 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
                         };
                     }
                     b'"' => {
-                        let Some(end) = string_end(bytes, i) else { break };
+                        let Some(end) = string_end(bytes, i) else {
+                            break;
+                        };
                         i = end;
                         good = Some((i, stack.len()));
                         expect = Expect::CommaOrEnd;
                     }
                     b'-' | b'0'..=b'9' => {
-                        let len = bytes[i..]
-                            .iter()
-                            .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
+                        let len = bytes[i..].iter().position(|c| {
+                            !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                        });
                         // A number that runs to the cut may have lost digits.
                         let Some(len) = len else { break };
                         i += len;
@@ -126,7 +128,9 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
                     expect = Expect::CommaOrEnd;
                 }
                 b'"' => {
-                    let Some(end) = string_end(bytes, i) else { break };
+                    let Some(end) = string_end(bytes, i) else {
+                        break;
+                    };
                     i = end;
                     expect = Expect::Colon;
                 }
@@ -208,10 +212,7 @@ mod tests {
             Some(r#"{"a":1,"b":[1,2]}"#)
         );
         // A number that ran to the cut is dropped: `40` may have been `401`.
-        assert_eq!(
-            read(r#"{"s":{"code":40"#).as_deref(),
-            Some(r#"{"s":{}}"#)
-        );
+        assert_eq!(read(r#"{"s":{"code":40"#).as_deref(), Some(r#"{"s":{}}"#));
         assert_eq!(read(r#"{"k":tr"#).as_deref(), Some("{}"));
         assert_eq!(read(r#"{"k":true"#).as_deref(), Some(r#"{"k":true}"#));
         // A key without its value is dropped with the comma before it.

@@ -11,8 +11,8 @@ use std::hash::BuildHasher;
 
 use sha2::{Digest, Sha256};
 
-use super::rule::Rule;
 use super::notes::{Note, Notes, Triage};
+use super::rule::Rule;
 use super::severity::Severity;
 use crate::audit::{json_output_stop, json_stop};
 

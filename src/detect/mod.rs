@@ -332,7 +332,8 @@ impl Detector {
             self.stats.malformed += 1;
             return Fed::Nothing;
         };
-        let record = Record::parse_fast(text.as_bytes()).or_else(|| Record::parse(text.as_bytes()).ok());
+        let record =
+            Record::parse_fast(text.as_bytes()).or_else(|| Record::parse(text.as_bytes()).ok());
         let Some(Shape::Event(event)) = record.as_ref().map(Record::shape) else {
             self.stats.malformed += 1;
             return Fed::Nothing;
@@ -345,7 +346,10 @@ impl Detector {
         self.stats.truncated += 1;
         // The time: the prefix's own, else CloudWatch's, else filled.
         if s[3].is_none() {
-            s[3] = origin.timestamp_ms.and_then(rule::timestamp_of_ms).map(Cow::Owned);
+            s[3] = origin
+                .timestamp_ms
+                .and_then(rule::timestamp_of_ms)
+                .map(Cow::Owned);
         }
         let pair = self.pair(&event);
         let groups = event.groups();

@@ -167,9 +167,7 @@ impl<'a> Rollup<'a> {
         groups.sort_unstable_by(|a, b| {
             (b.severity, b.count)
                 .cmp(&(a.severity, a.count))
-                .then_with(|| {
-                    (&a.values, &a.extras, a.scope).cmp(&(&b.values, &b.extras, b.scope))
-                })
+                .then_with(|| (&a.values, &a.extras, a.scope).cmp(&(&b.values, &b.extras, b.scope)))
         });
         Rollup { groups }
     }

@@ -45,7 +45,7 @@ fn run_with(records: &[&str], exclude: &[&str]) -> (Findings, Stats) {
         .iter()
         .map(|spec| Exclusion::parse(spec).expect("valid test exclusion"))
         .collect();
-    let mut det = Detector::new(exclusions);
+    let mut det = Detector::new(exclusions).with_rules(Rules::ESCU);
     for r in records {
         det.feed(r.as_bytes(), Origin::default());
     }
@@ -551,12 +551,13 @@ fn earlier_columns_take_precedence_in_the_order() {
 #[test]
 fn scopes_are_kept_apart() {
     let e = anon(r#""verb":"get""#);
-    let mut det = Detector::new(Vec::new());
+    let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
     det.feed(
         e.as_bytes(),
         Origin {
             scope: 2,
             event_id: None,
+            timestamp_ms: None,
         },
     );
     det.feed(
@@ -564,6 +565,7 @@ fn scopes_are_kept_apart() {
         Origin {
             scope: 1,
             event_id: None,
+            timestamp_ms: None,
         },
     );
     det.feed(
@@ -571,6 +573,7 @@ fn scopes_are_kept_apart() {
         Origin {
             scope: 2,
             event_id: None,
+            timestamp_ms: None,
         },
     );
     let findings = det.finish().0.into_findings();
@@ -673,7 +676,7 @@ fn malformed_records_are_counted_and_never_fatal() {
         ]
         .concat(),
     ];
-    let mut det = Detector::new(Vec::new());
+    let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
     det.feed(good.as_bytes(), Origin::default());
     for b in &bad {
         assert_eq!(det.feed(b, Origin::default()), Fed::Nothing, "{b:?}");
@@ -768,7 +771,7 @@ fn lists_of_events_are_unpacked() {
         cloudwatch(&a, "1"),
         cloudwatch(other, "2")
     );
-    let mut det = Detector::new(Vec::new());
+    let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
     assert_eq!(det.feed(doc.as_bytes(), Origin::default()), Fed::Matched);
     let (agg, stats) = det.finish();
     assert_eq!(stats.matched, 1);
@@ -801,7 +804,7 @@ fn merged_aggregates_equal_one_pass() {
     let e2 = anon(r#""verb":"list""#);
     let e3 = cloudwatch(&anon(r#""verb":"get","sourceIPs":["1.1.1.1"]"#), "7");
     let feed = |records: &[&str]| {
-        let mut det = Detector::new(Vec::new());
+        let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
         for r in records {
             det.feed(r.as_bytes(), Origin::default());
         }
@@ -897,7 +900,7 @@ fn line_strategy() -> impl Strategy<Value = String> {
 
 fn detect_chunk(lines: &[String]) -> (Aggregator, Stats) {
     let exclusions = vec![Exclusion::parse("userAgent=kube-probe/*").expect("valid")];
-    let mut det = Detector::new(exclusions);
+    let mut det = Detector::new(exclusions).with_rules(Rules::ESCU);
     for line in lines {
         det.feed(line.as_bytes(), Origin::default());
     }
@@ -951,8 +954,8 @@ proptest! {
             0..40,
         ),
     ) {
-        let mut judged = Detector::new(Vec::new());
-        let mut unjudged = Detector::new(Vec::new());
+        let mut judged = Detector::new(Vec::new()).with_rules(Rules::ESCU);
+        let mut unjudged = Detector::new(Vec::new()).with_rules(Rules::ESCU);
         for line in &lines {
             judged.feed(line.as_bytes(), Origin::default());
             unjudged.feed_prejudged(line.as_bytes(), Origin::default(), Verdict::Unjudged);
@@ -1430,7 +1433,7 @@ fn corpus(seed: u64, n: usize) -> Vec<String> {
 fn check_fast_path(records: &[String]) -> Result<(), TestCaseError> {
     let mut prefilter = Prefilter::new();
     let mut reference = Reference::default();
-    let mut det = Detector::new(Vec::new());
+    let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
     for r in records {
         let v = ref_parse(r).expect("generated records are valid JSON");
         if ref_record_matches(&v) {
@@ -1615,7 +1618,7 @@ proptest! {
         let decoded: Vec<String> = Key::decode(&ka).iter().map(|c| c.to_string()).collect();
         prop_assert_eq!(&decoded, &a);
         let mut each = Vec::new();
-        Key::each_value(&ka, |value, plain| each.push((value.into_owned(), plain)));
+        Key::each_value(&ka, 13, |_, value, plain| each.push((value.into_owned(), plain)));
         prop_assert_eq!(each.len(), a.len());
         for ((value, plain), want) in each.iter().zip(&a) {
             prop_assert_eq!(value, want);
@@ -1972,7 +1975,7 @@ proptest! {
     fn triage_agrees_with_a_reference_over_serde_json(seed in any::<u64>()) {
         let mut rng = Rng(seed);
         let records: Vec<String> = (0..24).flat_map(|_| gen_triage_family(&mut rng)).collect();
-        let mut det = Detector::new(Vec::new());
+        let mut det = Detector::new(Vec::new()).with_rules(Rules::ESCU);
         for r in &records {
             det.feed(r.as_bytes(), Origin::default());
         }

@@ -448,6 +448,9 @@ mod tests {
                 ("decision", FILL),
                 ("reason", FILL),
                 ("binding", FILL),
+                ("rule", "escu"),
+                ("credential", FILL),
+                ("note", FILL),
                 ("cluster", cluster),
                 (LONG, "x"),
             ] {
@@ -461,6 +464,7 @@ mod tests {
             findings: &findings,
             fixed: &[("cluster", cluster), (LONG, "x")],
             id_label: Some("label"),
+            anonymous_health_only: false,
         };
         let names = rows.columns(false);
         let mut parts = Parts::new(Style::plain(Format::Ndjson), None);

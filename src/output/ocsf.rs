@@ -4,15 +4,17 @@
 //!
 //! The mapping (the README's "OCSF" section):
 //! - `finding_info`: `uid` the row's id, `title` what happened, `analytic`
-//!   the ESCU detection and its id, first and last seen;
+//!   and `types` the row's rule (ESCU's detection and its id; kubeanon's
+//!   `unauthenticated` or `truncated`), first and last seen;
 //! - `severity_id` the row's severity; `time` its latest request (a rollup
 //!   group's last seen; the run's time when it has no timestamp),
 //!   `start_time`/`end_time` first and last seen, `count`;
-//! - `evidences`: the anonymous `actor.user`, `src_endpoint.ip` (when the
+//! - `evidences`: the anonymous `actor.user` (none for a refused
+//!   authentication: it has no user), `src_endpoint.ip` (when the
 //!   source is an IP address), `http_request` (user agent, URL path and
 //!   query, method), `api` (the Kubernetes verb and the response code);
 //! - `resources`: the Kubernetes object (`objectRef`), and the cluster
-//!   when the row names one;
+//!   when the row names one, with its `kubernetes_version` (poll);
 //! - `cloud` (profile `cloud`) from the row's `region` and `account`
 //!   columns, when it has them (poll);
 //! - `remediation`: the binding that allowed the request and the `kubectl`
@@ -31,13 +33,52 @@ use serde_json::{Map, Value, json};
 use super::json::escape_hidden;
 use super::{Row, Sink};
 use crate::detect::rollup::parse_time;
-use crate::detect::{FILL, Severity};
+use crate::detect::{FILL, Rule, Severity};
 
 /// The OCSF version of the findings.
 pub const OCSF_VERSION: &str = "1.5.0";
-/// Splunk ESCU's detection, which the rows are.
+/// Splunk ESCU's detection, which the `escu` rule's rows are.
 const ANALYTIC_UID: &str = "042a3d32-8318-4763-9679-09db2644a8f2";
 const ANALYTIC_NAME: &str = "Kubernetes AWS detect suspicious kubectl calls";
+
+/// A rule's `finding_info.analytic` and `types`.
+fn analytic(rule: Rule) -> (Value, &'static str) {
+    match rule {
+        Rule::Escu => (
+            json!({
+                "uid": ANALYTIC_UID,
+                "name": ANALYTIC_NAME,
+                "type_id": 1,
+                "type": "Rule",
+                "category": "Splunk ESCU",
+                "version": "4",
+            }),
+            "Anonymous Kubernetes API request",
+        ),
+        Rule::Unauthenticated => (
+            json!({
+                "uid": "kubeanon-unauthenticated",
+                "name": "Unauthenticated request refused",
+                "type_id": 1,
+                "type": "Rule",
+                "category": "kubeanon",
+                "version": "1",
+            }),
+            "Unauthenticated request refused",
+        ),
+        Rule::Truncated => (
+            json!({
+                "uid": "kubeanon-truncated",
+                "name": "Cut audit record of an unauthenticated request",
+                "type_id": 1,
+                "type": "Rule",
+                "category": "kubeanon",
+                "version": "1",
+            }),
+            "Cut audit record of an unauthenticated request",
+        ),
+    }
+}
 /// Findings are buffered to about this size, then written whole.
 const CHUNK: usize = 256 * 1024;
 /// Longest request path in a title (the whole one is in `http_request`).
@@ -79,20 +120,24 @@ impl Ocsf {
         };
         let ms = |t: Option<&str>| t.and_then(parse_time).map(|t| t.timestamp_millis());
         let (start, end) = (ms(first), ms(last));
-        let title = title(severity, verb, uri, code, cell("stage"));
+        let rule = row.rule();
+        let request = Request {
+            severity,
+            verb,
+            uri,
+            code,
+            stage: cell("stage"),
+            credential: cell("credential"),
+            user: cell("user"),
+        };
+        let title = title(rule, &request);
+        let (analytic, kind) = analytic(rule);
 
         let mut finding_info = json!({
             "uid": row.uid(),
             "title": title,
-            "analytic": {
-                "uid": ANALYTIC_UID,
-                "name": ANALYTIC_NAME,
-                "type_id": 1,
-                "type": "Rule",
-                "category": "Splunk ESCU",
-                "version": "4",
-            },
-            "types": ["Anonymous Kubernetes API request"],
+            "analytic": analytic,
+            "types": [kind],
             "data_sources": ["Kubernetes audit log"],
         });
         if triage.reason != FILL {
@@ -105,15 +150,19 @@ impl Ocsf {
             finding_info["last_seen_time"] = end.into();
         }
 
-        // The one who asked: always the anonymous user (the rule's match).
-        let mut user = json!({ "name": cell("user").unwrap_or("system:anonymous") });
-        if let Some(uid) = cell("user.uid") {
-            user["uid"] = uid.into();
+        // The one who asked: the anonymous user of ESCU's match (or a cut
+        // record's); a refused authentication has no user at all.
+        let mut evidence = json!({});
+        if let Some(name) = cell("user") {
+            let mut user = json!({ "name": name });
+            if let Some(uid) = cell("user.uid") {
+                user["uid"] = uid.into();
+            }
+            if let Some(group) = cell("user.groups{}") {
+                user["groups"] = json!([{ "name": group }]);
+            }
+            evidence["actor"] = json!({ "user": user });
         }
-        if let Some(group) = cell("user.groups{}") {
-            user["groups"] = json!([{ "name": group }]);
-        }
-        let mut evidence = json!({ "actor": { "user": user } });
         if let Some(ip) = cell("src_ip").and_then(|ip| ip.parse::<IpAddr>().ok()) {
             evidence["src_endpoint"] = json!({ "ip": ip.to_string() });
         }
@@ -160,6 +209,9 @@ impl Ocsf {
             let mut r = json!({ "type": "Kubernetes cluster", "name": cluster });
             if let Some(region) = cell("region") {
                 r["region"] = region.into();
+            }
+            if let Some(version) = cell("kubernetes_version") {
+                r["version"] = version.into();
             }
             resources.push(r);
         }
@@ -241,28 +293,59 @@ impl Ocsf {
     }
 }
 
-/// What happened, in a line: `Anonymous list /api/v1/secrets: allowed (200)`.
-fn title(
+/// What a title says of a row's request.
+struct Request<'a> {
     severity: Severity,
-    verb: Option<&str>,
-    uri: Option<&str>,
-    code: Option<&str>,
-    stage: Option<&str>,
-) -> String {
+    verb: Option<&'a str>,
+    uri: Option<&'a str>,
+    code: Option<&'a str>,
+    stage: Option<&'a str>,
+    credential: Option<&'a str>,
+    user: Option<&'a str>,
+}
+
+/// What happened, in a line: `Anonymous list /api/v1/secrets: allowed
+/// (200)`, `Unauthenticated get /version: refused (401), no credentials`.
+fn title(rule: Rule, r: &Request<'_>) -> String {
+    let uri = r.uri;
     let path = uri.map_or("/", |u| u.split_once('?').map_or(u, |(p, _)| p));
     let path: String = match path.char_indices().nth(TITLE_PATH) {
         Some((cut, _)) => format!("{}…", &path[..cut]),
         None => path.to_string(),
     };
-    let code = code.unwrap_or("no response code");
-    let outcome = if severity > Severity::Informational {
-        format!("allowed ({code})")
-    } else if stage == Some("RequestReceived") {
-        "received; the outcome is on its later stage".to_string()
-    } else {
-        format!("refused ({code})")
-    };
-    format!("Anonymous {} {path}: {outcome}", verb.unwrap_or("request"))
+    let verb = r.verb.unwrap_or("request");
+    let code = r.code.unwrap_or("no response code");
+    match rule {
+        Rule::Unauthenticated => {
+            let presented = match r.credential {
+                None | Some("none") => "no credentials".to_string(),
+                Some(methods) => format!("credentials refused: {methods}"),
+            };
+            format!("Unauthenticated {verb} {path}: refused ({code}), {presented}")
+        }
+        Rule::Truncated => {
+            let who = if r.user.is_some() {
+                "Anonymous"
+            } else {
+                "Unauthenticated"
+            };
+            let outcome = match r.code {
+                Some(code) => format!("{code}; the rest of the record was cut"),
+                None => "the record was cut before its outcome".to_string(),
+            };
+            format!("{who} {verb} {path} (cut record): {outcome}")
+        }
+        Rule::Escu => {
+            let outcome = if r.severity > Severity::Informational {
+                format!("allowed ({code})")
+            } else if r.stage == Some("RequestReceived") {
+                "received; the outcome is on its later stage".to_string()
+            } else {
+                format!("refused ({code})")
+            };
+            format!("Anonymous {verb} {path}: {outcome}")
+        }
+    }
 }
 
 /// The HTTP method of a Kubernetes verb (a non-resource request's verb is

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::{Format, Parts, Rows, Style};
-use crate::detect::{COLUMNS, Detector, FILL, Origin, TRIAGE_COLUMNS};
+use crate::detect::{COLUMNS, Detector, FILL, Origin, RULE_COLUMNS, TRIAGE_COLUMNS};
 
 /// The characters no sink may write raw (besides the line breaks that end
 /// ndjson and table lines): C0, DEL, C1, and the bidi, invisible and
@@ -194,10 +194,11 @@ impl Event {
     }
 }
 
-/// The rows, each with its count and its five values after the count:
+/// The rows, each with its count and its eight values after the count:
 /// severity, decision, reason, binding (none: the reasons here name no
-/// RBAC binding), and `cluster` (the same for every row); sorted.
-type Expected = Vec<(Vec<String>, u64, [String; 5])>;
+/// RBAC binding), rule, credential and note (every event here is ESCU's),
+/// and `cluster` (the same for every row); sorted.
+type Expected = Vec<(Vec<String>, u64, [String; 8])>;
 
 fn expected(events: &[Event], cluster: &str) -> Expected {
     type Seen = (u64, usize, BTreeSet<String>, BTreeSet<String>);
@@ -222,6 +223,9 @@ fn expected(events: &[Event], cluster: &str) -> Expected {
                 join(decisions),
                 join(reasons),
                 FILL.to_string(),
+                "escu".to_string(),
+                FILL.to_string(),
+                FILL.to_string(),
                 cluster.to_string(),
             ];
             (row, n, after)
@@ -240,6 +244,7 @@ fn render(events: &[Event], cluster: &str, format: Format) -> Vec<u8> {
         findings: &findings,
         fixed: &[("cluster", cluster)],
         id_label: Some("label"),
+        anonymous_health_only: false,
     };
     let mut parts = Parts::new(Style::plain(format), None);
     let mut out = Vec::new();
@@ -252,6 +257,7 @@ fn names() -> Vec<&'static str> {
     COLUMNS
         .iter()
         .chain(&TRIAGE_COLUMNS)
+        .chain(&RULE_COLUMNS)
         .chain(&["cluster", "id"])
         .copied()
         .collect()
@@ -263,7 +269,7 @@ fn is_id(s: &str) -> bool {
 }
 
 /// A JSON object of a row, read back: values by name.
-fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 5]) {
+fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 8]) {
     let object = object.as_object().expect("an object");
     let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
     let mut want = names();
@@ -275,7 +281,17 @@ fn json_row(object: &serde_json::Value) -> (Vec<String>, u64, [String; 5]) {
     (
         COLUMNS[..13].iter().map(|c| text(c)).collect(),
         object["count"].as_u64().expect("a number"),
-        ["severity", "decision", "reason", "binding", "cluster"].map(text),
+        [
+            "severity",
+            "decision",
+            "reason",
+            "binding",
+            "rule",
+            "credential",
+            "note",
+            "cluster",
+        ]
+        .map(text),
     )
 }
 
