@@ -117,6 +117,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         read: ReadSettings {
             stream_prefix: args.aws.stream_prefix.clone(),
             server_filter: !args.no_server_filter,
+            rules: Some(args.output.rules),
         },
         page_size: args.page_size,
         start_ms,
