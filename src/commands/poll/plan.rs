@@ -228,6 +228,7 @@ fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, Usag
         max_queries: args.max_queries.unwrap_or(4) as usize,
         max_scan_bytes,
         polling: insights::Polling::default(),
+        rules: args.output.rules,
     }))
 }
 
