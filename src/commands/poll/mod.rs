@@ -618,11 +618,11 @@ fn upgrade_note(plan: &Plan, units: usize, checkpoint: &str) -> String {
         missed.push("401s with no user (unauthenticated)");
     }
     if rules.contains(Rule::Truncated) {
-        missed.push("records CloudWatch cut (truncated)");
+        missed.push("records CloudWatch cut at its size limit (truncated)");
     }
     format!(
         "checkpoint {checkpoint}: {units} log group(s) were read before --rules existed, with ESCU's rule alone; \
-         this run goes on from their watermarks with --rules {rules} and records it. \
+         this run goes on from their watermarks with --rules {rules} and records them. \
          {} from before those watermarks were not read: to backfill them, run once on a separate checkpoint \
          (--checkpoint other.json --since 30d, or --start T; without --checkpoint nothing is recorded)",
         missed.join(" and ")
