@@ -12,7 +12,6 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use kubeanon::state::WorkUnit;
 use support::*;
 
@@ -180,18 +179,7 @@ fn s3<T>(f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let conf = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .endpoint_url(&moto().endpoint)
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-            .load()
-            .await;
-        let conf = aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build();
-        f(aws_sdk_s3::Client::from_conf(conf)).await
-    })
+    rt.block_on(async { f(s3_client().await).await })
 }
 
 fn state_key(log_group: &str) -> String {
