@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::detect::{Rule, Rules};
 use crate::fleet::WorkUnit;
 use crate::output;
 
@@ -47,20 +48,97 @@ pub struct State {
 pub struct ReadSettings {
     pub stream_prefix: String,
     pub server_filter: bool,
+    /// `--rules`, as `escu,unauthenticated,truncated`. None in an entry
+    /// written before `--rules` existed, which was read with ESCU's rule
+    /// alone (and is written back without it, so such an entry and its
+    /// journal read as they did).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rules_text")]
+    pub rules: Option<Rules>,
+}
+
+/// How an entry's read settings compare with a run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fits {
+    /// The same events: the run goes on from the watermark.
+    Same,
+    /// An entry from before `--rules` (read with ESCU's alone), and a run
+    /// with ESCU's and more: it goes on from the watermark with the new
+    /// rules and records them; what the others would have matched before
+    /// it was never read (the run says so).
+    Upgrade,
+    /// Other events: moving this entry would skip some.
+    Differs,
+}
+
+impl ReadSettings {
+    /// The rules this entry was read with (ESCU's for one from before
+    /// `--rules`).
+    pub fn rules_read(&self) -> Rules {
+        self.rules.unwrap_or(Rules::ESCU)
+    }
+
+    /// How `self` (an entry's) fits `run` (this run's settings, whose
+    /// rules are always recorded).
+    pub fn fits(&self, run: &ReadSettings) -> Fits {
+        if self.stream_prefix != run.stream_prefix || self.server_filter != run.server_filter {
+            return Fits::Differs;
+        }
+        let wanted = run.rules_read();
+        match self.rules {
+            Some(r) if r == wanted => Fits::Same,
+            None if wanted == Rules::ESCU => Fits::Same,
+            None if wanted.contains(Rule::Escu) => Fits::Upgrade,
+            _ => Fits::Differs,
+        }
+    }
+
+    /// The FilterLogEvents filter pattern these settings send (none with
+    /// `--no-server-filter`).
+    pub fn filter_pattern(&self) -> Option<String> {
+        self.server_filter
+            .then(|| crate::source::cloudwatch::server_pattern(self.rules_read()))
+    }
 }
 
 impl std::fmt::Display for ReadSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "--stream-prefix '{}'{}",
+            "--stream-prefix '{}'{} --rules {}{}",
             self.stream_prefix,
             if self.server_filter {
                 ""
             } else {
                 " --no-server-filter"
+            },
+            self.rules_read(),
+            if self.rules.is_none() {
+                " (recorded before --rules existed)"
+            } else {
+                ""
             }
         )
+    }
+}
+
+/// `rules` as the text `--rules` takes.
+mod rules_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::detect::Rules;
+
+    pub fn serialize<S: Serializer>(rules: &Option<Rules>, s: S) -> Result<S::Ok, S::Error> {
+        match rules {
+            Some(r) => s.serialize_str(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rules>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
     }
 }
 
@@ -394,6 +472,7 @@ fn migrate_v1(text: &str) -> Result<State> {
             read: ReadSettings {
                 stream_prefix: "kube-apiserver-audit-".into(),
                 server_filter: true,
+                rules: None,
             },
             watermark_ms: g.watermark_ms,
         })
@@ -422,6 +501,7 @@ mod tests {
             read: ReadSettings {
                 stream_prefix: "kube-apiserver-audit-".into(),
                 server_filter: true,
+                rules: None,
             },
             watermark_ms: watermark,
             horizon_ms: horizon,
@@ -460,6 +540,69 @@ mod tests {
             5
         );
         assert_eq!(cp.state.group(&unit("444455556666", "r", "/g")), None);
+    }
+
+    fn read(rules: Option<&str>) -> ReadSettings {
+        ReadSettings {
+            stream_prefix: "kube-apiserver-audit-".into(),
+            server_filter: true,
+            rules: rules.map(|r| r.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn rules_are_read_settings_and_entries_from_before_them_were_escu() {
+        let all = read(Some("all"));
+        assert_eq!(read(Some("all")).fits(&all), Fits::Same);
+        assert_eq!(read(Some("escu")).fits(&all), Fits::Differs);
+        assert_eq!(all.fits(&read(Some("escu"))), Fits::Differs);
+        assert_eq!(
+            read(Some("escu,truncated")).fits(&read(Some("escu"))),
+            Fits::Differs
+        );
+        // Before --rules: ESCU's alone. More rules with it go on from the
+        // watermark; ESCU's alone is what was read; without ESCU's the
+        // run would skip what the schedule reads.
+        let before = read(None);
+        assert_eq!(before.rules_read(), Rules::ESCU);
+        assert_eq!(before.fits(&read(Some("escu"))), Fits::Same);
+        assert_eq!(before.fits(&all), Fits::Upgrade);
+        assert_eq!(before.fits(&read(Some("escu,truncated"))), Fits::Upgrade);
+        assert_eq!(before.fits(&read(Some("unauthenticated"))), Fits::Differs);
+        // The other settings still decide first.
+        let mut other = all.clone();
+        other.server_filter = false;
+        assert_eq!(before.fits(&other), Fits::Differs);
+        other = all.clone();
+        other.stream_prefix = "x".into();
+        assert_eq!(read(Some("all")).fits(&other), Fits::Differs);
+        assert!(
+            before.to_string().contains("--rules escu (recorded before"),
+            "{before}"
+        );
+        assert_eq!(
+            all.to_string(),
+            "--stream-prefix 'kube-apiserver-audit-' --rules escu,unauthenticated,truncated"
+        );
+    }
+
+    #[test]
+    fn rules_are_written_as_text_and_absent_before_them() {
+        let json = serde_json::to_string(&read(Some("escu,truncated"))).unwrap();
+        assert_eq!(
+            json,
+            r#"{"stream_prefix":"kube-apiserver-audit-","server_filter":true,"rules":"escu,truncated"}"#
+        );
+        let back: ReadSettings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, read(Some("escu,truncated")));
+        // As every release before --rules wrote it, and written back so.
+        let old = r#"{"stream_prefix":"kube-apiserver-audit-","server_filter":true}"#;
+        let parsed: ReadSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed, read(None));
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), old);
+        let bad = r#"{"stream_prefix":"k","server_filter":true,"rules":"escu,ESCU"}"#;
+        let err = serde_json::from_str::<ReadSettings>(bad).unwrap_err();
+        assert!(err.to_string().contains("'ESCU' is not a rule"), "{err}");
     }
 
     #[test]

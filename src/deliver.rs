@@ -368,6 +368,7 @@ mod tests {
             read: ReadSettings {
                 stream_prefix: "p".into(),
                 server_filter: true,
+                rules: Some(crate::detect::Rules::ALL),
             },
             watermark_ms: 1000,
             horizon_ms: 900,

@@ -46,6 +46,7 @@ fn settings(limit: u32, max_queries: usize, max_scan_bytes: Option<f64>) -> Sett
             limit_wait_total: Duration::from_secs(5),
             deadline: Duration::from_secs(60),
         },
+        rules: kubeanon::detect::Rules::ALL,
     }
 }
 

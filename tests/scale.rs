@@ -26,7 +26,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use kubeanon::state::{WorkUnit, shard_of};
 use support::fleet::*;
 use support::proxy::{Fault, Proxy};
@@ -40,16 +39,7 @@ type Unit = (String, String, String);
 // ---- S3, straight to moto: the tests' own eyes ----
 
 async fn s3() -> aws_sdk_s3::Client {
-    let conf = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(&moto().endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await;
-    let conf = aws_sdk_s3::config::Builder::from(&conf)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    s3_client().await
 }
 
 fn make_bucket(name: &str) {

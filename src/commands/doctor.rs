@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::cli::{DoctorArgs, DoctorFormat, parse_duration};
+use crate::detect::Rules;
 use crate::exit::Exit;
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope};
@@ -347,7 +348,9 @@ async fn check_group(
     let query = Query {
         log_group: group.to_string(),
         stream_prefix: prefix.to_string(),
-        filter_pattern: Some(cloudwatch::SERVER_FILTER.to_string()),
+        // The pattern a default poll sends: a pattern the server rejects
+        // would show here.
+        filter_pattern: Some(cloudwatch::server_pattern(Rules::default())),
         page_size: 1,
         start_ms: now - 60_000,
         end_ms: now,

@@ -26,11 +26,60 @@ use aws_sdk_cloudwatchlogs::operation::filter_log_events::FilterLogEventsOutput;
 use tokio::time::Instant;
 
 use super::advice;
+use crate::detect::{Rule, Rules};
 use crate::testhooks;
 
-/// The server-side filter: cuts transfer to (case-sensitively, valid JSON
-/// only) anonymous events. The detector re-checks every event in full.
-pub const SERVER_FILTER: &str = r#"{ $.user.username = "system:anonymous" }"#;
+/// ESCU's server-side filter, as every release before `--rules` sent it.
+const ESCU_PATTERN: &str = r#"{ $.user.username = "system:anonymous" }"#;
+
+/// The FilterLogEvents filter pattern for `rules`: it cuts transfer to the
+/// events the rules can match (a superset, for the spellings the API
+/// server writes), and the detector re-checks every returned event with
+/// the full rules. It can only ever leave events out, never add rows.
+///
+/// CloudWatch filter patterns are case-sensitive, and a JSON pattern
+/// (`{ $.x = ... }`) matches only a whole JSON event (never a record
+/// CloudWatch cut at its size limit), while a text pattern matches terms
+/// in the raw message; one pattern cannot mix the two. So:
+///
+/// - `escu` alone: today's JSON pattern, byte for byte (ESCU's rows and
+///   requests are exactly those of the release before `--rules`). It
+///   compares the parsed value, so an escaped spelling matches too; a
+///   case-varied one (`System:Anonymous`, which the rule takes) does not.
+/// - `unauthenticated` (without `truncated`): a JSON pattern that adds
+///   every 401 (`$.responseStatus.code = 401`); which of them have no
+///   user is the detector's to say.
+/// - with `truncated`: a text pattern, `?"system:anonymous" ?"Authentication
+///   failed"` (either term, anywhere in the message, case-sensitive). The
+///   `truncated` rule judges only what a cut record's prefix shows: a
+///   prefix that shows the anonymous user holds `system:anonymous`, and a
+///   refused authentication (authn_audit.go) always carries
+///   `Authentication failed, ...` as `responseStatus.message`, which the
+///   API server writes before `responseStatus.code`, so a prefix that
+///   shows the 401 shows the message too (one cut before the message shows
+///   no code either, and no rule can take it). What this pattern misses
+///   that the JSON ones catch: a whole 401 with no user whose message does
+///   not say `Authentication failed` (no such writer in Kubernetes today),
+///   and an escaped username.
+///
+/// `--no-server-filter` sends no pattern: every audit event is transferred
+/// and judged, which is exact for every rule and every spelling.
+pub fn server_pattern(rules: Rules) -> String {
+    let anonymous = rules.contains(Rule::Escu);
+    let refused = rules.contains(Rule::Unauthenticated);
+    if rules.contains(Rule::Truncated) {
+        return r#"?"system:anonymous" ?"Authentication failed""#.to_string();
+    }
+    match (anonymous, refused) {
+        (true, true) => {
+            r#"{ ($.user.username = "system:anonymous") || ($.responseStatus.code = 401) }"#
+                .to_string()
+        }
+        (false, true) => "{ $.responseStatus.code = 401 }".to_string(),
+        // ESCU alone (and an empty set, which `--rules` never gives).
+        _ => ESCU_PATTERN.to_string(),
+    }
+}
 
 /// `--cluster NAME` reads this log group.
 pub fn cluster_log_group(cluster: &str) -> String {
@@ -627,6 +676,30 @@ pub mod checks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_pattern_follows_the_rules() {
+        let of = |rules: &str| server_pattern(rules.parse().unwrap());
+        // ESCU alone: the release before --rules sent exactly this.
+        assert_eq!(of("escu"), r#"{ $.user.username = "system:anonymous" }"#);
+        assert_eq!(server_pattern(Rules::ESCU), of("escu"));
+        assert_eq!(
+            of("escu,unauthenticated"),
+            r#"{ ($.user.username = "system:anonymous") || ($.responseStatus.code = 401) }"#
+        );
+        assert_eq!(of("unauthenticated"), "{ $.responseStatus.code = 401 }");
+        // A JSON pattern never matches a cut record: with `truncated`, terms.
+        let text = r#"?"system:anonymous" ?"Authentication failed""#;
+        for rules in [
+            "all",
+            "truncated",
+            "escu,truncated",
+            "unauthenticated,truncated",
+        ] {
+            assert_eq!(of(rules), text, "{rules}");
+        }
+        assert_eq!(server_pattern(Rules::default()), text);
+    }
 
     #[test]
     fn cluster_names() {

@@ -52,6 +52,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::cloudwatch::{self, Api, LogEvent, Query, Read, send_paced};
+use crate::detect::{Rule, Rules};
 
 /// The published price of Logs Insights in us-east-1, USD per GB scanned
 /// (<https://aws.amazon.com/cloudwatch/pricing/>, "Logs Insights queries").
@@ -72,6 +73,8 @@ pub struct Settings {
     /// (`--max-scan-gb`).
     pub max_scan_bytes: Option<f64>,
     pub polling: Polling,
+    /// `--rules`: what the query selects (a superset; the core judges).
+    pub rules: Rules,
 }
 
 /// Waits between the calls about one query.
@@ -410,14 +413,28 @@ pub fn price_per_gb(region: &str) -> (f64, String) {
     }
 }
 
-/// The query: a superset of the anonymous events of the audit streams,
-/// with the fields the core needs. The rule needs `user.username` to
-/// unescape to `system:anonymous` ignoring ASCII case, so a matching
-/// message holds `anonymous` in some case, or a `\u` escape of one of its
-/// letters (or of a backslash): `\u004x`-`\u007x`. The stream prefix is
-/// kept up to its first character that is not a letter, digit, `-` or `_`
-/// (it goes into a regular expression); the full prefix is checked here.
-pub fn query_string(stream_prefix: &str, limit: u32) -> String {
+/// The query: a superset of what `rules` can match in the audit streams,
+/// with the fields the core needs. Its terms match the raw message, so
+/// they find cut records as well as whole ones:
+///
+/// - `escu` (and `truncated`, whose prefix may show an anonymous user):
+///   `user.username` must unescape to `system:anonymous` ignoring ASCII
+///   case, so the message holds `anonymous` in some case, or a `\u`
+///   escape of one of its letters (or of a backslash): `\u004x`-`\u007x`.
+/// - `unauthenticated` (and `truncated`, whose prefix may show a 401 with
+///   no user): `responseStatus.code` must show as `401`, a number (which
+///   cannot be escaped) or a string, so the message holds `401` after a
+///   `:` or a `"` and blanks, or a `\u` escape of one of its digits
+///   (`\u0030`, `\u0031`, `\u0034`). Which of them have no user is the
+///   core's to say.
+/// - `truncated`: also `Authentication failed` (what authn_audit.go writes
+///   as `responseStatus.message` of every refused authentication), as the
+///   FilterLogEvents pattern has it.
+///
+/// The stream prefix is kept up to its first character that is not a
+/// letter, digit, `-` or `_` (it goes into a regular expression); the full
+/// prefix is checked here.
+pub fn query_string(stream_prefix: &str, limit: u32, rules: Rules) -> String {
     let safe: String = stream_prefix
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -427,10 +444,24 @@ pub fn query_string(stream_prefix: &str, limit: u32) -> String {
     } else {
         format!("@logStream like /^{safe}/ and ")
     };
+    let cut = rules.contains(Rule::Truncated);
+    let mut terms = Vec::new();
+    if cut || rules.contains(Rule::Escu) {
+        terms.push(r"@message like /(?i)anonymous/");
+        terms.push(r"@message like /\\u00[4-7]/");
+    }
+    if cut || rules.contains(Rule::Unauthenticated) {
+        terms.push(r#"@message like /[:"]\s*401/"#);
+        terms.push(r"@message like /\\u003[014]/");
+    }
+    if cut {
+        terms.push("@message like /Authentication failed/");
+    }
     format!(
         "fields @timestamp, @message, @logStream, @ptr \
-         | filter {stream}(@message like /(?i)anonymous/ or @message like /\\\\u00[4-7]/) \
-         | limit {limit}"
+         | filter {stream}({}) \
+         | limit {limit}",
+        terms.join(" or ")
     )
 }
 
@@ -769,7 +800,7 @@ fn split(ins: &Insights, range: Range, n: i64) -> Done {
 /// StartQuery for one range; a full account (`LimitExceededException`) is
 /// waited out.
 async fn start(api: &Api<'_>, ins: &Insights, q: &Query, range: Range) -> Result<String> {
-    let query = query_string(&q.stream_prefix, ins.settings.limit);
+    let query = query_string(&q.stream_prefix, ins.settings.limit, ins.settings.rules);
     let polling = ins.settings.polling;
     let mut delay = polling.limit_wait;
     let mut waited = Duration::ZERO;
@@ -941,7 +972,7 @@ mod tests {
 
     #[test]
     fn the_query_keeps_a_safe_prefix_and_the_limit() {
-        let q = query_string("kube-apiserver-audit-", 500);
+        let q = query_string("kube-apiserver-audit-", 500, Rules::ESCU);
         assert!(
             q.contains("@logStream like /^kube-apiserver-audit-/ and "),
             "{q}"
@@ -954,11 +985,84 @@ mod tests {
         }
         // Characters that mean something in a regular expression or the
         // query language end the prefix the server sees.
-        let q = query_string("audit/|x", 10);
+        let q = query_string("audit/|x", 10, Rules::ESCU);
         assert!(q.contains("/^audit/ and"), "{q}");
         assert!(!q.contains("|x"), "{q}");
-        let q = query_string(".*", 10);
+        let q = query_string(".*", 10, Rules::ESCU);
         assert!(!q.contains("@logStream like"), "{q}");
+    }
+
+    #[test]
+    fn the_query_selects_what_the_rules_can_match() {
+        let filter = |rules: &str| {
+            let q = query_string("kube-apiserver-audit-", 500, rules.parse().unwrap());
+            let start = "| filter @logStream like /^kube-apiserver-audit-/ and (";
+            let at = q.find(start).expect("the filter") + start.len();
+            let end = q.rfind(") | limit 500").expect("the limit");
+            q[at..end].to_string()
+        };
+        let anonymous = r"@message like /(?i)anonymous/ or @message like /\\u00[4-7]/";
+        let refused = r#"@message like /[:"]\s*401/ or @message like /\\u003[014]/"#;
+        let failed = "@message like /Authentication failed/";
+        // ESCU alone: the query of the release before --rules, byte for byte.
+        assert_eq!(
+            query_string("kube-apiserver-audit-", 500, Rules::ESCU),
+            "fields @timestamp, @message, @logStream, @ptr \
+             | filter @logStream like /^kube-apiserver-audit-/ and \
+             (@message like /(?i)anonymous/ or @message like /\\\\u00[4-7]/) | limit 500"
+        );
+        assert_eq!(filter("unauthenticated"), refused);
+        assert_eq!(
+            filter("escu,unauthenticated"),
+            format!("{anonymous} or {refused}")
+        );
+        // A cut record's prefix may show either, and Authentication failed.
+        for rules in [
+            "truncated",
+            "all",
+            "escu,truncated",
+            "unauthenticated,truncated",
+        ] {
+            assert_eq!(
+                filter(rules),
+                format!("{anonymous} or {refused} or {failed}"),
+                "{rules}"
+            );
+        }
+    }
+
+    /// The regular expressions of the query, tried with the `regex` crate
+    /// (what they use, classes, `\s` and `(?i)`, means the same in every
+    /// common engine): each event a rule takes is selected, whole or cut,
+    /// and the commonest events are not.
+    #[test]
+    fn the_query_terms_find_what_the_rules_take() {
+        let terms = [
+            r"(?i)anonymous",
+            r"\\u00[4-7]",
+            r#"[:"]\s*401"#,
+            r"\\u003[014]",
+            "Authentication failed",
+        ]
+        .map(|t| regex::Regex::new(t).unwrap());
+        let selected = |m: &str| terms.iter().any(|t| t.is_match(m));
+        for m in [
+            r#"{"user":{"username":"System:Anonymous"}}"#,
+            r#"{"user":{"username":"system:\u0061nonymous"}}"#,
+            r#"{"user":{},"responseStatus":{"message":"x","code":401}}"#,
+            r#"{"responseStatus":{"code": 401}}"#,
+            r#"{"responseStatus":{"code":"401"}}"#,
+            r#"{"responseStatus":{"code":"\u0034\u00301"}}"#,
+            r#"{"user":{},"responseStatus":{"metadata":{},"status":"Failure","message":"Authentication failed, attempted: bear[Truncated...]"#,
+        ] {
+            assert!(selected(m), "{m}");
+        }
+        for m in [
+            r#"{"user":{"username":"alice"},"responseStatus":{"code":200}}"#,
+            r#"{"requestReceivedTimestamp":"2026-01-01T00:00:00.401000Z","requestURI":"/a?b=1\u0026c=2"}"#,
+        ] {
+            assert!(!selected(m), "{m}");
+        }
     }
 
     #[test]

@@ -110,16 +110,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn client() -> Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The SDK configuration of a test's own clients: moto, dummy credentials.
+async fn moto_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(&moto().endpoint)
         .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
             "testing", "testing", None, None, "test",
         ))
         .load()
-        .await;
-    Client::new(&conf)
+        .await
+}
+
+async fn client() -> Client {
+    Client::new(&moto_config().await)
+}
+
+/// A plain S3 client straight to moto (path-style): a test's own eyes on
+/// the buckets kubeanon writes.
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(&moto_config().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 /// Creates a log group and streams (fresh names per test keep tests apart).

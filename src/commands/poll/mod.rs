@@ -11,7 +11,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -19,10 +19,10 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::describe;
-use crate::checkpoint::{Checkpoint, Commit, GroupState, seen_key};
+use crate::checkpoint::{Checkpoint, Commit, Fits, GroupState, seen_key};
 use crate::cli::PollArgs;
 use crate::deliver::{self, Delivery, Settled};
-use crate::detect::{Detector, Fed, Findings, Origin, Stats};
+use crate::detect::{Detector, Fed, Findings, Origin, Rule, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::{self, Scope, WorkUnit};
@@ -145,6 +145,11 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         }
     }
     let checkpointed = checkpoint.is_some() || s3.is_some();
+    let checkpoint_name = match (&checkpoint, &plan.s3) {
+        (Some(cp), _) => cp.path().display().to_string(),
+        (None, Some((state, _))) => state.to_string(),
+        (None, None) => String::new(),
+    };
     let delivery = Mutex::new(Delivery::open(
         plan.out.style(plan.now_ms),
         &plan.out.target,
@@ -174,6 +179,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     if let Some(ins) = &insights {
         ins.show_on(&bar);
     }
+    let upgraded = AtomicUsize::new(units.iter().filter(|u| u.upgraded).count());
     let ctx = Ctx {
         s3: s3.as_ref(),
         insights: insights.as_ref(),
@@ -181,6 +187,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         delivery: &delivery,
         checkpointed,
         bar: &bar,
+        upgraded: &upgraded,
     };
     let unit_count = units.len();
     // Each scope's units are read concurrently on its pacer, so
@@ -283,6 +290,14 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         if let Some(ins) = &insights {
             eprintln!("kubeanon poll: {}", ins.cost_line(price_region(&reaches)));
         }
+    }
+    // Once per run, even with -q: a blind spot in the past, said once.
+    let upgraded = upgraded.into_inner();
+    if upgraded > 0 {
+        eprintln!(
+            "kubeanon poll: note: {}",
+            upgrade_note(&plan, upgraded, &checkpoint_name)
+        );
     }
     for (unit, horizon) in &capped {
         eprintln!(
@@ -476,6 +491,8 @@ struct Unit {
     work: WorkUnit,
     reach: usize,
     state: GroupState,
+    /// Its entry was written before `--rules` and goes on with more.
+    upgraded: bool,
 }
 
 impl Unit {
@@ -490,8 +507,13 @@ impl Unit {
 fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> Result<Unit> {
     let file = cp.map(|cp| cp.path().display().to_string());
     let old = cp.and_then(|cp| cp.state.group(&work));
-    let state = check_entry(plan, &work, old, file.as_deref().unwrap_or_default())?;
-    Ok(Unit { work, reach, state })
+    let (state, upgraded) = check_entry(plan, &work, old, file.as_deref().unwrap_or_default())?;
+    Ok(Unit {
+        work,
+        reach,
+        state,
+        upgraded,
+    })
 }
 
 /// A unit's state for this run, from its checkpoint entry (`old`; none: a
@@ -502,7 +524,7 @@ fn check_entry(
     work: &WorkUnit,
     old: Option<&GroupState>,
     file: &str,
-) -> Result<GroupState> {
+) -> Result<(GroupState, bool)> {
     let fresh = |start: i64| GroupState {
         account: work.account.clone(),
         region: work.region.clone(),
@@ -514,7 +536,7 @@ fn check_entry(
     };
     let default_start = plan.start_ms.unwrap_or(plan.end_ms - ms(DEFAULT_SINCE));
     let Some(old) = old else {
-        return Ok(fresh(default_start));
+        return Ok((fresh(default_start), false));
     };
     if plan.rebaseline {
         let mut state = old.clone();
@@ -531,16 +553,11 @@ fn check_entry(
             ))
             .into());
         }
-        return Ok(state);
+        return Ok((state, false));
     }
-    if old.read != plan.read {
-        return Err(UsageError(format!(
-            "checkpoint {file} reads {work} with {}, this run asks for {}: \
-             it would move the watermark past events it does not read (or deliver again what the schedule delivers). \
-             For an ad-hoc read use another --checkpoint, or none; to change the schedule's settings from its watermark on, add --rebaseline",
-            old.read, plan.read
-        ))
-        .into());
+    let fits = old.read.fits(&plan.read);
+    if fits == Fits::Differs {
+        return Err(refusal(plan, work, old, file).into());
     }
     if old.watermark_ms > plan.now_ms {
         return Err(anyhow!(
@@ -552,7 +569,64 @@ fn check_entry(
             rfc3339(plan.now_ms)
         ));
     }
-    Ok(old.clone())
+    if fits == Fits::Upgrade {
+        // Read before --rules, with ESCU's rule alone: the new rules from
+        // the watermark on, recorded with the next commit (the run says
+        // once what was not read before it: `upgrade_note`).
+        let mut state = old.clone();
+        state.read = plan.read.clone();
+        return Ok((state, true));
+    }
+    Ok((old.clone(), false))
+}
+
+/// Why a unit's entry, read with other settings, may not be moved by this
+/// run, and what to do instead.
+fn refusal(plan: &Plan, work: &WorkUnit, old: &GroupState, file: &str) -> UsageError {
+    let (was, asked) = (old.read.rules_read(), plan.read.rules_read());
+    let same_source = old.read.stream_prefix == plan.read.stream_prefix
+        && old.read.server_filter == plan.read.server_filter;
+    if same_source {
+        return UsageError(format!(
+            "checkpoint {file} reads {work} with --rules {was}{}, this run asks for --rules {asked}: \
+             it would move the watermark past events the schedule's rules match and this run never fetches, \
+             or past what the new rules match before it. Keep --rules {was} with this checkpoint; \
+             for an ad-hoc backfill with other rules use a separate --checkpoint (or none) with --since or --start; \
+             to change the schedule's rules from its watermark on, add --rebaseline",
+            if old.read.rules.is_none() {
+                " (recorded before --rules existed)"
+            } else {
+                ""
+            }
+        ));
+    }
+    UsageError(format!(
+        "checkpoint {file} reads {work} with {}, this run asks for {}: \
+         it would move the watermark past events it does not read (or deliver again what the schedule delivers). \
+         For an ad-hoc read use another --checkpoint, or none; to change the schedule's settings from its watermark on, add --rebaseline",
+        old.read, plan.read
+    ))
+}
+
+/// Said once per run when entries written before `--rules` (read with
+/// ESCU's rule alone) go on with more rules: what the new rules match
+/// before their watermarks was never read, and how to read it.
+fn upgrade_note(plan: &Plan, units: usize, checkpoint: &str) -> String {
+    let rules = plan.read.rules_read();
+    let mut missed = Vec::new();
+    if rules.contains(Rule::Unauthenticated) {
+        missed.push("401s with no user (unauthenticated)");
+    }
+    if rules.contains(Rule::Truncated) {
+        missed.push("records CloudWatch cut at its size limit (truncated)");
+    }
+    format!(
+        "checkpoint {checkpoint}: {units} log group(s) were read before --rules existed, with ESCU's rule alone; \
+         this run goes on from their watermarks with --rules {rules} and records them. \
+         {} from before those watermarks were not read: to backfill them, run once on a separate checkpoint \
+         (--checkpoint other.json --since 30d, or --start T; without --checkpoint nothing is recorded)",
+        missed.join(" and ")
+    )
 }
 
 /// What a run shares with each unit's task.
@@ -565,6 +639,9 @@ struct Ctx<'a> {
     bar: &'a ProgressBar,
     /// `--engine insights`: read steps through it.
     insights: Option<&'a Insights>,
+    /// Units whose entries were written before `--rules` and go on with
+    /// more rules (see [`upgrade_note`]).
+    upgraded: &'a AtomicUsize,
 }
 
 impl Ctx<'_> {
@@ -710,12 +787,15 @@ async fn poll_s3(
     }
     let label = format!("the S3 state of {}", unit.work);
     let result = async {
-        let state = check_entry(
+        let (state, upgraded) = check_entry(
             ctx.plan,
             &unit.work,
             held.doc.as_ref().map(|d| &d.group),
             &label,
         )?;
+        if upgraded {
+            ctx.upgraded.fetch_add(1, Ordering::Relaxed);
+        }
         s3.adopt(&mut held, state.clone());
         unit.state = state;
         poll_steps(ctx, api, reach, unit, total, Some((s3, &mut held))).await
@@ -743,10 +823,7 @@ async fn poll_steps(
     let query = |s: i64, e: i64| Query {
         log_group: unit.work.log_group.clone(),
         stream_prefix: plan.read.stream_prefix.clone(),
-        filter_pattern: plan
-            .read
-            .server_filter
-            .then(|| cloudwatch::SERVER_FILTER.to_string()),
+        filter_pattern: plan.read.filter_pattern(),
         page_size: plan.page_size,
         start_ms: s,
         end_ms: e,

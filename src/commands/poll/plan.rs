@@ -117,6 +117,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         read: ReadSettings {
             stream_prefix: args.aws.stream_prefix.clone(),
             server_filter: !args.no_server_filter,
+            rules: Some(args.output.rules),
         },
         page_size: args.page_size,
         start_ms,
@@ -227,6 +228,7 @@ fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, Usag
         max_queries: args.max_queries.unwrap_or(4) as usize,
         max_scan_bytes,
         polling: insights::Polling::default(),
+        rules: args.output.rules,
     }))
 }
 
