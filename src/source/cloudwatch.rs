@@ -50,17 +50,19 @@ const ESCU_PATTERN: &str = r#"{ $.user.username = "system:anonymous" }"#;
 ///   every 401 (`$.responseStatus.code = 401`); which of them have no
 ///   user is the detector's to say.
 /// - with `truncated`: a text pattern, `?"system:anonymous" ?"Authentication
-///   failed"` (either term, anywhere in the message, case-sensitive). The
-///   `truncated` rule judges only what a cut record's prefix shows: a
-///   prefix that shows the anonymous user holds `system:anonymous`, and a
-///   refused authentication (authn_audit.go) always carries
-///   `Authentication failed, ...` as `responseStatus.message`, which the
-///   API server writes before `responseStatus.code`, so a prefix that
-///   shows the 401 shows the message too (one cut before the message shows
-///   no code either, and no rule can take it). What this pattern misses
-///   that the JSON ones catch: a whole 401 with no user whose message does
-///   not say `Authentication failed` (no such writer in Kubernetes today),
-///   and an escaped username.
+///   failed" ?"Unauthorized"` (any term, anywhere in the message,
+///   case-sensitive). The `truncated` rule judges only what a cut record's
+///   prefix shows: a prefix that shows the anonymous user holds
+///   `system:anonymous`, and a refused authentication carries, before its
+///   `responseStatus.code`, either authn_audit.go's message
+///   (`Authentication failed, ...`) or, where kube-apiserver logs the
+///   Status it answered with (`"status":"Failure","message":"Unauthorized",
+///   "reason":"Unauthorized","code":401`), `Unauthorized`. So a prefix that
+///   shows the 401 shows one of the terms too (one cut before them shows no
+///   code either, and no rule can take it). What this pattern misses that
+///   the JSON ones catch: a whole 401 with no user whose status names
+///   neither (no such writer in Kubernetes today), and an escaped
+///   username.
 ///
 /// `--no-server-filter` sends no pattern: every audit event is transferred
 /// and judged, which is exact for every rule and every spelling.
@@ -68,7 +70,7 @@ pub fn server_pattern(rules: Rules) -> String {
     let anonymous = rules.contains(Rule::Escu);
     let refused = rules.contains(Rule::Unauthenticated);
     if rules.contains(Rule::Truncated) {
-        return r#"?"system:anonymous" ?"Authentication failed""#.to_string();
+        return r#"?"system:anonymous" ?"Authentication failed" ?"Unauthorized""#.to_string();
     }
     match (anonymous, refused) {
         (true, true) => {
@@ -689,7 +691,7 @@ mod tests {
         );
         assert_eq!(of("unauthenticated"), "{ $.responseStatus.code = 401 }");
         // A JSON pattern never matches a cut record: with `truncated`, terms.
-        let text = r#"?"system:anonymous" ?"Authentication failed""#;
+        let text = r#"?"system:anonymous" ?"Authentication failed" ?"Unauthorized""#;
         for rules in [
             "all",
             "truncated",
