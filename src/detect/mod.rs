@@ -320,7 +320,7 @@ impl Detector {
             }
         };
         let extras = [Cow::Borrowed(rule.name()), credential, Cow::Borrowed(FILL)];
-        self.add_rows(event, s, groups, extras, severity, pair, origin);
+        self.add_rows(s, event.source_ips(), groups, extras, severity, pair, origin);
         Fed::Matched
     }
 
@@ -353,13 +353,22 @@ impl Detector {
         }
         let pair = self.pair(&event);
         let groups = event.groups();
-        let extras = [
-            Cow::Borrowed(Rule::Truncated.name()),
-            Cow::Borrowed(FILL),
-            Cow::Borrowed(shown.note()),
-        ];
+        // One row for one cut record: a cut usually falls in `sourceIPs`,
+        // padded through X-Forwarded-For, and thousands of addresses the
+        // sender wrote are not thousands of findings. The row shows the
+        // first; the note says how many more could be read.
+        let mut ips = event.source_ips();
+        let note = match ips.len() {
+            0 | 1 => Cow::Borrowed(shown.note()),
+            n => Cow::Owned(format!(
+                "{}; {n} source addresses could be read, src_ip is the first",
+                shown.note()
+            )),
+        };
+        ips.truncate(1);
+        let extras = [Cow::Borrowed(Rule::Truncated.name()), Cow::Borrowed(FILL), note];
         let severity = shown.severity();
-        self.add_rows(&event, s, groups, extras, severity, pair, origin);
+        self.add_rows(s, ips, groups, extras, severity, pair, origin);
         Fed::Matched
     }
 
@@ -392,13 +401,13 @@ impl Detector {
     }
 
     /// Adds the rows of one event: one per (source IP, group) pair, with
-    /// the 13 by-fields from `s` and the groups, then `extras` (rule,
-    /// credential, note).
+    /// the 13 by-fields from `s`, the IPs and the groups, then `extras`
+    /// (rule, credential, note).
     #[allow(clippy::too_many_arguments)]
     fn add_rows(
         &mut self,
-        event: &Event<'_, '_>,
         s: [Option<Cow<'_, str>>; 11],
+        ips: Values<'_>,
         groups: Values<'_>,
         extras: [Cow<'_, str>; 3],
         severity: Severity,
@@ -408,7 +417,7 @@ impl Detector {
         let ids = origin.event_id.map_or(0, event_hash);
         let fill = Cow::Borrowed(FILL);
         let scalar = |i: usize| s[i].as_ref().unwrap_or(&fill);
-        let ips = or_fill(event.source_ips());
+        let ips = or_fill(ips);
         let groups = or_fill(groups);
         for ip in &ips {
             for group in &groups {
