@@ -374,7 +374,17 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
     let scanned = run(Command::new(env!("CARGO_BIN_EXE_kubeanon"))
         .arg("scan")
         .arg(repo("examples/eks-audit-sample.jsonl")));
-    assert_eq!(rows(&polled.stdout).len(), 28);
+    // The sample's 28 ESCU rows and its cut anonymous record (rule
+    // truncated), read from the emulator as from the file.
+    let polled_rows = rows(&polled.stdout);
+    assert_eq!(polled_rows.len(), 29);
+    assert_eq!(
+        polled_rows
+            .iter()
+            .filter(|r| r["rule"] == "truncated" && r["severity"] == "high")
+            .count(),
+        1
+    );
     assert_eq!(
         totals(&rows(&polled.stdout)),
         totals(&rows(&scanned.stdout))
