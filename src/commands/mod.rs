@@ -29,7 +29,7 @@ fn write_findings(out: &OutputConfig, findings: &Findings) -> Result<Written> {
 /// The counts every summary line starts with.
 fn describe(stats: &Stats, findings: usize) -> String {
     let cut = if stats.truncated > 0 {
-        format!(", {} cut records (rule truncated)", stats.truncated)
+        format!(", {} truncated", stats.truncated)
     } else {
         String::new()
     };
