@@ -320,7 +320,15 @@ impl Detector {
             }
         };
         let extras = [Cow::Borrowed(rule.name()), credential, Cow::Borrowed(FILL)];
-        self.add_rows(s, event.source_ips(), groups, extras, severity, pair, origin);
+        self.add_rows(
+            s,
+            event.source_ips(),
+            groups,
+            extras,
+            severity,
+            pair,
+            origin,
+        );
         Fed::Matched
     }
 
@@ -366,7 +374,11 @@ impl Detector {
             )),
         };
         ips.truncate(1);
-        let extras = [Cow::Borrowed(Rule::Truncated.name()), Cow::Borrowed(FILL), note];
+        let extras = [
+            Cow::Borrowed(Rule::Truncated.name()),
+            Cow::Borrowed(FILL),
+            note,
+        ];
         let severity = shown.severity();
         self.add_rows(s, ips, groups, extras, severity, pair, origin);
         Fed::Matched
@@ -494,5 +506,7 @@ fn looks_like_object(bytes: &[u8]) -> bool {
     t.first() == Some(&b'{') && t.last() == Some(&b'}')
 }
 
+#[cfg(test)]
+mod rule_tests;
 #[cfg(test)]
 mod tests;
