@@ -89,22 +89,27 @@ fn poll_rows_and_doctor_lines_name_each_clusters_version_and_what_anonymous_reac
     let account = "100000000071";
     two_versions(account, "v-old", "v-new", 71_000);
     let proxy = Proxy::start(&moto().endpoint);
+    // ndjson rows of both clusters, each with its version.
+    let poll_both = |proxy: &Proxy, which: &[&str]| {
+        let mut args = poll_args(which);
+        args.extend(["--format", "ndjson"]);
+        let out = ok(in_account(&proxy.endpoint, account, &args)
+            .output()
+            .unwrap());
+        assert_eq!(
+            versions(&out),
+            [
+                ("v-new".into(), "1.33".into()),
+                ("v-old".into(), "1.31".into())
+            ]
+        );
+        out
+    };
 
     // --cluster: one DescribeCluster per cluster per run, the version on
     // every row.
     let named = ["--cluster", "v-old", "--cluster", "v-new"];
-    let mut args = poll_args(&named);
-    args.extend(["--format", "ndjson"]);
-    let out = ok(in_account(&proxy.endpoint, account, &args)
-        .output()
-        .unwrap());
-    assert_eq!(
-        versions(&out),
-        [
-            ("v-new".into(), "1.33".into()),
-            ("v-old".into(), "1.31".into())
-        ]
-    );
+    let out = poll_both(&proxy, &named);
     assert_eq!(rows(&out.stdout).len(), 4, "{}", stderr(&out));
     assert!(version_notes(&out).is_empty(), "{}", stderr(&out));
     let mut calls = describe_calls(&proxy);
@@ -113,18 +118,7 @@ fn poll_rows_and_doctor_lines_name_each_clusters_version_and_what_anonymous_reac
 
     // --all-clusters: discovery's DescribeCluster says it; no second call.
     proxy.clear();
-    let mut args = poll_args(&["--all-clusters", "--format", "ndjson"]);
-    args.extend(["--cluster-match", "v-*"]);
-    let out = ok(in_account(&proxy.endpoint, account, &args)
-        .output()
-        .unwrap());
-    assert_eq!(
-        versions(&out),
-        [
-            ("v-new".into(), "1.33".into()),
-            ("v-old".into(), "1.31".into())
-        ]
-    );
+    poll_both(&proxy, &["--all-clusters", "--cluster-match", "v-*"]);
     assert_eq!(
         describe_calls(&proxy).len(),
         2,

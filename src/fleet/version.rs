@@ -35,28 +35,28 @@ pub fn anonymous_health_only(version: &str) -> Option<bool> {
     let v = version.trim();
     let v = v.strip_prefix(['v', 'V']).unwrap_or(v);
     let mut parts = v.splitn(3, '.');
-    let major: u32 = number(parts.next()?)?;
-    // The minor may carry a suffix ("33+", "33-eks-..."): its leading digits.
-    let minor = parts.next()?;
-    let digits = minor.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || !matches!(minor.as_bytes().get(digits), None | Some(b'+' | b'-')) {
+    let major = parts.next()?;
+    if !major.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let minor: u32 = minor[..digits].parse().ok()?;
+    let major = numbered(major)?;
+    // The minor and patch may carry a suffix ("33+", "0-eks-1-32-1").
+    let minor = numbered(parts.next()?)?;
     if let Some(patch) = parts.next() {
-        // "1.32.0", "1.32.0-eks-1-32-1"
-        let digits = patch.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || !matches!(patch.as_bytes().get(digits), None | Some(b'+' | b'-')) {
-            return None;
-        }
+        numbered(patch)?;
     }
     Some((major, minor) >= (1, 32))
 }
 
-fn number(s: &str) -> Option<u32> {
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| s.parse().ok())
-        .flatten()
+/// The number a version part starts with, when only `+` or `-` (a build
+/// or vendor suffix) follows it.
+fn numbered(part: &str) -> Option<u32> {
+    let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+    match part.as_bytes().get(digits) {
+        _ if digits == 0 => None,
+        None | Some(b'+' | b'-') => part[..digits].parse().ok(),
+        Some(_) => None,
+    }
 }
 
 /// A cluster's Kubernetes version, or why it is not known.
