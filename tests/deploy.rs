@@ -446,6 +446,7 @@ fn the_iam_files_grant_what_kubeanon_calls_and_agree_with_each_other() {
             read("src/source/cloudwatch.rs"),
             read("src/source/insights.rs"),
             read("src/fleet/discover.rs"),
+            read("src/fleet/version.rs"),
         ];
         assert!(
             sources.iter().any(|s| s.contains(&format!(".{call}()"))),
