@@ -110,6 +110,21 @@ fn poll_rows_and_doctor_lines_name_each_clusters_version_and_what_anonymous_reac
     // every row.
     let named = ["--cluster", "v-old", "--cluster", "v-new"];
     let out = poll_both(&proxy, &named);
+    // Anonymous `/version` requests: on 1.33 an ESCU row for a path that
+    // is not a health path is noted as one EKS should have refused; on
+    // 1.31 RBAC decides, and nothing is noted.
+    for r in rows(&out.stdout) {
+        assert_eq!(r["rule"], "escu");
+        let note = r["note"].as_str().unwrap();
+        if r["cluster"] == "v-new" {
+            assert!(
+                note.starts_with("EKS 1.32 and later let anonymous reach only /healthz, /livez and /readyz: this request should have been refused"),
+                "{note}"
+            );
+        } else {
+            assert_eq!(note, "0");
+        }
+    }
     assert_eq!(rows(&out.stdout).len(), 4, "{}", stderr(&out));
     assert!(version_notes(&out).is_empty(), "{}", stderr(&out));
     let mut calls = describe_calls(&proxy);
