@@ -2,8 +2,9 @@
 //! each (account, region) of the run: credentials (and the assumed role),
 //! then one coverage line per cluster or log group: audit logging on or
 //! off (with --all-clusters, as EKS says), log group present, the newest
-//! audit event's age, logs:FilterLogEvents allowed. A blind or unreadable
-//! cluster fails the run (exit 1); the lines say what to do.
+//! audit event's age, logs:FilterLogEvents allowed, and the cluster's
+//! Kubernetes version with what anonymous can reach there. A blind or
+//! unreadable cluster fails the run (exit 1); the lines say what to do.
 
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use crate::cli::{DoctorArgs, DoctorFormat, parse_duration};
 use crate::detect::Rules;
 use crate::exit::Exit;
 use crate::fleet::discover::{self, Coverage};
+use crate::fleet::version::{self, KubernetesVersion, Unknown};
 use crate::fleet::{self, Scope};
+use crate::output::neutralise_terminal;
 use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{self, Api, ApiStats, Pacer, Query, RetryPolicy, checks};
 use crate::testhooks;
@@ -40,6 +43,16 @@ struct Line {
     /// Seconds since the newest audit event, as CloudWatch reports it.
     newest_audit_event_age_s: Option<i64>,
     filter_allowed: Option<bool>,
+    /// EKS's `cluster.version`, or "unknown"; null for a line about an
+    /// account or region.
+    kubernetes_version: Option<String>,
+    /// Whether anonymous reaches only the health paths there (1.32 on);
+    /// null when the version is not known.
+    anonymous_health_only: Option<bool>,
+    /// What anonymous can reach there, or why that is not known.
+    anonymous_reach: Option<String>,
+    #[serde(skip)]
+    version: Option<KubernetesVersion>,
     status: Status,
     /// What is wrong and what to do, when something is.
     problem: Option<String>,
@@ -58,6 +71,15 @@ enum Status {
     Unreadable,
     /// The cluster is gone; its log group remains.
     Deleted,
+}
+
+impl Line {
+    fn set_version(&mut self, v: KubernetesVersion) {
+        self.kubernetes_version = Some(v.column().to_string());
+        self.anonymous_health_only = v.health_only();
+        self.anonymous_reach = Some(v.anonymous_reach());
+        self.version = Some(v);
+    }
 }
 
 impl Status {
@@ -114,6 +136,10 @@ pub fn run(args: DoctorArgs) -> Result<Exit> {
         lines.extend(scoped.into_iter().flatten());
         lines
     });
+    // One line for every version EKS would not say, not one per cluster.
+    if let Some(note) = version::unknown_note(lines.iter().filter_map(|l| l.version.as_ref())) {
+        eprintln!("kubeanon doctor: note: {note}");
+    }
     let mut failed = false;
     for line in &lines {
         failed |= line.status.fails();
@@ -138,9 +164,11 @@ fn render(l: &Line) -> String {
     if let Some(r) = &l.region {
         where_.push(r.clone());
     }
+    // Names are the account's to choose, the version EKS's to say.
+    let n = |s: &str| neutralise_terminal(s).into_owned();
     let subject = match (&l.cluster, &l.log_group) {
-        (Some(c), _) => format!("cluster {c}"),
-        (None, Some(g)) => format!("log group {g}"),
+        (Some(c), _) => format!("cluster {}", n(c)),
+        (None, Some(g)) => format!("log group {}", n(g)),
         (None, None) => String::new(),
     };
     let mut facts = Vec::new();
@@ -148,8 +176,8 @@ fn render(l: &Line) -> String {
         facts.push(format!("audit logging {on}"));
     }
     match (l.log_group_present, &l.log_group) {
-        (Some(true), Some(g)) => facts.push(format!("log group {g} exists")),
-        (Some(false), Some(g)) => facts.push(format!("no log group {g}")),
+        (Some(true), Some(g)) => facts.push(format!("log group {} exists", n(g))),
+        (Some(false), Some(g)) => facts.push(format!("no log group {}", n(g))),
         _ => {}
     }
     if let Some(age) = l.newest_audit_event_age_s {
@@ -165,11 +193,14 @@ fn render(l: &Line) -> String {
     if !facts.is_empty() {
         text.push_str(&format!(": {}", facts.join(", ")));
     }
+    let mut said = !facts.is_empty();
     if let Some(p) = &l.problem {
-        text.push_str(&format!(
-            "{}{p}",
-            if facts.is_empty() { ": " } else { "; " }
-        ));
+        text.push_str(&format!("{}{p}", if said { "; " } else { ": " }));
+        said = true;
+    }
+    if let Some(v) = &l.version {
+        text.push_str(if said { "; " } else { ": " });
+        text.push_str(&v.clause());
     }
     text
 }
@@ -187,6 +218,9 @@ async fn check_scope(
         ..Line::default()
     };
     let mut targets: Vec<(Line, Option<String>)> = Vec::new();
+    // Versions by log group: discovery's, then one DescribeCluster per
+    // named cluster it did not describe.
+    let mut versions = std::collections::BTreeMap::new();
     if all_clusters {
         match discover::find(scope, Duration::from_secs(20)).await {
             Err(e) => {
@@ -197,6 +231,7 @@ async fn check_scope(
                 }];
             }
             Ok(found) => {
+                versions = found.versions();
                 for c in discover::select(&found, &aws.cluster_match) {
                     let mut line = Line {
                         cluster: Some(c.cluster().to_string()),
@@ -242,6 +277,28 @@ async fn check_scope(
             ..clone_where(&base)
         };
         targets.push((line, Some(g.clone())));
+    }
+    let looked_up = version::lookup(
+        scope,
+        targets
+            .iter()
+            .filter_map(|(_, g)| g.as_deref())
+            .filter(|g| !versions.contains_key(*g)),
+        Duration::from_secs(20),
+    )
+    .await;
+    versions.extend(looked_up);
+    for (line, group) in &mut targets {
+        let group = match (group.as_deref(), &line.cluster) {
+            (Some(g), _) => g.to_string(),
+            (None, Some(c)) => cloudwatch::cluster_log_group(c),
+            (None, None) => continue,
+        };
+        line.set_version(match (line.status, versions.get(&group)) {
+            (Status::Deleted, _) => KubernetesVersion::Unknown(Unknown::NoCluster),
+            (_, Some(v)) => v.clone(),
+            (_, None) => KubernetesVersion::Unknown(Unknown::Failed(None)),
+        });
     }
     let (client, _) = cloudwatch::logs_client(&scope.config);
     let endpoint = advice::endpoint(aws.endpoint_url.as_deref(), &scope.region);

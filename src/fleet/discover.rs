@@ -7,7 +7,7 @@
 //! cluster, never a quiet skip. A log group whose cluster is gone is left
 //! out (it would be blind on every run) but named.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -15,12 +15,9 @@ use aws_config::retry::RetryConfig;
 use futures_util::StreamExt;
 
 use super::Scope;
+use super::version::{DESCRIBE_CONCURRENCY, KubernetesVersion, eks_client};
 use crate::source::advice;
 use crate::source::cloudwatch::{cluster_log_group, cluster_name};
-
-/// DescribeCluster calls in flight per scope: the EKS API has its own
-/// quota (not FilterLogEvents'), and a fleet is discovered in seconds.
-const DESCRIBE_CONCURRENCY: usize = 4;
 
 /// What a scope holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,6 +32,18 @@ pub struct Found {
 pub struct Cluster {
     pub name: String,
     pub audit_logging: bool,
+    /// From the same DescribeCluster answer.
+    pub version: KubernetesVersion,
+}
+
+impl Found {
+    /// The version of each discovered cluster, by its log group's name.
+    pub fn versions(&self) -> BTreeMap<String, KubernetesVersion> {
+        self.clusters
+            .iter()
+            .map(|c| (cluster_log_group(&c.name), c.version.clone()))
+            .collect()
+    }
 }
 
 /// A cluster discovery selected, and what a run can do with it.
@@ -63,16 +72,7 @@ pub async fn find(scope: &Scope, attempt_timeout: Duration) -> Result<Found> {
     // Discovery is a handful of calls outside FilterLogEvents' quota: the
     // SDK's standard retries (the run's own are for FilterLogEvents).
     let retry = RetryConfig::standard().with_max_attempts(5);
-    let eks = aws_sdk_eks::Client::from_conf(
-        aws_sdk_eks::config::Builder::from(&scope.config)
-            .retry_config(retry.clone())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(attempt_timeout)
-                    .build(),
-            )
-            .build(),
-    );
+    let eks = eks_client(scope, attempt_timeout, 5);
     let logs = aws_sdk_cloudwatchlogs::Client::from_conf(
         aws_sdk_cloudwatchlogs::config::Builder::from(&scope.config)
             .retry_config(retry)
@@ -106,6 +106,8 @@ pub async fn find(scope: &Scope, attempt_timeout: Duration) -> Result<Found> {
                             advice::short(&e)
                         )
                     })?;
+                let version =
+                    KubernetesVersion::from_answer(out.cluster().and_then(|c| c.version()));
                 let audit_logging = out
                     .cluster()
                     .and_then(|c| c.logging())
@@ -119,6 +121,7 @@ pub async fn find(scope: &Scope, attempt_timeout: Duration) -> Result<Found> {
                 Ok(Cluster {
                     name,
                     audit_logging,
+                    version,
                 })
             }
         })
@@ -200,14 +203,17 @@ mod tests {
                 Cluster {
                     name: "prod-a".into(),
                     audit_logging: true,
+                    version: KubernetesVersion::Known("1.33".into()),
                 },
                 Cluster {
                     name: "prod-b".into(),
                     audit_logging: false,
+                    version: KubernetesVersion::Known("1.31".into()),
                 },
                 Cluster {
                     name: "dev".into(),
                     audit_logging: true,
+                    version: KubernetesVersion::Known("1.33".into()),
                 },
             ],
             log_groups: [

@@ -6,9 +6,11 @@
 //! the unit of the FilterLogEvents quota, so each gets its own pacer. A
 //! [`WorkUnit`] is one log group of one scope, the thing a checkpoint entry,
 //! a row's `id` and a failure are about. [`discover`] lists a scope's EKS
-//! clusters and says which can be read and which are blind.
+//! clusters and says which can be read and which are blind; [`version`]
+//! learns each cluster's Kubernetes version (what anonymous can reach).
 
 pub mod discover;
+pub mod version;
 
 use anyhow::{Result, anyhow, bail};
 use aws_config::SdkConfig;

@@ -398,3 +398,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn health_paths_are_the_three_whole_paths() {
+    for uri in ["/healthz", "/livez?verbose", "/readyz"] {
+        assert!(super::is_health_path(uri), "{uri}");
+    }
+    for uri in [
+        "/healthz/etcd",
+        "/version",
+        "/",
+        "/livezz",
+        "/api?x=/readyz",
+    ] {
+        assert!(!super::is_health_path(uri), "{uri}");
+    }
+}

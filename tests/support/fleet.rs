@@ -56,7 +56,20 @@ pub struct Cluster {
 /// logging setting and, for audit logging on, the log group with the
 /// events in an audit stream and anonymous-looking decoys in the API
 /// server's own stream. `deleted` log groups get events but no cluster.
+/// Clusters run moto's default Kubernetes version (see [`build_at`]).
 pub fn build(account: &str, region: &str, clusters: &[Cluster], deleted: &[Cluster]) {
+    build_at(account, region, clusters, deleted, |_| None)
+}
+
+/// [`build`], each cluster created at the Kubernetes version `version`
+/// gives for its name (None: moto's default).
+pub fn build_at(
+    account: &str,
+    region: &str,
+    clusters: &[Cluster],
+    deleted: &[Cluster],
+    version: impl Fn(&str) -> Option<&'static str>,
+) {
     rt().block_on(async {
         let conf = config(account, region).await;
         let eks = aws_sdk_eks::Client::new(&conf);
@@ -66,6 +79,7 @@ pub fn build(account: &str, region: &str, clusters: &[Cluster], deleted: &[Clust
                 .name(&c.name)
                 .role_arn(format!("arn:aws:iam::{account}:role/eks"))
                 .resources_vpc_config(VpcConfigRequest::builder().build())
+                .set_version(version(&c.name).map(String::from))
                 .logging(
                     Logging::builder()
                         .cluster_logging(

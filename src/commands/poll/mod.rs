@@ -9,6 +9,7 @@
 //! state, next. A unit that fails (or is blind: audit logging off, no audit
 //! events at all) stops alone; the others go on.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use crate::deliver::{self, Delivery, Settled};
 use crate::detect::{Detector, Fed, Findings, Origin, Rule, Stats};
 use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
+use crate::fleet::version::{self, KubernetesVersion, anonymous_health_only};
 use crate::fleet::{self, Scope, WorkUnit};
 use crate::output::{Format, Parts, Rows, Style};
 use crate::source::advice::{self, enable_audit};
@@ -133,7 +135,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     let (work, notes) = runtime.block_on(work_units(&plan, &reaches, &mut failed));
     let units = work
         .into_iter()
-        .map(|(reach, u)| unit(&plan, reach, u, checkpoint.as_ref()))
+        .map(|u| unit(&plan, u, checkpoint.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     // A rebaseline replaces the entries it changed; they are saved with
     // the first step's commit (a run that fails before it changes nothing).
@@ -267,7 +269,9 @@ pub fn run(args: PollArgs) -> Result<Exit> {
     // With S3 deliveries stdout gets no rows, not even an empty document.
     let capped = match s3 {
         Some(_) => Vec::new(),
-        None => with_rows(&empty, &nowhere, |rows| delivery.finish(rows))?,
+        None => with_rows(&empty, &nowhere, version::UNKNOWN, |rows| {
+            delivery.finish(rows)
+        })?,
     };
     if !plan.out.quiet {
         for note in &notes {
@@ -371,39 +375,41 @@ fn scopes_label(reaches: &[Reach]) -> String {
 }
 
 /// The work units of each reachable scope (named log groups, and with
-/// --all-clusters the discovered ones), with the index of their scope.
-/// Blind clusters and scopes whose discovery failed are added to
-/// `failed`; deleted clusters whose log groups remain become notes.
+/// --all-clusters the discovered ones), with the index of their scope and
+/// their cluster's Kubernetes version. Blind clusters and scopes whose
+/// discovery failed are added to `failed`; deleted clusters whose log
+/// groups remain, and versions that could not be learnt, become notes.
 async fn work_units(
     plan: &Plan,
     reaches: &[Reach],
     failed: &mut Vec<Failure>,
-) -> (Vec<(usize, WorkUnit)>, Vec<String>) {
-    let found: Vec<Option<Result<Vec<Coverage>>>> = futures_util::stream::iter(reaches)
+) -> (Vec<(usize, WorkUnit, KubernetesVersion)>, Vec<String>) {
+    let found: Vec<Option<Result<discover::Found>>> = futures_util::stream::iter(reaches)
         .map(|r| async move {
-            let patterns = plan.discover.as_ref()?;
-            Some(
-                discover::find(&r.scope, plan.fleet.client.attempt_timeout)
-                    .await
-                    .map(|f| discover::select(&f, patterns)),
-            )
+            plan.discover.as_ref()?;
+            Some(discover::find(&r.scope, plan.fleet.client.attempt_timeout).await)
         })
         .buffered(MAX_SCOPES_AT_ONCE)
         .collect()
         .await;
     let mut units = Vec::new();
     let mut notes = Vec::new();
-    for (i, (reach, found)) in reaches.iter().zip(found).enumerate() {
+    // Per scope: the versions discovery learnt, and the units.
+    let mut scoped: Vec<(BTreeMap<String, KubernetesVersion>, Vec<WorkUnit>)> = Vec::new();
+    for (reach, found) in reaches.iter().zip(found) {
         let scope = &reach.scope;
         let mut groups = plan.named.clone();
-        match found {
+        let mut known = BTreeMap::new();
+        let patterns = plan.discover.as_deref().unwrap_or_default();
+        match found.map(|f| f.map(|f| (discover::select(&f, patterns), f.versions()))) {
             None => {}
             Some(Err(error)) => failed.push(Failure {
                 what: scope.to_string(),
                 error,
                 advanced: false,
             }),
-            Some(Ok(coverage)) => {
+            Some(Ok((coverage, versions))) => {
+                known = versions;
                 if coverage.is_empty() {
                     notes.push(format!(
                         "no EKS cluster{} in {scope}",
@@ -447,7 +453,8 @@ async fn work_units(
                 }
             }
         }
-        units.extend(
+        scoped.push((
+            known,
             groups
                 .into_iter()
                 .map(|log_group| WorkUnit {
@@ -456,9 +463,36 @@ async fn work_units(
                     log_group,
                 })
                 .filter(|u| plan.shard.contains(u))
-                .map(|u| (i, u)),
-        );
+                .collect(),
+        ));
     }
+    // The versions discovery did not learn (--cluster, --log-group): one
+    // DescribeCluster per cluster of this shard.
+    let looked_up: Vec<BTreeMap<String, KubernetesVersion>> =
+        futures_util::stream::iter(reaches.iter().zip(&scoped))
+            .map(|(reach, (known, work))| {
+                version::lookup(
+                    &reach.scope,
+                    work.iter()
+                        .map(|u| u.log_group.as_str())
+                        .filter(|g| !known.contains_key(*g)),
+                    plan.fleet.client.attempt_timeout,
+                )
+            })
+            .buffered(MAX_SCOPES_AT_ONCE)
+            .collect()
+            .await;
+    for (i, ((mut known, work), looked_up)) in scoped.into_iter().zip(looked_up).enumerate() {
+        known.extend(looked_up);
+        for u in work {
+            let v = known
+                .get(&u.log_group)
+                .cloned()
+                .unwrap_or(KubernetesVersion::Unknown(version::Unknown::Failed(None)));
+            units.push((i, u, v));
+        }
+    }
+    notes.extend(version::unknown_note(units.iter().map(|(_, _, v)| v)));
     (units, notes)
 }
 
@@ -493,6 +527,10 @@ struct Unit {
     state: GroupState,
     /// Its entry was written before `--rules` and goes on with more.
     upgraded: bool,
+    /// Its cluster's, for the rows' `kubernetes_version` (beside the work
+    /// unit, not in it: a unit's identity, its checkpoint entry and its
+    /// shard do not change when a cluster is upgraded).
+    version: KubernetesVersion,
 }
 
 impl Unit {
@@ -504,7 +542,11 @@ impl Unit {
 }
 
 /// Checks a unit's checkpoint entry against this run, and makes its unit.
-fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> Result<Unit> {
+fn unit(
+    plan: &Plan,
+    (reach, work, version): (usize, WorkUnit, KubernetesVersion),
+    cp: Option<&Checkpoint>,
+) -> Result<Unit> {
     let file = cp.map(|cp| cp.path().display().to_string());
     let old = cp.and_then(|cp| cp.state.group(&work));
     let (state, upgraded) = check_entry(plan, &work, old, file.as_deref().unwrap_or_default())?;
@@ -513,6 +555,7 @@ fn unit(plan: &Plan, reach: usize, work: WorkUnit, cp: Option<&Checkpoint>) -> R
         reach,
         state,
         upgraded,
+        version,
     })
 }
 
@@ -875,7 +918,7 @@ async fn poll_steps(
         let (agg, stats) = step.det.finish();
         let findings = agg.into_findings();
         match s3.as_mut() {
-            None => with_rows(&findings, &unit.work, |rows| {
+            None => with_rows(&findings, &unit.work, unit.version.column(), |rows| {
                 let mut delivery = ctx.delivery.lock().unwrap_or_else(|e| e.into_inner());
                 delivery.step(rows, ctx.checkpointed.then(|| commit.clone()))
             })?,
@@ -891,7 +934,7 @@ async fn poll_steps(
                     ..plan.out.style(plan.now_ms)
                 };
                 let mut parts = Parts::new(style, None);
-                let ndjson = with_rows(&findings, &unit.work, |rows| {
+                let ndjson = with_rows(&findings, &unit.work, unit.version.column(), |rows| {
                     let mut buf = Vec::new();
                     parts
                         .write(rows, &mut buf)
@@ -926,21 +969,27 @@ async fn poll_steps(
     Ok(())
 }
 
-/// Calls `f` with the rows of one step of one unit.
-fn with_rows<R>(findings: &Findings, unit: &WorkUnit, f: impl FnOnce(&Rows<'_>) -> R) -> R {
+/// Calls `f` with the rows of one step of one unit, whose cluster runs
+/// Kubernetes `version` (or `unknown`).
+fn with_rows<R>(
+    findings: &Findings,
+    unit: &WorkUnit,
+    version: &str,
+    f: impl FnOnce(&Rows<'_>) -> R,
+) -> R {
     let scope = unit.id_scope();
     let fixed = [
         ("cluster", unit.cluster()),
         ("log_group", unit.log_group.as_str()),
         ("region", unit.region.as_str()),
         ("account", unit.account.as_str()),
+        ("kubernetes_version", version),
     ];
     f(&Rows {
         findings,
         fixed: &fixed,
         id_label: Some(&scope),
-        // Set from the cluster's Kubernetes version once poll knows it.
-        anonymous_health_only: false,
+        anonymous_health_only: anonymous_health_only(version) == Some(true),
     })
 }
 
