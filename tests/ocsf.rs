@@ -378,3 +378,55 @@ fn an_account_column_becomes_the_cloud_account() {
 fn findings_of(out: &[u8]) -> Vec<Value> {
     findings(out)
 }
+
+#[test]
+fn each_rule_is_named_for_what_it_is_and_a_refusal_has_no_user() {
+    let sample =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/eks-1.33-audit-sample.jsonl");
+    let out = ocsf_scan(&[], &sample);
+    let all = findings(&out);
+    // The 1.33 sample's 97 rows (README: The two commands).
+    assert_valid(&out, 97);
+    let of_rule = |rule: &str| -> Vec<&Value> {
+        all.iter()
+            .filter(|f| f["unmapped"]["rule"] == rule)
+            .collect()
+    };
+    let refused = of_rule("unauthenticated");
+    assert_eq!(refused.len(), 84);
+    for f in &refused {
+        let info = &f["finding_info"];
+        assert_eq!(info["analytic"]["name"], "Unauthenticated request refused");
+        assert_eq!(info["types"], json!(["Unauthenticated request refused"]));
+        let title = info["title"].as_str().unwrap();
+        assert!(title.starts_with("Unauthenticated "), "{title}");
+        assert!(!title.contains("Anonymous"), "{title}");
+        assert!(f["evidences"][0].get("actor").is_none(), "no user: {f}");
+    }
+    let bearer = refused
+        .iter()
+        .find(|f| f["unmapped"]["credential"] == "bearer")
+        .expect("a refused bearer token");
+    assert!(
+        bearer["finding_info"]["title"]
+            .as_str()
+            .unwrap()
+            .ends_with("credentials refused: bearer")
+    );
+    for f in of_rule("escu") {
+        assert_eq!(
+            f["finding_info"]["analytic"]["name"],
+            "Kubernetes AWS detect suspicious kubectl calls"
+        );
+        assert_eq!(
+            f["evidences"][0]["actor"]["user"]["name"],
+            "system:anonymous"
+        );
+    }
+    let cut = of_rule("truncated");
+    assert_eq!(cut.len(), 1);
+    assert_eq!(
+        cut[0]["finding_info"]["analytic"]["uid"],
+        "kubeanon-truncated"
+    );
+}
