@@ -527,10 +527,111 @@ mod tests {
     }
 
     #[test]
-    fn long_cells_are_cut() {
+    fn long_values_are_cut_with_an_ellipsis_to_the_width() {
+        assert_eq!(shorten("abcd", 4), "abcd");
+        assert_eq!(shorten("abcde", 4), "abc…");
+        // Characters, not bytes.
+        assert_eq!(shorten("日本語ab", 3), "日本…");
+        assert_eq!(shorten("ab", 1), "…");
+        assert_eq!(shorten("ab", 0), "");
         let long = "a".repeat(200);
-        let cut = fit(&long);
-        assert_eq!(cut.chars().count(), MAX_WIDTH);
-        assert!(cut.ends_with('…'));
+        assert_eq!(shorten(&long, 80).chars().count(), 80);
+    }
+
+    #[test]
+    fn the_width_is_the_window_then_columns_then_120() {
+        assert_eq!(width_from(Some(100), Some("80")), 100);
+        assert_eq!(width_from(Some(0), Some("80")), 80);
+        assert_eq!(width_from(None, Some(" 90 ")), 90);
+        for columns in ["0", "", "wide", "-1"] {
+            assert_eq!(width_from(None, Some(columns)), 120, "{columns:?}");
+        }
+        assert_eq!(width_from(None, None), 120);
+    }
+
+    #[test]
+    fn times_to_the_second_in_utc_and_clusters_with_account_and_region() {
+        let time = |t: &str| Show::Time.text(&[Some(0), None, None], &[t.to_string()]);
+        assert_eq!(time("2025-03-14T00:02:24.436059Z"), "2025-03-14 00:02:24");
+        assert_eq!(time("2025-03-14T01:02:24.9+01:00"), "2025-03-14 00:02:24");
+        assert_eq!(time(FILL), "-");
+        assert_eq!(time("soon\u{1b}[2J"), "soon\\u{1b}[2J");
+        assert_eq!(time("soon\u{1b}"), "soon\\u{1b}");
+        let cells = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let all = [Some(0), Some(1), Some(2)];
+        assert_eq!(
+            Show::Cluster.text(&all, &cells(&["prod", "123456789012", "eu-west-1"])),
+            "prod (123456789012 eu-west-1)"
+        );
+        assert_eq!(
+            Show::Cluster.text(&all, &cells(&["prod", "", "eu-west-1"])),
+            "prod (eu-west-1)"
+        );
+        assert_eq!(
+            Show::Cluster.text(&[Some(0), None, None], &cells(&["prod"])),
+            "prod"
+        );
+        assert_eq!(
+            Show::Cluster.text(&all, &cells(&["p\u{202e}", "1", "r\u{7}"])),
+            "p\\u{202e} (1 r\\u{7})"
+        );
+    }
+
+    /// `plan` over the 11 columns with these natural widths (labels as
+    /// the table's).
+    fn plan_of(natural: [usize; 11], width: usize) -> Plan {
+        let header: Vec<String> = Show::ALL.iter().map(|s| s.label().to_string()).collect();
+        plan(&Show::ALL, &header, &natural, width)
+    }
+
+    #[test]
+    fn the_core_columns_always_then_the_others_in_order_as_the_width_allows() {
+        // severity, time, source, verb, path, code, count, agent,
+        // cluster, rule, binding.
+        let natural = [13, 19, 15, 4, 50, 4, 5, 60, 30, 15, 34];
+        // Core at their comfortable widths: 13+19+15+4+20+4+5 = 80, and
+        // 6 gaps of two.
+        let at = |width| plan_of(natural, width);
+        let shown = |p: &Plan| p.columns.iter().map(|c| c.0).collect::<Vec<_>>();
+        let total =
+            |p: &Plan| p.columns.iter().map(|c| c.1).sum::<usize>() + p.gap * (p.columns.len() - 1);
+        // 80: one space between columns, the path gives way.
+        let p = at(80);
+        assert_eq!((shown(&p), p.gap), ((0..7).collect(), 1));
+        assert_eq!(p.columns[4], (4, 80 - 60 - 6));
+        // 92: two spaces; 113: the agent does not fit at 20; 114 it does.
+        assert_eq!((shown(&at(92)), at(92).gap), ((0..7).collect(), 2));
+        assert_eq!(shown(&at(113)), (0..7).collect::<Vec<_>>());
+        assert_eq!(shown(&at(114)), (0..8).collect::<Vec<_>>());
+        // The cluster (20), then rule (15), then binding (20).
+        assert_eq!(shown(&at(135)), (0..8).collect::<Vec<_>>());
+        assert_eq!(shown(&at(136)), (0..9).collect::<Vec<_>>());
+        assert_eq!(shown(&at(153)), (0..10).collect::<Vec<_>>());
+        assert_eq!(shown(&at(175)), (0..11).collect::<Vec<_>>());
+        for width in [80, 92, 114, 136, 153, 175, 200] {
+            assert_eq!(total(&at(width)), width, "{width}");
+        }
+        // Room for all: natural widths.
+        let p = at(500);
+        assert_eq!(p.columns.iter().map(|c| c.1).collect::<Vec<_>>(), natural);
+        // The widest gives way first: at 175, path, agent, cluster and
+        // binding share what is left evenly (within one).
+        let p = at(175);
+        let cut: Vec<usize> = [4, 7, 8, 10].iter().map(|&k| p.columns[k].1).collect();
+        assert!(
+            cut.iter().max().unwrap() - cut.iter().min().unwrap() <= 1,
+            "{cut:?}"
+        );
+        // Source and verb give way only when the others are at their
+        // floor; severity, time, code and count never.
+        let p = at(60);
+        assert_eq!(p.columns[4].1, 4);
+        assert!(p.columns[2].1 < 15);
+        for k in [0, 1, 5, 6] {
+            assert_eq!(p.columns[k].1, natural[k]);
+        }
+        // An optional column that does not fit stops the ones after it.
+        let natural = [13, 19, 15, 4, 20, 4, 5, 20, 60, 4, 10];
+        assert_eq!(shown(&plan_of(natural, 135)), (0..8).collect::<Vec<_>>());
     }
 }
