@@ -88,6 +88,14 @@ pub struct OutputArgs {
     /// code, with first and last seen and the count (poll: per step).
     #[arg(long)]
     pub rollup: bool,
+    /// The table with every column (the machine formats' names, in their
+    /// order) and no value shortened. Without it the table fits the
+    /// terminal's width (its window size, else COLUMNS, else 120): severity,
+    /// last seen, source, verb, path, code and count, then as the width
+    /// allows user agent, cluster, rule and binding; long values cut with
+    /// `…`.
+    #[arg(long)]
+    pub wide: bool,
     /// Exit 3 when there are findings; with =LEVEL, when a row written is
     /// at LEVEL or above.
     #[arg(
@@ -357,6 +365,8 @@ pub struct OutputConfig {
     pub rollup: bool,
     /// Colour the table's severities (stdout is a terminal, `NO_COLOR` unset).
     pub colour: bool,
+    /// The table's width; `None` with `--wide` (and for the other formats).
+    pub width: Option<usize>,
     /// Exit 3 when a row written is at this level or above.
     pub fail_on_findings: Option<Severity>,
     pub quiet: bool,
@@ -370,6 +380,7 @@ impl OutputConfig {
             format: self.format,
             rollup: self.rollup,
             colour: self.colour,
+            width: self.width,
             run_ms,
         }
     }
@@ -406,6 +417,8 @@ impl OutputArgs {
             && target == Target::Stdout
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        // The terminal is asked only for a table that fits one.
+        let width = (format == Format::Table && !self.wide).then(crate::output::terminal_width);
         Ok(OutputConfig {
             format,
             target,
@@ -414,6 +427,7 @@ impl OutputArgs {
             rules: self.rules,
             rollup: self.rollup,
             colour,
+            width,
             fail_on_findings: self.fail_on_findings,
             quiet: self.quiet,
         })

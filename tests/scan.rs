@@ -765,33 +765,43 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
 
 #[test]
 fn table_format_neutralises_terminal_controls() {
-    let out = kubeanon()
-        .args(["scan", "--format", "table"])
-        .write_stdin(hostile_input())
-        .assert()
-        .success();
-    let stdout = out.get_output().stdout.clone();
-    let text = String::from_utf8(stdout.clone()).expect("UTF-8");
-    for bad in [
-        '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
-        '\u{2028}', '\u{feff}', '\0',
-    ] {
-        assert!(
-            !text.contains(bad),
-            "{bad:?} reached the terminal: {text:?}"
-        );
+    // The table that fits a width, and --wide's with every column uncut.
+    let table = |extra: &[&str]| {
+        let out = kubeanon()
+            .args(["scan", "--format", "table"])
+            .args(extra)
+            .env("COLUMNS", "80")
+            .write_stdin(hostile_input())
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).expect("UTF-8")
+    };
+    let (fitted, text) = (table(&[]), table(&["--wide"]));
+    for text in [&fitted, &text] {
+        for bad in [
+            '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
+            '\u{2028}', '\u{feff}', '\0',
+        ] {
+            assert!(
+                !text.contains(bad),
+                "{bad:?} reached the terminal: {text:?}"
+            );
+        }
+        // Header and ten rows.
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.contains("198.51.100.7"));
+    }
+    for line in fitted.lines() {
+        assert!(line.chars().count() <= 80, "{line:?}");
     }
     let first = text.lines().next().expect("a header line");
     for name in COLUMNS {
         assert!(first.contains(name), "{name} not in header {first:?}");
     }
-    // Header and ten rows.
-    assert_eq!(text.lines().count(), 11, "{text}");
     assert!(
         text.contains(r"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}"),
         "{text}"
     );
-    assert!(text.contains("198.51.100.7"));
     assert!(text.contains("evil"));
 }
 

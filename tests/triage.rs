@@ -788,7 +788,8 @@ fn the_table_colours_severity_only_on_a_terminal_and_without_no_color() {
     std::fs::write(&file, sample_text + &hostile).unwrap();
     let file = file.to_str().unwrap();
 
-    let shown = on_a_terminal(&["scan", "-q", file], &[]);
+    // --wide: the user agent is shown whole.
+    let shown = on_a_terminal(&["scan", "-q", "--wide", file], &[]);
     // The default format on a terminal is the table, coloured.
     assert!(shown.contains("\u{1b}[1;31mcritical\u{1b}[0m"), "{shown}");
     assert!(shown.contains("\u{1b}[31mhigh\u{1b}[0m"), "{shown}");
@@ -811,7 +812,7 @@ fn the_table_colours_severity_only_on_a_terminal_and_without_no_color() {
     assert!(!shown.contains('\u{202e}') && !shown.contains('\u{9b}'));
 
     // NO_COLOR, set to anything: the same table, no colour.
-    let plain = on_a_terminal(&["scan", "-q", file], &[("NO_COLOR", "1")]);
+    let plain = on_a_terminal(&["scan", "-q", "--wide", file], &[("NO_COLOR", "1")]);
     assert!(!plain.contains('\u{1b}'), "{plain}");
     assert_eq!(
         plain,
