@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
-use util::{COLUMNS, TRIAGE, fixture, kubeanon, summary, Summary};
+use util::{COLUMNS, Summary, TRIAGE, fixture, kubeanon, summary};
 
 /// The columns the rules add, in order, after the triage columns.
 const RULE_COLUMNS: [&str; 3] = ["rule", "credential", "note"];
@@ -133,10 +133,12 @@ fn unauthenticated_rows_of_the_authn_audit_cases() {
             .expect("read the expected rows")
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| match serde_json::from_str::<Value>(l).expect("expected row") {
-                Value::Object(m) => m,
-                other => panic!("expected row is not an object: {other}"),
-            })
+            .map(
+                |l| match serde_json::from_str::<Value>(l).expect("expected row") {
+                    Value::Object(m) => m,
+                    other => panic!("expected row is not an object: {other}"),
+                },
+            )
             .collect();
     assert_eq!(expected.len(), 12);
     let fields: Vec<String> = expected[0].keys().cloned().collect();
@@ -149,8 +151,17 @@ fn unauthenticated_rows_of_the_authn_audit_cases() {
     }
 
     let (rows, s) = scan(&fixture("authn_audit_cases.jsonl"), &[]);
-    let got = sorted(rows.iter().map(|r| value_key(&project(r, &fields))).collect());
-    let want = sorted(expected.iter().map(|r| value_key(&project(r, &fields))).collect());
+    let got = sorted(
+        rows.iter()
+            .map(|r| value_key(&project(r, &fields)))
+            .collect(),
+    );
+    let want = sorted(
+        expected
+            .iter()
+            .map(|r| value_key(&project(r, &fields)))
+            .collect(),
+    );
     assert_eq!(got, want);
     assert_eq!(s.findings, 12, "{s:?}");
     assert_eq!(s.malformed, 0, "{s:?}");
@@ -193,10 +204,18 @@ fn kube_apiserver_refusals_are_unauthenticated_rows() {
         ))
     };
     let want = sorted(vec![
-        row("/api/v1/namespaces/kube-system/secrets", "203.0.113.77", "secrets"),
+        row(
+            "/api/v1/namespaces/kube-system/secrets",
+            "203.0.113.77",
+            "secrets",
+        ),
         row("/version", "198.51.100.23", "0"),
     ]);
-    let got = sorted(rows.iter().map(|r| value_key(&project(r, &fields))).collect());
+    let got = sorted(
+        rows.iter()
+            .map(|r| value_key(&project(r, &fields)))
+            .collect(),
+    );
     assert_eq!(got, want);
     assert_eq!(s.malformed, 0, "{s:?}");
 }
@@ -253,16 +272,22 @@ fn sample_133_rows_by_rule_and_severity() {
 
     // The refusals' credential column, by hand as above.
     let mut creds: BTreeMap<String, u64> = BTreeMap::new();
-    for r in rows.iter().filter(|r| str_field(r, "rule") == "unauthenticated") {
+    for r in rows
+        .iter()
+        .filter(|r| str_field(r, "rule") == "unauthenticated")
+    {
         *creds.entry(str_field(r, "credential").into()).or_default() += 1;
         assert_eq!(str_field(r, "user"), "0");
         assert_eq!(str_field(r, "responseStatus.code"), "401");
         assert_eq!(str_field(r, "stage"), "ResponseStarted");
     }
-    let want_creds: BTreeMap<String, u64> =
-        [("bearer".to_string(), 10), ("none".to_string(), 73), ("x509".to_string(), 1)]
-            .into_iter()
-            .collect();
+    let want_creds: BTreeMap<String, u64> = [
+        ("bearer".to_string(), 10),
+        ("none".to_string(), 73),
+        ("x509".to_string(), 1),
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(creds, want_creds);
 }
 
@@ -277,13 +302,20 @@ fn sample_133_escu_rule_alone_reports_the_health_checks() {
     for r in &rows {
         assert_eq!(str_field(r, "rule"), "escu", "{r:?}");
         assert_eq!(str_field(r, "user"), "system:anonymous", "{r:?}");
-        assert_eq!(str_field(r, "user.groups{}"), "system:unauthenticated", "{r:?}");
+        assert_eq!(
+            str_field(r, "user.groups{}"),
+            "system:unauthenticated",
+            "{r:?}"
+        );
         assert!(
             ["/healthz", "/livez", "/readyz"].contains(&str_field(r, "requestURI")),
             "{r:?}"
         );
         *by_stage
-            .entry((str_field(r, "stage").into(), str_field(r, "severity").into()))
+            .entry((
+                str_field(r, "stage").into(),
+                str_field(r, "severity").into(),
+            ))
             .or_default() += 1;
     }
     let want: BTreeMap<(String, String), u64> = [

@@ -320,7 +320,15 @@ impl Detector {
             }
         };
         let extras = [Cow::Borrowed(rule.name()), credential, Cow::Borrowed(FILL)];
-        self.add_rows(s, event.source_ips(), groups, extras, severity, pair, origin);
+        self.add_rows(
+            s,
+            event.source_ips(),
+            groups,
+            extras,
+            severity,
+            pair,
+            origin,
+        );
         Fed::Matched
     }
 
@@ -366,7 +374,11 @@ impl Detector {
             )),
         };
         ips.truncate(1);
-        let extras = [Cow::Borrowed(Rule::Truncated.name()), Cow::Borrowed(FILL), note];
+        let extras = [
+            Cow::Borrowed(Rule::Truncated.name()),
+            Cow::Borrowed(FILL),
+            note,
+        ];
         let severity = shown.severity();
         self.add_rows(s, ips, groups, extras, severity, pair, origin);
         Fed::Matched
