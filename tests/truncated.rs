@@ -51,6 +51,11 @@ const ADMIN: Who = (
     r#"RBAC: allowed by ClusterRoleBinding \"cluster-admin\" of ClusterRole \"cluster-admin\" to Group \"system:masters\""#,
 );
 
+/// An admin's list of the secrets of an anonymous-facing proxy: a URI
+/// holding the word `anonymous`.
+const ADMIN_ANONYMOUS_URI: &str =
+    "/api/v1/namespaces/kube-system/secrets?labelSelector=app%3Danonymous-proxy";
+
 /// The `n`th padding address: 198.18.0.0/15 (set aside for benchmarks),
 /// from 198.18.0.1 on, every one a valid IPv4 address and none repeated.
 fn padding_ip(n: usize) -> String {
@@ -75,9 +80,14 @@ struct Padded {
 /// A `list secrets` in kube-system by `who`, answered 200 and allowed,
 /// whose `sourceIPs` holds enough padding addresses
 /// (then [`PEER`]) for a cut at `limit` bytes to fall inside them.
-fn padded_list_secrets((user, reason): Who, limit: usize) -> Padded {
+fn padded_list_secrets(who: Who, limit: usize) -> Padded {
+    padded_list(who, "/api/v1/namespaces/kube-system/secrets", limit)
+}
+
+/// [`padded_list_secrets`] at another URI (the same list, with a query).
+fn padded_list((user, reason): Who, uri: &str, limit: usize) -> Padded {
     let mut text = format!(
-        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"4f3c9a52-8d1e-4b7a-9c0f-2e6d5b8a1c37","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/kube-system/secrets","verb":"list","user":{user},"sourceIPs":["#
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"4f3c9a52-8d1e-4b7a-9c0f-2e6d5b8a1c37","stage":"ResponseComplete","requestURI":"{uri}","verb":"list","user":{user},"sourceIPs":["#
     );
     let open = text.len() - 1;
     let mut ip_ends = Vec::new();
@@ -280,6 +290,16 @@ fn authenticated_request_padded_the_same_way_stays_malformed() {
             let (found, stderr) = scan(dir.path(), &[line], &[]);
             assert_not_reported(&found, &stderr, wrapped);
         }
+        // The word the prefilter looks for, readable in the prefix (the
+        // URI), so that the prefix itself is read: its user decides.
+        let padded = padded_list(ADMIN, ADMIN_ANONYMOUS_URI, limit);
+        readable_ips(&padded, limit);
+        let message = cut(&padded.text, limit);
+        for line in [wrapper(&message, WRAPPER_MS), message] {
+            let (found, stderr) = scan(dir.path(), &[line], &[]);
+            assert!(found.is_empty(), "{limit}: {found:?}");
+            assert_eq!(counts(&stderr), (0, 1, 0, 0), "{limit}: {stderr}");
+        }
     }
 }
 
@@ -479,16 +499,18 @@ fn poll_leaves_a_cut_authenticated_record_malformed() {
     let group = format!("/aws/eks/{cluster}/cluster");
     create(&group, &[AUDIT_STREAM]);
     let at = now_ms() - 10 * 60_000;
-    let events: Vec<(i64, String)> = [KB_256, MB_1]
-        .iter()
-        .enumerate()
-        .map(|(i, &limit)| {
-            let text = padded_list_secrets(ADMIN, limit).text;
-            (at + i as i64, cut(&text, limit))
-        })
-        .collect();
+    let mut events = Vec::new();
+    for limit in [KB_256, MB_1] {
+        for uri in [
+            "/api/v1/namespaces/kube-system/secrets",
+            ADMIN_ANONYMOUS_URI,
+        ] {
+            let text = padded_list(ADMIN, uri, limit).text;
+            events.push((at + events.len() as i64, cut(&text, limit)));
+        }
+    }
     put(&group, AUDIT_STREAM, &events);
     let (found, stderr) = poll_cluster(&moto().endpoint, cluster, at);
     assert!(found.is_empty(), "{found:?}");
-    assert_eq!(counts(&stderr), (0, 2, 0, 0), "{stderr}");
+    assert_eq!(counts(&stderr), (0, 4, 0, 0), "{stderr}");
 }
