@@ -556,6 +556,138 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
     assert_eq!(totals(&polled_rows), totals(&scanned_rows));
 }
 
+/// Kills the emulator examples/walkthrough.sh left running, however the
+/// test ends.
+struct Kill(u32);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+/// The commands of the README's "Try `poll` without AWS", continuation
+/// lines joined, without the script's line and the `export` placeholder.
+fn readme_walkthrough_commands() -> Vec<String> {
+    let readme = read("README.md");
+    let section = readme
+        .split("\n### Try `poll` without AWS\n")
+        .nth(1)
+        .unwrap()
+        .split("\n#")
+        .next()
+        .unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let block = block.replace("\\\n", " ");
+    let commands: Vec<String> = block.lines().map(|l| l.trim().to_string()).collect();
+    assert_eq!(commands[0], "examples/walkthrough.sh");
+    assert!(commands[1].starts_with("export DEMO="), "{}", commands[1]);
+    commands[2..].to_vec()
+}
+
+#[test]
+fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_schedule() {
+    // The script with the tests' python (no PyPI here), as a reader runs
+    // it: its own moto on a free port, the sample loaded, an export line.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(repo("examples/walkthrough.sh"))
+        .env("KUBEANON_DEMO_PYTHON", python())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = stdout
+        .split(", pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok());
+    let _kill = pid.map(Kill);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pid.is_some(), "no pid in {stdout}");
+    assert!(
+        stdout.contains("467 events in /aws/eks/demo/cluster"),
+        "{stdout}"
+    );
+    let export = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export "))
+        .unwrap_or_else(|| panic!("no export line in {stdout}"));
+    let vars: Vec<(&str, &str)> = export
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let var = |k: &str| vars.iter().find(|(n, _)| *n == k).unwrap().1;
+    assert!(var("DEMO").starts_with("http://127.0.0.1:"));
+    assert!(var("DEMO_CHECKPOINT").starts_with(tmp.path().to_str().unwrap()));
+    // The README's commands, `cargo run --` being this build's kubeanon.
+    let commands = readme_walkthrough_commands();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let mut said = Vec::new();
+    for c in &commands {
+        let c = c.replace("cargo run --", env!("CARGO_BIN_EXE_kubeanon"));
+        let mut cmd = Command::new("bash");
+        aws_env(&mut cmd);
+        for (k, v) in &vars {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .current_dir(repo("."))
+            .args(["-c", &c])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said.push(out);
+    }
+    // A table: a header line, then a row per line.
+    let table_rows = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(table_rows(&said[0]).len(), 29);
+    assert!(
+        stderr(&said[0]).contains("29 findings"),
+        "{}",
+        stderr(&said[0])
+    );
+    // What the README says of the second poll: the two new requests only.
+    let second = table_rows(&said[2]);
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(
+        second
+            .iter()
+            .any(|r| r.contains(" critical ") && r.contains("/secrets"))
+    );
+    assert!(
+        second
+            .iter()
+            .any(|r| r.contains(" low ") && r.contains("/version"))
+    );
+    let summary = stderr(&said[2]);
+    assert!(
+        summary.contains("3 events, ") && summary.contains("2 matched, 2 findings"),
+        "{summary}"
+    );
+}
+
 /// Every AWS action kubeanon's code calls, by the SDK operation's name: the
 /// policy must grant each (STS GetCallerIdentity needs no grant).
 const CALLED: [&str; 8] = [
