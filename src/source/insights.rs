@@ -225,9 +225,7 @@ impl Insights {
     /// The error a read returns once the run is stopped.
     fn stop_error(&self, why: Stop) -> anyhow::Error {
         let text = match why {
-            Stop::Interrupted => {
-                "interrupted: the window was not read to its end".to_string()
-            }
+            Stop::Interrupted => "interrupted: the window was not read to its end".to_string(),
             Stop::Budget => format!(
                 "the Insights scan budget is spent: {} scanned, more than --max-scan-gb {}; the running queries were stopped \
                  and the window was not read to its end (raise --max-scan-gb, or narrow the window or the clusters)",

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -276,7 +276,12 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         }
         eprintln!(
             "kubeanon poll: {}",
-            interrupted_line(exit, (succeeded, cut_short, unit_count), checkpointed, insights.as_ref())
+            interrupted_line(
+                exit,
+                (succeeded, cut_short, unit_count),
+                checkpointed,
+                insights.as_ref()
+            )
         );
         return Ok(exit);
     }
@@ -385,10 +390,9 @@ impl std::error::Error for Interrupted {}
 /// second one quits at once with that code.
 async fn listen_for_signals(signal: Arc<watch::Sender<Option<Exit>>>) {
     use tokio::signal::unix::{SignalKind, signal as unix};
-    let (Ok(mut int), Ok(mut term)) = (
-        unix(SignalKind::interrupt()),
-        unix(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) =
+        (unix(SignalKind::interrupt()), unix(SignalKind::terminate()))
+    else {
         return;
     };
     loop {
@@ -529,7 +533,10 @@ async fn work_units(
             }),
             Some(Ok((coverage, versions))) => {
                 // Discovery reads only the clusters with audit logging on.
-                known = versions.into_iter().map(|(g, v)| (g, (v, Some(true)))).collect();
+                known = versions
+                    .into_iter()
+                    .map(|(g, v)| (g, (v, Some(true))))
+                    .collect();
                 if coverage.is_empty() {
                     notes.push(format!(
                         "no EKS cluster{} in {scope}",
@@ -605,13 +612,10 @@ async fn work_units(
     for (i, ((mut known, work), looked_up)) in scoped.into_iter().zip(looked_up).enumerate() {
         known.extend(looked_up);
         for u in work {
-            let v = known
-                .get(&u.log_group)
-                .cloned()
-                .unwrap_or((
-                    KubernetesVersion::Unknown(version::Unknown::Failed(None)),
-                    None,
-                ));
+            let v = known.get(&u.log_group).cloned().unwrap_or((
+                KubernetesVersion::Unknown(version::Unknown::Failed(None)),
+                None,
+            ));
             units.push((i, u, v));
         }
     }
@@ -854,7 +858,10 @@ impl Ctx<'_> {
 
     /// `f`, unless a signal stops the run first. Insights reads are let
     /// run: they see the signal and stop their queries before they end.
-    async fn unless_interrupted<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    async fn unless_interrupted<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         if self.insights.is_some() {
             let r = f.await;
             return match r {
@@ -1205,9 +1212,9 @@ fn reaches_before(log_group: &str, why: cloudwatch::Floor) -> String {
             "reaches before {log_group} existed (created {}; CloudWatch takes no event more than 14 days older)",
             rfc3339(c)
         ),
-        cloudwatch::Floor::Retention(d) => format!(
-            "reaches past the {d}-day retention of {log_group} (older events are deleted)"
-        ),
+        cloudwatch::Floor::Retention(d) => {
+            format!("reaches past the {d}-day retention of {log_group} (older events are deleted)")
+        }
     }
 }
 
