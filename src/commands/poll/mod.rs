@@ -819,7 +819,7 @@ fn ignored_start_note(plan: &Plan, units: &[Unit], checkpoint: &str) -> Option<S
         return None;
     }
     Some(format!(
-        "{flag} is not used for the {resumed} log group(s) checkpoint {checkpoint} already holds: \
+        "{flag} is not used for the {resumed} log group(s) with an entry in checkpoint {checkpoint}: \
          their watermarks decide where this run reads from; to read that window, use a separate checkpoint \
          (--checkpoint other.json {flag}, or no --checkpoint), or add --rebaseline to read again from there \
          (rows it delivered before may be delivered again)"
