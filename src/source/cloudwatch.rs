@@ -632,6 +632,65 @@ pub async fn explain_missing(client: &Client, log_group: &str, region: &str) -> 
     text
 }
 
+/// What DescribeLogGroups says of a log group: when it was created and
+/// how long it keeps events (None: forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub creation_ms: Option<i64>,
+    pub retention_days: Option<i32>,
+}
+
+/// How far before its arrival CloudWatch takes an event (PutLogEvents
+/// refuses events more than 14 days old): no event of a log group is older
+/// than its creation minus this.
+pub const MAX_EVENT_AGE_MS: i64 = 14 * 86_400_000;
+
+impl GroupInfo {
+    /// The earliest event time the log group can hold at `now_ms`, and why:
+    /// its creation (less [`MAX_EVENT_AGE_MS`]) or its retention.
+    pub fn floor_ms(&self, now_ms: i64) -> Option<(i64, Floor)> {
+        let created = self
+            .creation_ms
+            .map(|c| (c - MAX_EVENT_AGE_MS, Floor::Created(c)));
+        let kept = self
+            .retention_days
+            .filter(|d| *d > 0)
+            .map(|d| (now_ms - i64::from(d) * 86_400_000, Floor::Retention(d)));
+        match (created, kept) {
+            (Some(c), Some(k)) => Some(if k.0 > c.0 { k } else { c }),
+            (c, k) => c.or(k),
+        }
+    }
+}
+
+/// Why a log group holds no event before some time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// Created then (ms).
+    Created(i64),
+    /// Keeps events this many days.
+    Retention(i32),
+}
+
+/// The log group's creation time and retention (DescribeLogGroups); None
+/// when it does not exist.
+pub async fn group_info(client: &Client, log_group: &str) -> Result<Option<GroupInfo>> {
+    let out = client
+        .describe_log_groups()
+        .log_group_name_prefix(log_group)
+        .send()
+        .await
+        .map_err(|e| anyhow!("DescribeLogGroups failed: {}", advice::short(&e)))?;
+    Ok(out
+        .log_groups()
+        .iter()
+        .find(|g| g.log_group_name() == Some(log_group))
+        .map(|g| GroupInfo {
+            creation_ms: g.creation_time(),
+            retention_days: g.retention_in_days(),
+        }))
+}
+
 /// Checks used by `kubeanon doctor`.
 pub mod checks {
     use super::*;
@@ -639,16 +698,7 @@ pub mod checks {
 
     /// Does the log group exist?
     pub async fn log_group_exists(client: &Client, log_group: &str) -> Result<bool> {
-        let out = client
-            .describe_log_groups()
-            .log_group_name_prefix(log_group)
-            .send()
-            .await
-            .map_err(|e| anyhow!("DescribeLogGroups failed: {}", advice::short(&e)))?;
-        Ok(out
-            .log_groups()
-            .iter()
-            .any(|g| g.log_group_name() == Some(log_group)))
+        Ok(group_info(client, log_group).await?.is_some())
     }
 
     /// The most recently written audit stream, if any.

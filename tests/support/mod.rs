@@ -332,3 +332,17 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
 }
+
+/// Sets a log group's retention (days).
+pub fn set_retention(log_group: &str, days: i32) {
+    runtime().block_on(async {
+        client()
+            .await
+            .put_retention_policy()
+            .log_group_name(log_group)
+            .retention_in_days(days)
+            .send()
+            .await
+            .expect("put retention policy");
+    })
+}
