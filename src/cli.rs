@@ -336,6 +336,21 @@ fn is_region_name(r: &str) -> bool {
         && r.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
 }
 
+/// What to say for `--fail-on-findings LEVEL`, written without the `=`.
+pub fn fail_on_findings_hint(level: &str) -> String {
+    format!("--fail-on-findings takes its level after '=': --fail-on-findings={level}")
+}
+
+/// `--fail-on-findings LEVEL` in `args` (the `=` left out), where clap
+/// refused LEVEL as an unexpected argument (poll and doctor take no paths).
+pub fn stray_fail_on_findings_level(args: &[std::ffi::OsString]) -> Option<String> {
+    args.windows(2).find_map(|w| {
+        let level = w[1].to_str()?;
+        (w[0] == "--fail-on-findings" && level.parse::<Severity>().is_ok())
+            .then(|| level.to_string())
+    })
+}
+
 /// `--min-severity` and `--fail-on-findings`' LEVEL.
 fn parse_severity(text: &str) -> Result<Severity, String> {
     text.parse()

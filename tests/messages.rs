@@ -1,0 +1,93 @@
+//! Issue 22: a flag given the wrong way says, in one line, what happened
+//! and what to do, with a documented exit code. Each through the binary.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::*;
+
+fn kubeanon(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeanon"));
+    aws_env(&mut cmd);
+    cmd.args(args);
+    cmd
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit `code`, and one line of stderr saying each of `needles`.
+fn assert_one_line(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+#[test]
+fn a_level_after_fail_on_findings_without_equals_says_to_add_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    for level in ["high", "low", "critical", "info"] {
+        let out = kubeanon(&["scan", "--fail-on-findings", level])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let hint = format!("--fail-on-findings takes its level after '=': --fail-on-findings={level}");
+        assert_one_line(&out, 2, &[&hint]);
+        assert!(!stderr(&out).contains("cannot read"), "{}", stderr(&out));
+    }
+    // poll takes no paths: clap's "unexpected argument" becomes the hint.
+    let out = kubeanon(&["poll", "--cluster", "demo", "--fail-on-findings", "medium"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert_one_line(&out, 2, &["--fail-on-findings=medium"]);
+    // A file of that name is read: the flag never eats a real path.
+    std::fs::write(cwd.join("high"), "").unwrap();
+    let out = kubeanon(&["scan", "--fail-on-findings", "high"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 events"), "{}", stderr(&out));
+    // A missing file that is no level is still a missing file.
+    let out = kubeanon(&["scan", "--fail-on-findings", "audit.log"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert_one_line(&out, 1, &["cannot read audit.log"]);
+}
+
+#[test]
+fn a_src_ip_block_that_does_not_parse_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.log");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    for (bad, why) in [
+        ("10.0.0.0/33", "0 to 32, not '33'"),
+        ("10.0.0/8", "'10.0.0' is not a whole"),
+        ("fd00::/129", "0 to 128"),
+        ("10.0.0.0/", "not ''"),
+    ] {
+        let spec = format!("src_ip={bad}");
+        let out = kubeanon(&["scan", "--exclude", &spec, empty]).output().unwrap();
+        assert_one_line(&out, 2, &["--exclude", &spec, why, "10.0.0.0/8"]);
+    }
+    // With other conditions too, and in poll before any AWS call.
+    let out = kubeanon(&["poll", "--cluster", "demo", "--exclude", "verb=get,src_ip=10.0.0.0/33"])
+        .output()
+        .unwrap();
+    assert_one_line(&out, 2, &["src_ip=10.0.0.0/33"]);
+    // Good blocks and globs still work.
+    for good in ["src_ip=10.0.0.0/8", "src_ip=10.0.*", "requestURI=10.0.0/8"] {
+        let out = kubeanon(&["scan", "--exclude", good, empty]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", stderr(&out));
+    }
+}
