@@ -267,6 +267,12 @@ impl AwsArgs {
     /// The log groups named on the command line: `--cluster` ones first,
     /// each once. Empty only with --all-clusters.
     pub fn log_groups(&self) -> Result<Vec<String>, UsageError> {
+        if let Some(bad) = self.clusters.iter().find_map(|c| misplaced_cluster(c)) {
+            return Err(UsageError(bad));
+        }
+        if let Some(url) = &self.endpoint_url {
+            check_endpoint_url(url)?;
+        }
         let mut groups: Vec<String> = self.clusters.iter().map(|c| cluster_log_group(c)).collect();
         groups.extend(self.log_groups.iter().cloned());
         // The same group named twice (as --cluster and --log-group) is read once.
@@ -324,6 +330,62 @@ impl AwsArgs {
             external_id: self.external_id.clone(),
         }
     }
+}
+
+/// What to say for a `--cluster` value that is no cluster name: a log
+/// group (`/aws/eks/demo/cluster` would become `/aws/eks//aws/eks/demo/cluster/cluster`)
+/// or a cluster ARN. Cluster names have no `/`.
+fn misplaced_cluster(value: &str) -> Option<String> {
+    if let Some(rest) = value.strip_prefix("arn:")
+        && let Some((_, name)) = rest.split_once(":cluster/")
+        && !name.is_empty()
+        && !name.contains('/')
+    {
+        let region = rest.split(':').nth(2).filter(|r| !r.is_empty());
+        return Some(format!(
+            "--cluster '{value}' is a cluster ARN: pass its name, --cluster {name}{}",
+            region.map(|r| format!(" --region {r}")).unwrap_or_default()
+        ));
+    }
+    if !value.contains('/') {
+        return None;
+    }
+    let name = value
+        .strip_prefix("/aws/eks/")
+        .and_then(|r| r.strip_suffix("/cluster"))
+        .filter(|n| !n.is_empty() && !n.contains('/'));
+    Some(match name {
+        Some(name) => format!(
+            "--cluster takes a cluster name, and '{value}' is a log group: pass --log-group {value} (or --cluster {name})"
+        ),
+        None => format!(
+            "--cluster takes a cluster name (no '/'), and '{value}' looks like a log group: pass --log-group {value}"
+        ),
+    })
+}
+
+/// `--endpoint-url`, checked before the SDK sees it (its own error names
+/// no flag): an http:// or https:// URL with a host.
+fn check_endpoint_url(url: &str) -> Result<(), UsageError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // A host and port alone: an emulator's, most likely on http.
+        let scheme = if url.contains("amazonaws.com") { "https" } else { "http" };
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}' needs a scheme: {scheme}://{url}"
+        )));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}': the scheme must be http or https, not '{scheme}' (like http://localhost:4566)"
+        )));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || host.contains(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}' has no host: write it like {scheme}://localhost:4566"
+        )));
+    }
+    Ok(())
 }
 
 /// `us-east-1`, `us-gov-west-1`, `cn-north-1`: letters, digits and dashes,

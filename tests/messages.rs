@@ -91,3 +91,55 @@ fn a_src_ip_block_that_does_not_parse_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(0), "{good}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn a_log_group_or_arn_given_to_cluster_points_to_the_right_flag() {
+    for sub in ["poll", "doctor"] {
+        let out = kubeanon(&[sub, "--cluster", "/aws/eks/demo/cluster"]).output().unwrap();
+        assert_one_line(
+            &out,
+            2,
+            &["--log-group /aws/eks/demo/cluster", "--cluster demo"],
+        );
+        assert!(!stderr(&out).contains("/aws/eks//aws"), "{}", stderr(&out));
+        // Any '/' is no cluster name; the group is passed on as it was.
+        let out = kubeanon(&[sub, "--cluster", "demo", "--cluster", "/custom/audit"])
+            .output()
+            .unwrap();
+        assert_one_line(&out, 2, &["--log-group /custom/audit"]);
+        let out = kubeanon(&[
+            sub,
+            "--cluster",
+            "arn:aws:eks:eu-west-1:111122223333:cluster/demo",
+        ])
+        .output()
+        .unwrap();
+        assert_one_line(&out, 2, &["cluster ARN", "--cluster demo --region eu-west-1"]);
+    }
+}
+
+#[test]
+fn an_endpoint_url_without_a_scheme_is_refused_up_front() {
+    for sub in ["poll", "doctor"] {
+        let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", "127.0.0.1:5000"])
+            .output()
+            .unwrap();
+        assert_one_line(
+            &out,
+            2,
+            &["--endpoint-url '127.0.0.1:5000' needs a scheme: http://127.0.0.1:5000"],
+        );
+        let out = kubeanon(&[sub, "--all-clusters", "--endpoint-url", "localhost:4566"])
+            .output()
+            .unwrap();
+        assert_one_line(&out, 2, &["http://localhost:4566"]);
+        let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", "ftp://127.0.0.1"])
+            .output()
+            .unwrap();
+        assert_one_line(&out, 2, &["--endpoint-url", "http or https"]);
+        let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", "http://"])
+            .output()
+            .unwrap();
+        assert_one_line(&out, 2, &["--endpoint-url", "no host"]);
+    }
+}
