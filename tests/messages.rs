@@ -143,3 +143,35 @@ fn an_endpoint_url_without_a_scheme_is_refused_up_front() {
         assert_one_line(&out, 2, &["--endpoint-url", "no host"]);
     }
 }
+
+#[test]
+fn a_binary_checkpoint_is_named_as_no_checkpoint_with_the_way_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("cp.json");
+    // A gzip's header: bytes that are no UTF-8.
+    std::fs::write(&binary, [0x1f, 0x8b, 0x08, 0x00, 0x80, 0xff, 0xfe]).unwrap();
+    let out = kubeanon(&["poll", "--cluster", "demo", "--checkpoint"])
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert_one_line(
+        &out,
+        1,
+        &[
+            &binary.display().to_string(),
+            "is not a kubeanon checkpoint",
+            "point it at a new path",
+            "restore it from a backup",
+            "move it aside",
+        ],
+    );
+    assert!(!stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+    // The file is left as it was.
+    assert_eq!(std::fs::read(&binary).unwrap()[..2], [0x1f, 0x8b]);
+    // A directory: name a file.
+    let out = kubeanon(&["poll", "--cluster", "demo", "--checkpoint"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line(&out, 1, &["is a directory", "kubeanon-checkpoint.json"]);
+}
