@@ -382,7 +382,7 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
     let mut scanned_rows = rows(&scanned.stdout);
     assert_eq!(polled_rows.len(), 29);
     for (rows, stamped) in [(&mut polled_rows, true), (&mut scanned_rows, false)] {
-        let cut: Vec<&mut serde_json::Value> = rows
+        let mut cut: Vec<&mut serde_json::Value> = rows
             .iter_mut()
             .filter(|r| r["rule"] == "truncated")
             .collect();
