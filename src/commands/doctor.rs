@@ -307,6 +307,7 @@ async fn check_scope(
     let api = Api {
         client: &client,
         endpoint: &endpoint,
+        region: &scope.region,
         pacer: &pacer,
         retry: RetryPolicy {
             max_attempts: 2,
@@ -352,7 +353,7 @@ async fn check_group(
     let client = api.client;
     let present = match line.log_group_present {
         Some(known) => Ok(known),
-        None => checks::log_group_exists(client, group).await,
+        None => checks::log_group_exists(api, group).await,
     };
     match present {
         Ok(true) => line.log_group_present = Some(true),

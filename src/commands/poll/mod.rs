@@ -163,6 +163,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .map(|r| Api {
             client: &r.client,
             endpoint: &r.endpoint,
+            region: &r.scope.region,
             pacer: &r.pacer,
             retry: plan.retry,
             stats: &api_stats,
