@@ -175,3 +175,47 @@ fn a_binary_checkpoint_is_named_as_no_checkpoint_with_the_way_forward() {
         .unwrap();
     assert_one_line(&out, 1, &["is a directory", "kubeanon-checkpoint.json"]);
 }
+
+/// Each doctor line names what it is about: the mark, then a subject.
+fn assert_every_line_has_a_subject(stdout: &[u8]) {
+    let text = String::from_utf8_lossy(stdout);
+    assert!(!text.trim().is_empty(), "no lines");
+    for line in text.lines() {
+        let rest = line.get(6..).unwrap_or("");
+        assert!(
+            !rest.is_empty() && !rest.starts_with(':') && !rest.starts_with(' '),
+            "no subject: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn every_doctor_line_has_a_subject() {
+    // No credentials: reaching AWS fails before any account or region.
+    let out = kubeanon(&["doctor", "--cluster", "demo", "--endpoint-url", "http://127.0.0.1:9"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.starts_with("FAIL  AWS access: no AWS credentials found"), "{shown}");
+    assert_every_line_has_a_subject(&out.stdout);
+    // A named profile that does not exist: the same subject.
+    let out = kubeanon(&["doctor", "--all-clusters", "--profile", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_every_line_has_a_subject(&out.stdout);
+    // Reached, with a log group that is not there: account, region, subject.
+    let out = kubeanon(&["doctor", "--cluster", "demo", "--endpoint-url", &moto().endpoint])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_every_line_has_a_subject(&out.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("us-east-1 cluster demo"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
