@@ -219,3 +219,41 @@ fn every_doctor_line_has_a_subject() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn summaries_say_one_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.log");
+    std::fs::write(&one, audit_event(1, true) + "\n").unwrap();
+    let out = kubeanon(&["scan", "--rollup"]).arg(&one).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 event, 0 malformed, 1 matched, 1 finding rolled up into 1 group;"),
+        "{err}"
+    );
+    let out = kubeanon(&["scan", "--exclude", "verb=get"]).arg(&one).output().unwrap();
+    assert!(stderr(&out).contains("0 findings (1 row excluded)"), "{}", stderr(&out));
+    // Two stay plural.
+    std::fs::write(&one, audit_event(1, true) + "\n" + &audit_event(2, true) + "\n").unwrap();
+    let out = kubeanon(&["scan"]).arg(&one).output().unwrap();
+    assert!(stderr(&out).contains("2 events, 0 malformed, 2 matched, 2 findings"), "{}", stderr(&out));
+
+    // poll: one log group, one event, one finding.
+    let group = "/aws/eks/plurals/cluster";
+    create(group, &[AUDIT_STREAM]);
+    put(group, AUDIT_STREAM, &[(now_ms() - 10 * 60_000, audit_event(1, true))]);
+    let out = run(poll(group).args(["--since", "30m", "--step-span", "1h"]));
+    let all = stderr(&out);
+    let err = all
+        .lines()
+        .find(|l| l.contains(" log group,"))
+        .unwrap_or_else(|| panic!("no summary: {all}"));
+    for said in ["1 log group,", "1 event, 0 malformed, 1 matched, 1 finding;"] {
+        assert!(err.contains(said), "{said:?} not in: {err}");
+    }
+    assert!(err.contains("1 step, ") && err.contains("0 events from other streams"), "{err}");
+    assert!(!err.contains("(s)"), "{err}");
+    assert_eq!(summary_number(&out.stderr, "findings"), 1);
+    assert_eq!(summary_number(&out.stderr, "events"), 1);
+}

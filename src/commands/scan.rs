@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{describe, write_findings};
+use super::{count, describe, write_findings};
 use crate::cli::ScanArgs;
 use crate::detect::Detector;
 use crate::exit::{Exit, UsageError};
@@ -51,7 +51,7 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     );
     if !out.quiet {
         let rolled = if out.rollup {
-            format!(" rolled up into {} groups", written.rows)
+            format!(" rolled up into {}", count(written.rows as u64, "group"))
         } else {
             String::new()
         };

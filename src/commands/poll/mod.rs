@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::describe;
+use super::{count, describe};
 use crate::checkpoint::{Checkpoint, Commit, Fits, GroupState, seen_key};
 use crate::cli::PollArgs;
 use crate::deliver::{self, Delivery, Settled};
@@ -316,10 +316,11 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         return Ok(Exit::for_findings(worst, plan.out.fail_on_findings));
     }
     eprintln!(
-        "kubeanon poll: {} failed; {} of {} log group(s) were delivered{}",
+        "kubeanon poll: {} failed; {} of {} {} delivered{}",
         failed.len(),
         succeeded,
-        unit_count,
+        count(unit_count as u64, "log group"),
+        if succeeded == 1 { "was" } else { "were" },
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
@@ -749,22 +750,24 @@ impl Total {
         s3: bool,
     ) -> String {
         format!(
-            "{scopes}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            "{scopes}, {}, window {}..{}{end_label}; {}, {}, {} ({} retried, {} throttled); {}; {} late, {} already reported, {} from other streams ignored",
+            count(groups as u64, "log group"),
             rfc3339(start),
             rfc3339(end),
-            self.steps,
-            api.pages.load(Ordering::Relaxed),
-            api.attempts.load(Ordering::Relaxed),
+            count(self.steps, "step"),
+            count(api.pages.load(Ordering::Relaxed), "page"),
+            count(api.attempts.load(Ordering::Relaxed), "API call"),
             api.retries.load(Ordering::Relaxed),
             api.throttled.load(Ordering::Relaxed),
             describe(&self.stats, findings as usize),
             self.late,
             self.stats.duplicates,
-            self.skipped,
+            count(self.skipped, "event"),
         ) + &if s3 {
             format!(
-                "; {} object(s) delivered to S3, {} unit(s) left to other runs (leased)",
-                self.objects, self.leased_elsewhere
+                "; {} delivered to S3, {} left to other runs (leased)",
+                count(self.objects, "object"),
+                count(self.leased_elsewhere, "unit")
             )
         } else {
             String::new()
