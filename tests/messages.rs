@@ -257,3 +257,46 @@ fn summaries_say_one_in_the_singular() {
     assert_eq!(summary_number(&out.stderr, "findings"), 1);
     assert_eq!(summary_number(&out.stderr, "events"), 1);
 }
+
+/// `cmd` with its stdout a pipe whose reader is gone (`| head` done).
+fn with_closed_stdout(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_poll_as_it_ends_scan_unless_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.log");
+    let events: Vec<String> = (0..50).map(|n| audit_event(n, true)).collect();
+    std::fs::write(&file, events.join("\n") + "\n").unwrap();
+    let scan = with_closed_stdout(kubeanon(&["scan"]).arg(&file));
+    assert_eq!(scan.status.code(), Some(0), "{}", stderr(&scan));
+
+    let group = "/aws/eks/closed-stdout/cluster";
+    create(group, &[AUDIT_STREAM]);
+    let now = now_ms();
+    let put_events: Vec<(i64, String)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (now - 20 * 60_000 + i as i64, e.clone()))
+        .collect();
+    put(group, AUDIT_STREAM, &put_events);
+    for format in ["ndjson", "json", "table"] {
+        let out = with_closed_stdout(poll(group).args(["--since", "30m", "--format", format]));
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("error"), "{format}: {}", stderr(&out));
+    }
+    // With a checkpoint: nothing is committed for rows not written.
+    let cp = dir.path().join("cp.json");
+    let out = with_closed_stdout(poll(group).args(["--since", "30m", "--checkpoint"]).arg(&cp));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stdout was closed"), "{}", stderr(&out));
+    let again = run(poll(group).args(["--since", "30m", "--checkpoint"]).arg(&cp));
+    assert_eq!(rows(&again.stdout).len(), 50, "{}", stderr(&again));
+}

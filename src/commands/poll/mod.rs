@@ -28,7 +28,7 @@ use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::version::{self, KubernetesVersion, anonymous_health_only};
 use crate::fleet::{self, Scope, WorkUnit};
-use crate::output::{Format, Parts, Rows, Style};
+use crate::output::{Format, Parts, Rows, StdoutClosed, Style};
 use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, ServerClock,
@@ -70,6 +70,28 @@ struct Failure {
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
+    let checkpointed = args.checkpoint.is_some();
+    run_checked(args).map_err(|e| {
+        // A closed stdout (`| head`) ends a run without a checkpoint as it
+        // ends scan: exit 0. With one, rows not written were not committed:
+        // exit 1, and the next run reads them again.
+        if checkpointed && closed_stdout(&e) {
+            anyhow!(
+                "stdout was closed before every row was written: what was not written was not committed, \
+                 and the next run reads it again"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Did `e` come of stdout's reader going away?
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<StdoutClosed>())
+}
+
+fn run_checked(args: PollArgs) -> Result<Exit> {
     let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
     let mut checkpoint = match plan.s3 {
@@ -234,6 +256,14 @@ pub fn run(args: PollArgs) -> Result<Exit> {
                     advanced: t.steps > 0,
                 });
             }
+        }
+    }
+    // A unit that stopped because stdout was closed failed nothing the
+    // reader wanted (with a checkpoint: see `run`).
+    if !checkpointed && failed.iter().any(|f| closed_stdout(&f.error)) {
+        failed.retain(|f| !closed_stdout(&f.error));
+        if failed.is_empty() {
+            return Err(anyhow::Error::new(StdoutClosed));
         }
     }
     // Failures are never quiet: a blind or failing cluster must be seen.
