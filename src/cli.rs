@@ -369,7 +369,11 @@ fn misplaced_cluster(value: &str) -> Option<String> {
 fn check_endpoint_url(url: &str) -> Result<(), UsageError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         // A host and port alone: an emulator's, most likely on http.
-        let scheme = if url.contains("amazonaws.com") { "https" } else { "http" };
+        let scheme = if url.contains("amazonaws.com") {
+            "https"
+        } else {
+            "http"
+        };
         return Err(UsageError(format!(
             "--endpoint-url '{url}' needs a scheme: {scheme}://{url}"
         )));

@@ -288,7 +288,10 @@ fn a_host_that_does_not_exist_fails_at_once_naming_the_region_and_host() {
         let began = Instant::now();
         let out = kubeanon(&[sub, "--cluster", "demo", "--region", "us-east-9", "-v"])
             .env("AWS_ENDPOINT_URL", &moto().endpoint)
-            .env("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "http://nonexistent.invalid:5000")
+            .env(
+                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                "http://nonexistent.invalid:5000",
+            )
             .output()
             .unwrap();
         let took = began.elapsed();
@@ -299,7 +302,10 @@ fn a_host_that_does_not_exist_fails_at_once_naming_the_region_and_host() {
         );
         // Not retried: a name that does not exist will not exist in a second.
         assert!(!text(&out).contains("retrying"), "{sub}: {}", text(&out));
-        assert!(took < Duration::from_secs(30), "{sub}: gave up after {took:?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{sub}: gave up after {took:?}"
+        );
     }
     // Nothing answers at that name: the first call (STS) says so.
     let out = kubeanon(&[
@@ -315,7 +321,10 @@ fn a_host_that_does_not_exist_fails_at_once_naming_the_region_and_host() {
     .unwrap();
     assert_fails_with(
         &out,
-        &["cannot reach AWS STS in us-east-9 (nonexistent.invalid:5000): no such host", "--endpoint-url"],
+        &[
+            "cannot reach AWS STS in us-east-9 (nonexistent.invalid:5000): no such host",
+            "--endpoint-url",
+        ],
     );
     assert_no_dump(&out);
 }

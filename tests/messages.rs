@@ -38,7 +38,8 @@ fn a_level_after_fail_on_findings_without_equals_says_to_add_it() {
             .current_dir(cwd)
             .output()
             .unwrap();
-        let hint = format!("--fail-on-findings takes its level after '=': --fail-on-findings={level}");
+        let hint =
+            format!("--fail-on-findings takes its level after '=': --fail-on-findings={level}");
         assert_one_line(&out, 2, &[&hint]);
         assert!(!stderr(&out).contains("cannot read"), "{}", stderr(&out));
     }
@@ -77,17 +78,27 @@ fn a_src_ip_block_that_does_not_parse_is_a_usage_error() {
         ("10.0.0.0/", "not ''"),
     ] {
         let spec = format!("src_ip={bad}");
-        let out = kubeanon(&["scan", "--exclude", &spec, empty]).output().unwrap();
+        let out = kubeanon(&["scan", "--exclude", &spec, empty])
+            .output()
+            .unwrap();
         assert_one_line(&out, 2, &["--exclude", &spec, why, "10.0.0.0/8"]);
     }
     // With other conditions too, and in poll before any AWS call.
-    let out = kubeanon(&["poll", "--cluster", "demo", "--exclude", "verb=get,src_ip=10.0.0.0/33"])
-        .output()
-        .unwrap();
+    let out = kubeanon(&[
+        "poll",
+        "--cluster",
+        "demo",
+        "--exclude",
+        "verb=get,src_ip=10.0.0.0/33",
+    ])
+    .output()
+    .unwrap();
     assert_one_line(&out, 2, &["src_ip=10.0.0.0/33"]);
     // Good blocks and globs still work.
     for good in ["src_ip=10.0.0.0/8", "src_ip=10.0.*", "requestURI=10.0.0/8"] {
-        let out = kubeanon(&["scan", "--exclude", good, empty]).output().unwrap();
+        let out = kubeanon(&["scan", "--exclude", good, empty])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{good}: {}", stderr(&out));
     }
 }
@@ -95,7 +106,9 @@ fn a_src_ip_block_that_does_not_parse_is_a_usage_error() {
 #[test]
 fn a_log_group_or_arn_given_to_cluster_points_to_the_right_flag() {
     for sub in ["poll", "doctor"] {
-        let out = kubeanon(&[sub, "--cluster", "/aws/eks/demo/cluster"]).output().unwrap();
+        let out = kubeanon(&[sub, "--cluster", "/aws/eks/demo/cluster"])
+            .output()
+            .unwrap();
         assert_one_line(
             &out,
             2,
@@ -114,7 +127,11 @@ fn a_log_group_or_arn_given_to_cluster_points_to_the_right_flag() {
         ])
         .output()
         .unwrap();
-        assert_one_line(&out, 2, &["cluster ARN", "--cluster demo --region eu-west-1"]);
+        assert_one_line(
+            &out,
+            2,
+            &["cluster ARN", "--cluster demo --region eu-west-1"],
+        );
     }
 }
 
@@ -133,9 +150,15 @@ fn an_endpoint_url_without_a_scheme_is_refused_up_front() {
             .output()
             .unwrap();
         assert_one_line(&out, 2, &["http://localhost:4566"]);
-        let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", "ftp://127.0.0.1"])
-            .output()
-            .unwrap();
+        let out = kubeanon(&[
+            sub,
+            "--cluster",
+            "demo",
+            "--endpoint-url",
+            "ftp://127.0.0.1",
+        ])
+        .output()
+        .unwrap();
         assert_one_line(&out, 2, &["--endpoint-url", "http or https"]);
         let out = kubeanon(&[sub, "--cluster", "demo", "--endpoint-url", "http://"])
             .output()
@@ -192,14 +215,23 @@ fn assert_every_line_has_a_subject(stdout: &[u8]) {
 #[test]
 fn every_doctor_line_has_a_subject() {
     // No credentials: reaching AWS fails before any account or region.
-    let out = kubeanon(&["doctor", "--cluster", "demo", "--endpoint-url", "http://127.0.0.1:9"])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .output()
-        .unwrap();
+    let out = kubeanon(&[
+        "doctor",
+        "--cluster",
+        "demo",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+    ])
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.starts_with("FAIL  AWS access: no AWS credentials found"), "{shown}");
+    assert!(
+        shown.starts_with("FAIL  AWS access: no AWS credentials found"),
+        "{shown}"
+    );
     assert_every_line_has_a_subject(&out.stdout);
     // A named profile that does not exist: the same subject.
     let out = kubeanon(&["doctor", "--all-clusters", "--profile", "nope"])
@@ -208,9 +240,15 @@ fn every_doctor_line_has_a_subject() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_every_line_has_a_subject(&out.stdout);
     // Reached, with a log group that is not there: account, region, subject.
-    let out = kubeanon(&["doctor", "--cluster", "demo", "--endpoint-url", &moto().endpoint])
-        .output()
-        .unwrap();
+    let out = kubeanon(&[
+        "doctor",
+        "--cluster",
+        "demo",
+        "--endpoint-url",
+        &moto().endpoint,
+    ])
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_every_line_has_a_subject(&out.stdout);
     assert!(
@@ -232,27 +270,52 @@ fn summaries_say_one_in_the_singular() {
         err.contains("1 event, 0 malformed, 1 matched, 1 finding rolled up into 1 group;"),
         "{err}"
     );
-    let out = kubeanon(&["scan", "--exclude", "verb=get"]).arg(&one).output().unwrap();
-    assert!(stderr(&out).contains("0 findings (1 row excluded)"), "{}", stderr(&out));
+    let out = kubeanon(&["scan", "--exclude", "verb=get"])
+        .arg(&one)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("0 findings (1 row excluded)"),
+        "{}",
+        stderr(&out)
+    );
     // Two stay plural.
-    std::fs::write(&one, audit_event(1, true) + "\n" + &audit_event(2, true) + "\n").unwrap();
+    std::fs::write(
+        &one,
+        audit_event(1, true) + "\n" + &audit_event(2, true) + "\n",
+    )
+    .unwrap();
     let out = kubeanon(&["scan"]).arg(&one).output().unwrap();
-    assert!(stderr(&out).contains("2 events, 0 malformed, 2 matched, 2 findings"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 events, 0 malformed, 2 matched, 2 findings"),
+        "{}",
+        stderr(&out)
+    );
 
     // poll: one log group, one event, one finding.
     let group = "/aws/eks/plurals/cluster";
     create(group, &[AUDIT_STREAM]);
-    put(group, AUDIT_STREAM, &[(now_ms() - 10 * 60_000, audit_event(1, true))]);
+    put(
+        group,
+        AUDIT_STREAM,
+        &[(now_ms() - 10 * 60_000, audit_event(1, true))],
+    );
     let out = run(poll(group).args(["--since", "30m", "--step-span", "1h"]));
     let all = stderr(&out);
     let err = all
         .lines()
         .find(|l| l.contains(" log group,"))
         .unwrap_or_else(|| panic!("no summary: {all}"));
-    for said in ["1 log group,", "1 event, 0 malformed, 1 matched, 1 finding;"] {
+    for said in [
+        "1 log group,",
+        "1 event, 0 malformed, 1 matched, 1 finding;",
+    ] {
         assert!(err.contains(said), "{said:?} not in: {err}");
     }
-    assert!(err.contains("1 step, ") && err.contains("0 events from other streams"), "{err}");
+    assert!(
+        err.contains("1 step, ") && err.contains("0 events from other streams"),
+        "{err}"
+    );
     assert!(!err.contains("(s)"), "{err}");
     assert_eq!(summary_number(&out.stderr, "findings"), 1);
     assert_eq!(summary_number(&out.stderr, "events"), 1);
@@ -290,13 +353,27 @@ fn a_closed_stdout_ends_poll_as_it_ends_scan_unless_checkpointed() {
     for format in ["ndjson", "json", "table"] {
         let out = with_closed_stdout(poll(group).args(["--since", "30m", "--format", format]));
         assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
-        assert!(!stderr(&out).contains("error"), "{format}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("error"),
+            "{format}: {}",
+            stderr(&out)
+        );
     }
     // With a checkpoint: nothing is committed for rows not written.
     let cp = dir.path().join("cp.json");
-    let out = with_closed_stdout(poll(group).args(["--since", "30m", "--checkpoint"]).arg(&cp));
+    let out = with_closed_stdout(
+        poll(group)
+            .args(["--since", "30m", "--checkpoint"])
+            .arg(&cp),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stdout was closed"), "{}", stderr(&out));
-    let again = run(poll(group).args(["--since", "30m", "--checkpoint"]).arg(&cp));
+    assert!(
+        stderr(&out).contains("stdout was closed"),
+        "{}",
+        stderr(&out)
+    );
+    let again = run(poll(group)
+        .args(["--since", "30m", "--checkpoint"])
+        .arg(&cp));
     assert_eq!(rows(&again.stdout).len(), 50, "{}", stderr(&again));
 }

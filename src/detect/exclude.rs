@@ -206,7 +206,13 @@ mod tests {
 
     #[test]
     fn a_src_ip_block_that_does_not_parse_is_refused() {
-        for bad in ["10.0.0.0/33", "10.0.0/8", "fd00::/129", "10.0.0.0/", "300.0.0.0/8"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fd00::/129",
+            "10.0.0.0/",
+            "300.0.0.0/8",
+        ] {
             let err = Exclusion::parse(&format!("src_ip={bad}")).unwrap_err();
             assert!(err.contains("--exclude") && err.contains(bad), "{err}");
         }

@@ -310,10 +310,18 @@ mod tests {
     #[test]
     fn no_such_host_doubts_the_region_only_on_aws_own_endpoint() {
         assert_eq!(
-            no_such_host("CloudWatch Logs", "us-east-9", "https://logs.us-east-9.amazonaws.com"),
+            no_such_host(
+                "CloudWatch Logs",
+                "us-east-9",
+                "https://logs.us-east-9.amazonaws.com"
+            ),
             "cannot reach CloudWatch Logs in us-east-9 (logs.us-east-9.amazonaws.com): no such host; is the region right?"
         );
-        let other = no_such_host("CloudWatch Logs", "us-east-1", "http://emulator.invalid:4566/x");
+        let other = no_such_host(
+            "CloudWatch Logs",
+            "us-east-1",
+            "http://emulator.invalid:4566/x",
+        );
         assert!(other.contains("(emulator.invalid:4566)"), "{other}");
         assert!(other.contains("--endpoint-url"), "{other}");
     }
