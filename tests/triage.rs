@@ -543,7 +543,10 @@ fn min_severity_keeps_rows_at_or_above_and_says_how_many_it_left_out() {
         let dropped = 28 - kept;
         if dropped > 0 {
             assert!(
-                stderr.contains(&format!("({dropped} rows below --min-severity)")),
+                stderr.contains(&format!(
+                    "({dropped} {} below --min-severity)",
+                    if dropped == 1 { "row" } else { "rows" }
+                )),
                 "{stderr}"
             );
         } else {

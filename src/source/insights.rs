@@ -365,14 +365,18 @@ impl Insights {
         let s = &self.stats;
         let bytes = self.bytes_scanned();
         let (price, note) = price_per_gb(region);
+        let queries = s.queries.load(Ordering::Relaxed);
+        let waits = s.limit_waits.load(Ordering::Relaxed);
+        let seconds = s.reread_seconds.load(Ordering::Relaxed);
+        let one = |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         format!(
-            "Insights: {} queries ({} split, {} run again, {} waits for a free query slot, {} stopped{}), {} scanned, \
+            "Insights: {queries} {} ({} split, {} run again, {waits} {} for a free query slot, {} stopped{}), {} scanned, \
              estimated cost ${:.4} at ${price}/GB{note} (an estimate from the queries' statistics, not a bill); \
-             {} second(s) read with FilterLogEvents",
-            s.queries.load(Ordering::Relaxed),
+             {seconds} {} read with FilterLogEvents",
+            one(queries, "query", "queries"),
             s.splits.load(Ordering::Relaxed),
             s.reruns.load(Ordering::Relaxed),
-            s.limit_waits.load(Ordering::Relaxed),
+            one(waits, "wait", "waits"),
             s.stopped.load(Ordering::Relaxed),
             match s.not_stopped.load(Ordering::Relaxed) {
                 0 => String::new(),
@@ -380,7 +384,7 @@ impl Insights {
             },
             human_bytes(bytes),
             bytes / GB * price,
-            s.reread_seconds.load(Ordering::Relaxed),
+            one(seconds, "second", "seconds"),
         )
     }
 }

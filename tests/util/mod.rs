@@ -156,7 +156,8 @@ pub fn summary(stderr: &[u8]) -> Summary {
     let number_before = |word: &str| -> u64 {
         let at = words
             .iter()
-            .position(|w| *w == word)
+            // `1 finding`, `2 findings`: either form of the word.
+            .position(|w| *w == word || word.strip_suffix('s') == Some(*w))
             .unwrap_or_else(|| panic!("no '{word}' in summary: {text}"));
         assert!(at > 0, "no number before '{word}': {text}");
         words[at - 1]

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-use super::describe;
+use super::{count, describe};
 use crate::checkpoint::{Checkpoint, Commit, Fits, GroupState, seen_key};
 use crate::cli::PollArgs;
 use crate::deliver::{self, Delivery, Settled};
@@ -29,7 +29,7 @@ use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::version::{self, KubernetesVersion, anonymous_health_only};
 use crate::fleet::{self, Scope, WorkUnit};
-use crate::output::{Format, Parts, Rows, Style};
+use crate::output::{Format, Parts, Rows, StdoutClosed, Style};
 use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, ServerClock,
@@ -71,6 +71,28 @@ struct Failure {
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
+    let checkpointed = args.checkpoint.is_some();
+    run_checked(args).map_err(|e| {
+        // A closed stdout (`| head`) ends a run without a checkpoint as it
+        // ends scan: exit 0. With one, rows not written were not committed:
+        // exit 1, and the next run reads them again.
+        if checkpointed && closed_stdout(&e) {
+            anyhow!(
+                "stdout was closed before every row was written: what was not written was not committed, \
+                 and the next run reads it again"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Did `e` come of stdout's reader going away?
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<StdoutClosed>())
+}
+
+fn run_checked(args: PollArgs) -> Result<Exit> {
     let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
     let mut checkpoint = match plan.s3 {
@@ -170,6 +192,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .map(|r| Api {
             client: &r.client,
             endpoint: &r.endpoint,
+            region: &r.scope.region,
             pacer: &r.pacer,
             retry: plan.retry,
             stats: &api_stats,
@@ -260,6 +283,14 @@ pub fn run(args: PollArgs) -> Result<Exit> {
                     advanced: t.steps > 0,
                 });
             }
+        }
+    }
+    // A unit that stopped because stdout was closed failed nothing the
+    // reader wanted (with a checkpoint: see `run`).
+    if !checkpointed && failed.iter().any(|f| closed_stdout(&f.error)) {
+        failed.retain(|f| !closed_stdout(&f.error));
+        if failed.is_empty() {
+            return Err(anyhow::Error::new(StdoutClosed));
         }
     }
     // Failures are never quiet: a blind or failing cluster must be seen.
@@ -355,10 +386,11 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         return Ok(Exit::for_findings(worst, plan.out.fail_on_findings));
     }
     eprintln!(
-        "kubeanon poll: {} failed; {} of {} log group(s) were delivered{}",
+        "kubeanon poll: {} failed; {} of {} {} delivered{}",
         failed.len(),
         succeeded,
-        unit_count,
+        count(unit_count as u64, "log group"),
+        if succeeded == 1 { "was" } else { "were" },
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
@@ -935,22 +967,24 @@ impl Total {
         s3: bool,
     ) -> String {
         format!(
-            "{scopes}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            "{scopes}, {}, window {}..{}{end_label}; {}, {}, {} ({} retried, {} throttled); {}; {} late, {} already reported, {} from other streams ignored",
+            count(groups as u64, "log group"),
             rfc3339(start),
             rfc3339(end),
-            self.steps,
-            api.pages.load(Ordering::Relaxed),
-            api.attempts.load(Ordering::Relaxed),
+            count(self.steps, "step"),
+            count(api.pages.load(Ordering::Relaxed), "page"),
+            count(api.attempts.load(Ordering::Relaxed), "API call"),
             api.retries.load(Ordering::Relaxed),
             api.throttled.load(Ordering::Relaxed),
             describe(&self.stats, findings as usize),
             self.late,
             self.stats.duplicates,
-            self.skipped,
+            count(self.skipped, "event"),
         ) + &if s3 {
             format!(
-                "; {} object(s) delivered to S3, {} unit(s) left to other runs (leased)",
-                self.objects, self.leased_elsewhere
+                "; {} delivered to S3, {} left to other runs (leased)",
+                count(self.objects, "object"),
+                count(self.leased_elsewhere, "unit")
             )
         } else {
             String::new()
@@ -1053,7 +1087,12 @@ async fn poll_steps(
     // What the log group can hold: nothing from before it existed (less
     // the 14 days CloudWatch takes events late) or past its retention.
     let info = match ctx
-        .unless_interrupted(cloudwatch::group_info(&reach.client, &unit.work.log_group))
+        .unless_interrupted(cloudwatch::group_info(
+            &reach.client,
+            &unit.work.log_group,
+            &reach.scope.region,
+            &reach.endpoint,
+        ))
         .await
     {
         Err(e) if e.is::<Interrupted>() => return Err(e),
