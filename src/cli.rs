@@ -58,6 +58,7 @@ pub struct ScanArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
 pub struct OutputArgs {
     /// Output format [default: table when writing to a terminal, else ndjson].
     #[arg(long, value_enum)]
@@ -117,43 +118,43 @@ pub struct AwsArgs {
     /// Every EKS cluster of each account and region (eks:ListClusters,
     /// eks:DescribeCluster): reads those with audit logging on, fails
     /// those with it off.
-    #[arg(long)]
+    #[arg(help_heading = "Fleet", long)]
     pub all_clusters: bool,
     /// With --all-clusters, only clusters whose name matches GLOB (`*`
     /// wildcard, ASCII case-insensitive). Repeatable.
-    #[arg(long = "cluster-match", value_name = "GLOB", requires = "all_clusters")]
+    #[arg(help_heading = "Fleet", long = "cluster-match", value_name = "GLOB", requires = "all_clusters")]
     pub cluster_match: Vec<String>,
     /// EKS cluster name: reads log group /aws/eks/NAME/cluster in every
     /// account and region of the run. Repeatable.
-    #[arg(long = "cluster", value_name = "NAME")]
+    #[arg(help_heading = "Source", long = "cluster", value_name = "NAME")]
     pub clusters: Vec<String>,
     /// CloudWatch Logs log group to read, in every account and region of
     /// the run. Repeatable.
-    #[arg(long = "log-group", value_name = "NAME")]
+    #[arg(help_heading = "Source", long = "log-group", value_name = "NAME")]
     pub log_groups: Vec<String>,
     /// AWS region; repeatable or comma-separated (`us-east-1,eu-west-1`)
     /// [default: from the AWS config chain].
-    #[arg(long = "region", value_name = "REGION", value_delimiter = ',')]
+    #[arg(help_heading = "Fleet", long = "region", value_name = "REGION", value_delimiter = ',')]
     pub regions: Vec<String>,
     /// IAM role to assume (session name `kubeanon`), one account each;
     /// repeatable [default: the caller's own account].
-    #[arg(long = "role-arn", value_name = "ARN")]
+    #[arg(help_heading = "Fleet", long = "role-arn", value_name = "ARN")]
     pub role_arns: Vec<String>,
     /// External id the roles' trust policies ask for.
-    #[arg(long, value_name = "ID", requires = "role_arns")]
+    #[arg(help_heading = "Fleet", long, value_name = "ID", requires = "role_arns")]
     pub external_id: Option<String>,
     /// Named profile from the AWS config files: the credentials a run
     /// starts from (and assumes roles with).
-    #[arg(long)]
+    #[arg(help_heading = "Source", long)]
     pub profile: Option<String>,
     /// Endpoint for every AWS service a run calls (CloudWatch Logs, STS,
     /// EKS, S3 path-style): emulators, VPC endpoints. AWS_ENDPOINT_URL also
     /// works.
-    #[arg(long, value_name = "URL")]
+    #[arg(help_heading = "Source", long, value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Only log streams whose name starts with this (`kube-apiserver-` would
     /// also take the API server's own logs).
-    #[arg(long, default_value = "kube-apiserver-audit-", value_name = "PREFIX")]
+    #[arg(help_heading = "Source", long, default_value = "kube-apiserver-audit-", value_name = "PREFIX")]
     pub stream_prefix: String,
 }
 
@@ -162,86 +163,86 @@ pub struct PollArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
     /// Start of the window: RFC 3339, or a duration before now (`2h`).
-    #[arg(long, value_name = "T", conflicts_with = "since")]
+    #[arg(help_heading = "Window", long, value_name = "T", conflicts_with = "since")]
     pub start: Option<String>,
     /// End of the window (exclusive): RFC 3339, or a duration before now [default: now - lag].
-    #[arg(long, value_name = "T")]
+    #[arg(help_heading = "Window", long, value_name = "T")]
     pub end: Option<String>,
     /// Window start as a duration before now [default: 1h, when no checkpoint].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(help_heading = "Window", long, value_name = "DURATION")]
     pub since: Option<String>,
     /// Checkpoint file: resume where the last run ended, count each event
     /// once. `s3://BUCKET/PREFIX/` keeps one state object per work unit in
     /// S3 instead (with --deliver), for runs on many machines.
-    #[arg(long, value_name = "FILE|s3://BUCKET/PREFIX/")]
+    #[arg(help_heading = "State", long, value_name = "FILE|s3://BUCKET/PREFIX/")]
     pub checkpoint: Option<PathBuf>,
     /// Deliver each step's rows of each unit as one new gzip ndjson object
     /// under this prefix, exactly once (needs an s3:// --checkpoint).
-    #[arg(long, value_name = "s3://BUCKET/PREFIX/")]
+    #[arg(help_heading = "State", long, value_name = "s3://BUCKET/PREFIX/")]
     pub deliver: Option<String>,
     /// Only the work units in shard I of N (a stable hash of account,
     /// region and log group), e.g. `--shard $(JOB_COMPLETION_INDEX)/4`.
-    #[arg(long, value_name = "I/N")]
+    #[arg(help_heading = "Fleet", long, value_name = "I/N")]
     pub shard: Option<String>,
     /// With an s3:// --checkpoint: how long a unit's lease lasts before
     /// another run may take the unit over (renewed while working).
-    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    #[arg(help_heading = "Fleet", long, default_value = "5m", value_name = "DURATION")]
     pub lease: String,
     /// Leave out the most recent DURATION (events still arriving).
-    #[arg(long, default_value = "2m", value_name = "DURATION")]
+    #[arg(help_heading = "Window", long, default_value = "2m", value_name = "DURATION")]
     pub lag: String,
     /// Rescan DURATION before the checkpoint to catch late events.
-    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    #[arg(help_heading = "Window", long, default_value = "10m", value_name = "DURATION")]
     pub overlap: String,
     /// FilterLogEvents requests per second, shared by all log groups of a
     /// region (the account's quota is 5-25/s and shared with other tools).
-    #[arg(long, default_value_t = 4.0, value_name = "N")]
+    #[arg(help_heading = "Source", long, default_value_t = 4.0, value_name = "N")]
     pub max_rps: f64,
     /// Longest span of event time one step reads before delivering and
     /// committing it [default: 1h; 1d with --engine insights].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(help_heading = "Window", long, value_name = "DURATION")]
     pub step_span: Option<String>,
     /// Most matched events one step holds before delivering: a step over
     /// it is read again in halves, so memory stays bounded in a flood.
-    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(help_heading = "Window", long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub step_matches: u64,
     /// Accept a window with no audit events (a cluster known to be idle)
     /// instead of failing that log group as blind.
-    #[arg(long)]
+    #[arg(help_heading = "Window", long)]
     pub allow_idle: bool,
     /// Let this run change a checkpoint entry: adopt its read settings
     /// from the watermark on, and with --start/--since read again from there.
-    #[arg(long, requires = "checkpoint")]
+    #[arg(help_heading = "State", long, requires = "checkpoint")]
     pub rebaseline: bool,
     /// How to read CloudWatch Logs: `filter` (FilterLogEvents, paced; the
     /// only one with eventIds, so the only one with --checkpoint) or
     /// `insights` (Logs Insights as a server-side prefilter for ad-hoc
     /// windows over months; priced per GB scanned).
-    #[arg(long, value_enum, default_value_t = Engine::Filter)]
+    #[arg(help_heading = "Engine", long, value_enum, default_value_t = Engine::Filter)]
     pub engine: Engine,
     /// Rows one Insights query may return; a query that returns this many
     /// is split into shorter time ranges [default: 10000; at most 100000].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(help_heading = "Engine", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub query_limit: Option<u32>,
     /// Insights queries running at once across the run (the account's 30
     /// are shared with dashboards and people) [default: 4].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
+    #[arg(help_heading = "Engine", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=30))]
     pub max_queries: Option<u32>,
     /// Stop the run (exit 1) once Insights queries have scanned more than
     /// GB gigabytes (10^9 bytes), stopping the running queries.
-    #[arg(long, value_name = "GB")]
+    #[arg(help_heading = "Engine", long, value_name = "GB")]
     pub max_scan_gb: Option<f64>,
     /// Send no server-side filter pattern (see README: case and truncation).
-    #[arg(long)]
+    #[arg(help_heading = "Source", long)]
     pub no_server_filter: bool,
     /// Events per FilterLogEvents page (1-10000).
-    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    #[arg(help_heading = "Source", long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub page_size: i32,
     /// Attempts per request, first try included, before the run fails.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(help_heading = "Source", long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// Timeout for one request attempt.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    #[arg(help_heading = "Source", long, default_value = "30s", value_name = "DURATION")]
     pub attempt_timeout: String,
     #[command(flatten)]
     pub output: OutputArgs,

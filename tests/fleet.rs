@@ -123,7 +123,7 @@ fn a_fleet_of_accounts_and_regions_is_read_in_one_run_and_its_blind_clusters_nam
         .collect();
     assert_eq!(ids.len(), got.values().map(Vec::len).sum::<usize>());
     assert!(
-        err.contains("2 account(s) x 2 region(s), 8 log group(s)"),
+        err.contains("2 account(s) x 2 region(s), 8 log groups"),
         "{err}"
     );
 

@@ -408,7 +408,7 @@ async fn statistics_make_the_cost_line() {
     result.unwrap();
     assert_eq!(ins.bytes_scanned(), 3e9);
     let line = ins.cost_line("us-east-1");
-    assert!(line.contains("1 queries"), "{line}");
+    assert!(line.contains("Insights: 1 query ("), "{line}");
     assert!(line.contains("3.00 GB scanned"), "{line}");
     assert!(
         line.contains("estimated cost $0.0150 at $0.005/GB in us-east-1"),

@@ -377,3 +377,32 @@ fn a_closed_stdout_ends_poll_as_it_ends_scan_unless_checkpointed() {
         .arg(&cp));
     assert_eq!(rows(&again.stdout).len(), 50, "{}", stderr(&again));
 }
+
+#[test]
+fn poll_help_groups_its_flags_under_headings() {
+    let out = kubeanon(&["poll", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each heading once, each with a flag of its own under it.
+    let mut at = Vec::new();
+    for (heading, flag) in [
+        ("Source:", "--cluster <NAME>"),
+        ("Fleet:", "--role-arn <ARN>"),
+        ("Window:", "--since <DURATION>"),
+        ("State:", "--checkpoint <"),
+        ("Engine:", "--engine <"),
+        ("Output:", "--rules <LIST>"),
+    ] {
+        assert_eq!(help.matches(&format!("\n{heading}\n")).count(), 1, "{heading} in {help}");
+        let h = help.find(&format!("\n{heading}\n")).unwrap();
+        let f = help.find(flag).unwrap_or_else(|| panic!("{flag} in {help}"));
+        at.push((h, f, heading));
+    }
+    // A flag sits under its own heading: after it, before the next one.
+    let mut headings: Vec<usize> = at.iter().map(|a| a.0).collect();
+    headings.sort_unstable();
+    for (h, f, heading) in &at {
+        let next = headings.iter().find(|&&x| x > *h).copied().unwrap_or(usize::MAX);
+        assert!(*h < *f && *f < next, "{heading}: its flag is elsewhere");
+    }
+}

@@ -380,7 +380,7 @@ fn summary(out: &Output) -> String {
     stderr(out)
         .lines()
         .rev()
-        .find(|l| l.starts_with("kubeanon poll: ") && l.contains(" log group(s)"))
+        .find(|l| l.starts_with("kubeanon poll: ") && l.contains(", window "))
         .unwrap_or_else(|| panic!("no summary line in:\n{}", stderr(out)))
         .to_string()
 }

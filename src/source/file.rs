@@ -271,7 +271,7 @@ fn read_plain(mut input: impl Read, det: &mut Detector, detect_document: bool) -
         let head = io::Cursor::new(lines.pending().to_vec());
         return read_document(head.chain(input), det);
     }
-    let mut judge = Judge::default();
+    let mut judge = Judge::for_rules(det.rules());
     loop {
         // The prefilter runs once over every complete line in the buffer
         // (unless a flood has the judge skip it); each line then only looks
@@ -333,6 +333,15 @@ struct Judge {
 }
 
 impl Judge {
+    /// A judge for what `rules` can match (a prefilter for more rules than
+    /// the detector applies would pass lines only to have them rejected).
+    fn for_rules(rules: crate::detect::Rules) -> Judge {
+        Judge {
+            prefilter: Prefilter::for_rules(rules),
+            skip: 0,
+        }
+    }
+
     /// Buffers read unjudged after one where nearly every line passed,
     /// before the next is judged again.
     const SKIP: u32 = 15;
