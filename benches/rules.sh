@@ -31,6 +31,10 @@
 #   6. peak RSS of each (/usr/bin/time -v), and prints markdown tables.
 #
 # Knobs (environment): RUNS (default 5), WARMUP (default 1), BENCH_DIR,
+# KUBEANON (the binary to measure instead of the profiling build; NO_BUILD=1
+# skips the build), BASELINE (a build from before --rules, e.g. of commit
+# a1d7a45: timed and counted in the same rounds as a third command,
+# `before`, whose rows are ESCU's),
 # INPUTS (default "realistic anonymous refused"), SMALL=1 for inputs of a
 # tenth of the size (realistic-100m-gen, anonymous-50m, refused-50m).
 #
@@ -60,7 +64,7 @@ if [ -z "${NO_BUILD:-}" ]; then
     echo "== build" >&2
     cargo build --profile profiling --bin kubeanon --example gen_audit >&2
 fi
-K=$TARGET/profiling/kubeanon
+K=${KUBEANON:-$TARGET/profiling/kubeanon}
 GEN=$TARGET/profiling/examples/gen_audit
 mkdir -p "$BENCH_DIR"
 
@@ -97,7 +101,7 @@ for inp in $INPUTS; do
         flags=$([ $rules = escu ] && echo "$ESCU" || true)
         # shellcheck disable=SC2086
         by_rule=$("$K" scan $flags "$f" --format ndjson 2>"$BENCH_DIR/rules-stderr.txt" |
-            jq -r '.rule' | sort | uniq -c | awk '{printf "%s%s %s", NR > 1 ? ", " : "", $2, $1}')
+            jq -r '.rule' | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')
         echo "$inp $rules rows: ${by_rule:-none}; scan said: $(tr '\n' ' ' <"$BENCH_DIR/rules-stderr.txt")" |
             tee -a "$summary" >&2
     done
@@ -111,11 +115,13 @@ for inp in $INPUTS; do
     cat "$f" >/dev/null
     escu_cmd="$K scan -q $ESCU $f --format ndjson >/dev/null"
     all_cmd="$K scan -q $f --format ndjson >/dev/null"
+    before=()
+    [ -n "${BASELINE:-}" ] && before=(-n before "$BASELINE scan -q $f --format ndjson >/dev/null")
     for r in $(seq 1 "$RUNS"); do
         if [ $((r % 2)) -eq 1 ]; then
-            pair=(-n escu "$escu_cmd" -n all "$all_cmd")
+            pair=("${before[@]}" -n escu "$escu_cmd" -n all "$all_cmd")
         else
-            pair=(-n all "$all_cmd" -n escu "$escu_cmd")
+            pair=(-n all "$all_cmd" -n escu "$escu_cmd" "${before[@]}")
         fi
         hyperfine --style basic --warmup "$WARMUP" --runs 1 --prepare "cat '$f' >/dev/null" \
             --export-json "$BENCH_DIR/rules-$inp.$r.json" "${pair[@]}" >&2
@@ -129,11 +135,13 @@ for inp in $INPUTS; do
     while IFS=$'\t' read -r what refs; do
         case $what in
         *"$ESCU") INSTR[$inp.escu]=${refs% instructions} ;;
-        *) INSTR[$inp.all]=${refs% instructions} ;;
+        "$K") INSTR[$inp.all]=${refs% instructions} ;;
+        *) INSTR[$inp.before]=${refs% instructions} ;;
         esac
-    done < <(INPUT=$f BENCH_DIR=$BENCH_DIR benches/instructions.sh "$K $ESCU" "$K")
+    done < <(INPUT=$f BENCH_DIR=$BENCH_DIR benches/instructions.sh "$K $ESCU" "$K" ${BASELINE:+"$BASELINE"})
     mv /tmp/kubeanon-cachegrind.1.out "$BENCH_DIR/cachegrind.$inp.escu.out"
     mv /tmp/kubeanon-cachegrind.2.out "$BENCH_DIR/cachegrind.$inp.all.out"
+    [ -n "${BASELINE:-}" ] && mv /tmp/kubeanon-cachegrind.3.out "$BENCH_DIR/cachegrind.$inp.before.out"
 done
 
 rss() { # command -> peak RSS in MB
@@ -147,18 +155,27 @@ echo "|---|---|---|---|---|---|---|---|---|"
 for inp in $INPUTS; do
     f=$BENCH_DIR/${FILE[$inp]}
     # Each round's pair of times; then the means, sds and ratios.
-    stats=$(jq -s '
+    stats=$(jq -rs '
         def mean: add / length;
         def sd: (mean) as $m | (map(. - $m | . * .) | add / (length - 1 | if . < 1 then 1 else . end)) | sqrt;
         def t($n): map(.results[] | select(.command == $n) | .times[0]);
         def cpu($n): map(.results[] | select(.command == $n) | .user + .system);
-        (t("escu")) as $e | (t("all")) as $a |
+        (t("escu")) as $e | (t("all")) as $a | (t("before")) as $b |
         [range(0; $e | length) | $a[.] / $e[.]] as $r |
         [($e | mean), ($e | sd), (cpu("escu") | mean), ($a | mean), ($a | sd), (cpu("all") | mean),
-         ($a | mean) / ($e | mean), ($r | min), ($r | max)] | @tsv' "$BENCH_DIR"/rules-"$inp".*.json)
-    read -r em es ec am as ac ratio rmin rmax <<<"$stats"
+         ($a | mean) / ($e | mean), ($r | min), ($r | max),
+         if ($b | length) > 0 then ($b | mean), ($b | sd), (cpu("before") | mean) else 0, 0, 0 end] | @tsv' \
+        "$BENCH_DIR"/rules-"$inp".*.json)
+    read -r em es ec am as ac ratio rmin rmax bm bs bc <<<"$stats"
     ie=${INSTR[$inp.escu]}
     ia=${INSTR[$inp.all]}
+    if [ -n "${BASELINE:-}" ]; then
+        rb=$(rss "$BASELINE scan -q $f --format ndjson >/dev/null")
+        awk -v l="${LABEL[$inp]}" -v bm="$bm" -v bs="$bs" -v bc="$bc" -v em="$em" -v ib="${INSTR[$inp.before]}" \
+            -v ie="$ie" -v rb="$rb" 'BEGIN {
+            printf "| %s | `BASELINE` | %.3f ± %.3f | %.3f | %.3f | | %.1f M | %.3f | %s MB |\n", l, bm, bs, bc, bm / em, ib / 1e6, ib / ie, rb
+        }'
+    fi
     re=$(rss "$K scan -q $ESCU $f --format ndjson >/dev/null")
     ra=$(rss "$K scan -q $f --format ndjson >/dev/null")
     awk -v l="${LABEL[$inp]}" -v em="$em" -v es="$es" -v ec="$ec" -v am="$am" -v as="$as" -v ac="$ac" \
