@@ -382,12 +382,26 @@ const RECOVER: &str = "to recover, restore it from a backup, or move it aside to
                        (events between then and the lost watermark may be missed or reported again)";
 
 fn read(path: &Path) -> Result<State> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::new()),
+        Err(_) if path.is_dir() => bail!(
+            "checkpoint {} is a directory: --checkpoint names a file, like {}",
+            path.display(),
+            path.join("kubeanon-checkpoint.json").display()
+        ),
         Err(e) => {
             return Err(e).with_context(|| format!("cannot read checkpoint {}", path.display()));
         }
+    };
+    // A checkpoint is JSON text: bytes that are not UTF-8 are some other
+    // file (a gzip, a binary) named by mistake, or a checkpoint destroyed.
+    let Ok(text) = String::from_utf8(bytes) else {
+        bail!(
+            "checkpoint {} is not a kubeanon checkpoint (binary, not JSON text): if --checkpoint names another file, \
+             point it at a new path; if it was a checkpoint, {RECOVER}",
+            path.display()
+        );
     };
     // `touch`, or an init container, made it: no state yet.
     if text.trim().is_empty() {

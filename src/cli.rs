@@ -88,6 +88,14 @@ pub struct OutputArgs {
     /// code, with first and last seen and the count (poll: per step).
     #[arg(long)]
     pub rollup: bool,
+    /// The table with every column (the machine formats' names, in their
+    /// order) and no value shortened. Without it the table fits the
+    /// terminal's width (its window size, else COLUMNS, else 120): severity,
+    /// last seen, source, verb, path, code and count, then as the width
+    /// allows user agent, cluster, rule and binding; long values cut with
+    /// `…`.
+    #[arg(long)]
+    pub wide: bool,
     /// Exit 3 when there are findings; with =LEVEL, when a row written is
     /// at LEVEL or above.
     #[arg(
@@ -267,6 +275,12 @@ impl AwsArgs {
     /// The log groups named on the command line: `--cluster` ones first,
     /// each once. Empty only with --all-clusters.
     pub fn log_groups(&self) -> Result<Vec<String>, UsageError> {
+        if let Some(bad) = self.clusters.iter().find_map(|c| misplaced_cluster(c)) {
+            return Err(UsageError(bad));
+        }
+        if let Some(url) = &self.endpoint_url {
+            check_endpoint_url(url)?;
+        }
         let mut groups: Vec<String> = self.clusters.iter().map(|c| cluster_log_group(c)).collect();
         groups.extend(self.log_groups.iter().cloned());
         // The same group named twice (as --cluster and --log-group) is read once.
@@ -326,6 +340,66 @@ impl AwsArgs {
     }
 }
 
+/// What to say for a `--cluster` value that is no cluster name: a log
+/// group (`/aws/eks/demo/cluster` would become `/aws/eks//aws/eks/demo/cluster/cluster`)
+/// or a cluster ARN. Cluster names have no `/`.
+fn misplaced_cluster(value: &str) -> Option<String> {
+    if let Some(rest) = value.strip_prefix("arn:")
+        && let Some((_, name)) = rest.split_once(":cluster/")
+        && !name.is_empty()
+        && !name.contains('/')
+    {
+        let region = rest.split(':').nth(2).filter(|r| !r.is_empty());
+        return Some(format!(
+            "--cluster '{value}' is a cluster ARN: pass its name, --cluster {name}{}",
+            region.map(|r| format!(" --region {r}")).unwrap_or_default()
+        ));
+    }
+    if !value.contains('/') {
+        return None;
+    }
+    let name = value
+        .strip_prefix("/aws/eks/")
+        .and_then(|r| r.strip_suffix("/cluster"))
+        .filter(|n| !n.is_empty() && !n.contains('/'));
+    Some(match name {
+        Some(name) => format!(
+            "--cluster takes a cluster name, and '{value}' is a log group: pass --log-group {value} (or --cluster {name})"
+        ),
+        None => format!(
+            "--cluster takes a cluster name (no '/'), and '{value}' looks like a log group: pass --log-group {value}"
+        ),
+    })
+}
+
+/// `--endpoint-url`, checked before the SDK sees it (its own error names
+/// no flag): an http:// or https:// URL with a host.
+fn check_endpoint_url(url: &str) -> Result<(), UsageError> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // A host and port alone: an emulator's, most likely on http.
+        let scheme = if url.contains("amazonaws.com") {
+            "https"
+        } else {
+            "http"
+        };
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}' needs a scheme: {scheme}://{url}"
+        )));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}': the scheme must be http or https, not '{scheme}' (like http://localhost:4566)"
+        )));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || host.contains(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "--endpoint-url '{url}' has no host: write it like {scheme}://localhost:4566"
+        )));
+    }
+    Ok(())
+}
+
 /// `us-east-1`, `us-gov-west-1`, `cn-north-1`: letters, digits and dashes,
 /// never empty (a stray comma in `--region a,,b`).
 fn is_region_name(r: &str) -> bool {
@@ -334,6 +408,21 @@ fn is_region_name(r: &str) -> bool {
         && r.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && r.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+}
+
+/// What to say for `--fail-on-findings LEVEL`, written without the `=`.
+pub fn fail_on_findings_hint(level: &str) -> String {
+    format!("--fail-on-findings takes its level after '=': --fail-on-findings={level}")
+}
+
+/// `--fail-on-findings LEVEL` in `args` (the `=` left out), where clap
+/// refused LEVEL as an unexpected argument (poll and doctor take no paths).
+pub fn stray_fail_on_findings_level(args: &[std::ffi::OsString]) -> Option<String> {
+    args.windows(2).find_map(|w| {
+        let level = w[1].to_str()?;
+        (w[0] == "--fail-on-findings" && level.parse::<Severity>().is_ok())
+            .then(|| level.to_string())
+    })
 }
 
 /// `--min-severity` and `--fail-on-findings`' LEVEL.
@@ -357,6 +446,8 @@ pub struct OutputConfig {
     pub rollup: bool,
     /// Colour the table's severities (stdout is a terminal, `NO_COLOR` unset).
     pub colour: bool,
+    /// The table's width; `None` with `--wide` (and for the other formats).
+    pub width: Option<usize>,
     /// Exit 3 when a row written is at this level or above.
     pub fail_on_findings: Option<Severity>,
     pub quiet: bool,
@@ -370,6 +461,7 @@ impl OutputConfig {
             format: self.format,
             rollup: self.rollup,
             colour: self.colour,
+            width: self.width,
             run_ms,
         }
     }
@@ -406,6 +498,8 @@ impl OutputArgs {
             && target == Target::Stdout
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        // The terminal is asked only for a table that fits one.
+        let width = (format == Format::Table && !self.wide).then(crate::output::terminal_width);
         Ok(OutputConfig {
             format,
             target,
@@ -414,6 +508,7 @@ impl OutputArgs {
             rules: self.rules,
             rollup: self.rollup,
             colour,
+            width,
             fail_on_findings: self.fail_on_findings,
             quiet: self.quiet,
         })

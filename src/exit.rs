@@ -17,6 +17,10 @@ pub enum Exit {
     /// Some log groups failed (or were blind); the others were delivered
     /// and advanced.
     Partial,
+    /// SIGINT (Ctrl-C): what was committed stays committed.
+    Interrupted,
+    /// SIGTERM: as SIGINT.
+    Terminated,
 }
 
 impl Exit {
@@ -27,6 +31,10 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Findings => 3,
             Exit::Partial => 4,
+            // 128 + the signal's number, as a shell reports a process the
+            // signal ended.
+            Exit::Interrupted => 130,
+            Exit::Terminated => 143,
         }
     }
 
@@ -71,10 +79,12 @@ mod tests {
             Exit::Usage,
             Exit::Findings,
             Exit::Partial,
+            Exit::Interrupted,
+            Exit::Terminated,
         ]
         .map(Exit::code)
         .to_vec();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 130, 143]);
         use Severity::*;
         let any = Some(Informational);
         assert_eq!(Exit::for_findings(Some(Low), any), Exit::Findings);

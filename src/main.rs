@@ -15,7 +15,24 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `poll --fail-on-findings high`: clap says only that `high`
+            // was unexpected; say what was meant.
+            if e.kind() == clap::error::ErrorKind::UnknownArgument
+                && let Some(level) = kubeanon::cli::stray_fail_on_findings_level(&args)
+            {
+                eprintln!(
+                    "kubeanon: error: {}",
+                    kubeanon::cli::fail_on_findings_hint(&level)
+                );
+                return Exit::Usage.into();
+            }
+            e.exit()
+        }
+    };
     if cli.verbose {
         // Only kubeanon's own events: the SDK's debug logs carry request
         // details that have no place in a scheduled job's log.

@@ -64,6 +64,7 @@ async fn read(client: &Client, retry: RetryPolicy) -> (anyhow::Result<()>, Vec<S
     let api = Api {
         client,
         endpoint: "https://logs.us-east-1.amazonaws.com",
+        region: "us-east-1",
         pacer: &pacer,
         retry,
         stats: &stats,

@@ -81,6 +81,167 @@ fn yaml_documents(path: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The Kubernetes manifests shipped in examples/deploy/.
+fn manifests() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(repo("examples/deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .map(|n| format!("examples/deploy/{n}"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn every_namespace_a_manifest_uses_is_created_by_the_manifest_itself() {
+    // `kubectl apply -f FILE` on a fresh cluster: each file creates the
+    // namespaces its objects live in, before them (kubectl applies the
+    // documents in order).
+    let files = manifests();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let mut created: Vec<String> = Vec::new();
+        let mut used = 0;
+        for doc in yaml_documents(file) {
+            if doc.is_null() {
+                continue;
+            }
+            if doc["kind"] == "Namespace" {
+                created.push(doc["metadata"]["name"].as_str().unwrap().to_string());
+            }
+            if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+                used += 1;
+                assert!(
+                    created.iter().any(|c| c == ns),
+                    "{file}: {} {} is in namespace {ns}, which no document before it creates",
+                    doc["kind"],
+                    doc["metadata"]["name"]
+                );
+            }
+        }
+        assert!(used > 0, "{file}: no namespaced object");
+    }
+}
+
+/// The systemd unit's `KEY=value` settings, and the commented-out ones
+/// (`#KEY=value`) its comments offer.
+fn unit_settings(path: &str) -> Vec<(bool, String, String)> {
+    let unit = read(path).replace("\\\n", " ");
+    unit.lines()
+        .filter_map(|l| {
+            let (on, l) = match l.strip_prefix('#') {
+                Some(rest) => (false, rest),
+                None => (true, l),
+            };
+            let (k, v) = l.split_once('=')?;
+            let key_like = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric());
+            key_like.then(|| (on, k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_runs_the_installed_binary_with_credentials_its_sandbox_allows() {
+    let unit = "examples/deploy/kubeanon.service";
+    let settings = unit_settings(unit);
+    let get = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(on, k, _)| *on && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    // ExecStart runs what the README's Install puts in --root's bin/.
+    let readme = read("README.md");
+    let install = readme
+        .split("\n## Install\n")
+        .nth(1)
+        .unwrap()
+        .split("\n#")
+        .next()
+        .unwrap();
+    let root = install
+        .lines()
+        .filter(|l| l.starts_with("cargo install "))
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "--root")?;
+            words.get(at + 1).map(|r| r.to_string())
+        })
+        .expect("README Install: a `cargo install ... --root DIR` line");
+    let exec = get("ExecStart");
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    let program = exec[0].split_whitespace().next().unwrap();
+    assert_eq!(
+        program,
+        format!("{root}/bin/kubeanon"),
+        "ExecStart against the README's install"
+    );
+    // The sandbox leaves no home to read a ~/.aws from: the unit never
+    // points there, and every credentials file it offers is outside home.
+    assert_eq!(get("DynamicUser"), ["yes"]);
+    assert_eq!(get("ProtectHome"), ["yes"]);
+    let text = read(unit);
+    assert!(!text.contains("~/.aws"), "{unit} suggests ~/.aws");
+    let files: Vec<&(bool, String, String)> = settings
+        .iter()
+        .filter(|(_, k, v)| k == "Environment" && v.starts_with("AWS_"))
+        .collect();
+    let offered = |var: &str| {
+        files
+            .iter()
+            .find_map(|(_, _, v)| v.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("{unit} offers no {var}"))
+            .to_string()
+    };
+    let config = offered("AWS_CONFIG_FILE");
+    assert!(config.starts_with("/etc/"), "{config}");
+    // Static keys come through LoadCredential=, into the credentials
+    // directory (%d), under the name the credential is loaded as.
+    let keys = offered("AWS_SHARED_CREDENTIALS_FILE");
+    let name = keys.strip_prefix("%d/").expect("credentials from %d");
+    let load = settings
+        .iter()
+        .find(|(_, k, _)| k == "LoadCredential")
+        .map(|(_, _, v)| v.clone())
+        .expect("LoadCredential= offered");
+    let (id, source) = load.split_once(':').unwrap();
+    assert_eq!(id, name);
+    assert!(source.starts_with("/etc/"), "{source}");
+    // The unit as offered, with its commented lines on, is one systemd
+    // accepts (when systemd-analyze is here; a stand-in binary, since
+    // kubeanon is not installed).
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let all_on: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(r) if r.starts_with("Environment=") || r.starts_with("LoadCredential=") => {
+                    r.to_string()
+                }
+                _ => l.replace(program, "/bin/true"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("kubeanon.service"), all_on).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join("kubeanon.service"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify: {said}"
+        );
+    }
+}
+
 #[test]
 fn the_sharded_cronjob_is_an_indexed_job_on_s3_with_no_volume_and_a_policy_to_match() {
     use kubeanon::state::{S3Url, Shard};
@@ -382,7 +543,7 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
     let mut scanned_rows = rows(&scanned.stdout);
     assert_eq!(polled_rows.len(), 29);
     for (rows, stamped) in [(&mut polled_rows, true), (&mut scanned_rows, false)] {
-        let cut: Vec<&mut serde_json::Value> = rows
+        let mut cut: Vec<&mut serde_json::Value> = rows
             .iter_mut()
             .filter(|r| r["rule"] == "truncated")
             .collect();
@@ -393,6 +554,139 @@ fn the_readme_walkthrough_polls_the_sample_from_an_emulator() {
         cut[0]["requestReceivedTimestamp"] = "0".into();
     }
     assert_eq!(totals(&polled_rows), totals(&scanned_rows));
+}
+
+/// Kills the emulator examples/walkthrough.sh left running, however the
+/// test ends.
+struct Kill(u32);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+/// The commands of the README's "Try `poll` without AWS", continuation
+/// lines joined, without the script's line and the `export` placeholder.
+fn readme_walkthrough_commands() -> Vec<String> {
+    let readme = read("README.md");
+    let section = readme
+        .split("\n### Try `poll` without AWS\n")
+        .nth(1)
+        .unwrap()
+        .split("\n#")
+        .next()
+        .unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let block = block.replace("\\\n", " ");
+    let commands: Vec<String> = block.lines().map(|l| l.trim().to_string()).collect();
+    assert_eq!(commands[0], "examples/walkthrough.sh");
+    assert!(commands[1].starts_with("export DEMO="), "{}", commands[1]);
+    commands[2..].to_vec()
+}
+
+#[test]
+fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_schedule() {
+    // The script with the tests' python (no PyPI here), as a reader runs
+    // it: its own moto on a free port, the sample loaded, an export line.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(repo("examples/walkthrough.sh"))
+        .env("KUBEANON_DEMO_PYTHON", python())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = stdout
+        .split(", pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok());
+    let _kill = pid.map(Kill);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pid.is_some(), "no pid in {stdout}");
+    assert!(
+        stdout.contains("467 events in /aws/eks/demo/cluster"),
+        "{stdout}"
+    );
+    let export = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export "))
+        .unwrap_or_else(|| panic!("no export line in {stdout}"));
+    let vars: Vec<(&str, &str)> = export
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let var = |k: &str| vars.iter().find(|(n, _)| *n == k).unwrap().1;
+    assert!(var("DEMO").starts_with("http://127.0.0.1:"));
+    assert!(var("DEMO_CHECKPOINT").starts_with(tmp.path().to_str().unwrap()));
+    // The README's commands, `cargo run --` being this build's kubeanon.
+    let commands = readme_walkthrough_commands();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let mut said = Vec::new();
+    for c in &commands {
+        let c = c.replace("cargo run --", env!("CARGO_BIN_EXE_kubeanon"));
+        let mut cmd = Command::new("bash");
+        aws_env(&mut cmd);
+        for (k, v) in &vars {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .current_dir(repo("."))
+            .args(["-c", &c])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said.push(out);
+    }
+    // A table: a header line, then a row per line.
+    let table_rows = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(table_rows(&said[0]).len(), 29);
+    assert!(
+        stderr(&said[0]).contains("29 findings"),
+        "{}",
+        stderr(&said[0])
+    );
+    // What the README says of the second poll: the two new requests only.
+    let second = table_rows(&said[2]);
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(
+        second
+            .iter()
+            .any(|r| r.starts_with("critical ") && r.contains(" list  /api/v1/")),
+        "{second:?}"
+    );
+    assert!(
+        second
+            .iter()
+            .any(|r| r.starts_with("low ") && r.contains(" get   /version "))
+    );
+    let summary = stderr(&said[2]);
+    assert!(
+        summary.contains("3 events, ") && summary.contains("2 matched, 2 findings"),
+        "{summary}"
+    );
 }
 
 /// Every AWS action kubeanon's code calls, by the SDK operation's name: the

@@ -279,3 +279,52 @@ sys.stdout.write(out.decode("utf-8", "replace"))
         "{shown}"
     );
 }
+
+#[test]
+fn a_host_that_does_not_exist_fails_at_once_naming_the_region_and_host() {
+    // STS answers (moto); CloudWatch Logs' host has no DNS name (as
+    // logs.us-east-9.amazonaws.com has none).
+    for sub in ["poll", "doctor"] {
+        let began = Instant::now();
+        let out = kubeanon(&[sub, "--cluster", "demo", "--region", "us-east-9", "-v"])
+            .env("AWS_ENDPOINT_URL", &moto().endpoint)
+            .env(
+                "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                "http://nonexistent.invalid:5000",
+            )
+            .output()
+            .unwrap();
+        let took = began.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{sub}: {}", text(&out));
+        assert_says(
+            &out,
+            &["cannot reach CloudWatch Logs in us-east-9 (nonexistent.invalid:5000): no such host"],
+        );
+        // Not retried: a name that does not exist will not exist in a second.
+        assert!(!text(&out).contains("retrying"), "{sub}: {}", text(&out));
+        assert!(
+            took < Duration::from_secs(30),
+            "{sub}: gave up after {took:?}"
+        );
+    }
+    // Nothing answers at that name: the first call (STS) says so.
+    let out = kubeanon(&[
+        "poll",
+        "--cluster",
+        "demo",
+        "--region",
+        "us-east-9",
+        "--endpoint-url",
+        "http://nonexistent.invalid:5000",
+    ])
+    .output()
+    .unwrap();
+    assert_fails_with(
+        &out,
+        &[
+            "cannot reach AWS STS in us-east-9 (nonexistent.invalid:5000): no such host",
+            "--endpoint-url",
+        ],
+    );
+    assert_no_dump(&out);
+}

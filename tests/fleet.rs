@@ -98,7 +98,7 @@ fn a_fleet_of_accounts_and_regions_is_read_in_one_run_and_its_blind_clusters_nam
         "{err}"
     );
     assert!(
-        err.contains("4 failed; 8 of 8 log group(s) were delivered"),
+        err.contains("4 failed; 8 of 8 log groups were delivered"),
         "{err}"
     );
     // Each readable cluster's rows are exactly `kubeanon scan` of its

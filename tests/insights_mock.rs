@@ -116,6 +116,7 @@ async fn read(client: &Client, ins: &Insights, q: &Query) -> (anyhow::Result<Rea
     let api = Api {
         client,
         endpoint: "https://logs.us-east-1.amazonaws.com",
+        region: "us-east-1",
         pacer: &pacer,
         retry: RetryPolicy {
             max_attempts: 3,

@@ -202,6 +202,83 @@ fn a_finding_carries_what_a_responder_needs() {
     assert_eq!(distinct.len(), all.len(), "one uid per row");
 }
 
+/// The sentences of the README's "The fix, named" that call a binding a
+/// default, with the backquoted names in each.
+fn readme_defaults() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let section = readme
+        .split("\n### The fix, named\n")
+        .nth(1)
+        .expect("README: ### The fix, named")
+        .split("\n#")
+        .next()
+        .unwrap();
+    let prose = section.split_whitespace().collect::<Vec<_>>().join(" ");
+    prose
+        .split(". ")
+        .filter(|s| s.contains("is a default") || s.contains("are defaults"))
+        .map(|s| {
+            let names = s.split('`').skip(1).step_by(2).map(String::from).collect();
+            (s.to_string(), names)
+        })
+        .collect()
+}
+
+#[test]
+fn the_remediation_leaves_the_default_bindings_as_the_readme_says() {
+    // The README names the defaults to leave; the code's list is the same.
+    let said = readme_defaults();
+    assert!(!said.is_empty(), "the README names no default binding");
+    let mut named: Vec<String> = Vec::new();
+    for (sentence, names) in &said {
+        assert!(
+            sentence.contains("leave it") || sentence.contains("leave them"),
+            "{sentence}"
+        );
+        named.extend(names.iter().cloned());
+    }
+    named.sort();
+    let mut code: Vec<String> = kubeanon::detect::severity::DEFAULT_BINDINGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    code.sort();
+    assert_eq!(named, code, "README's defaults against DEFAULT_BINDINGS");
+    // And the findings follow it: no removal on the default's rows, removal
+    // on the critical row's binding.
+    let all = findings(&ocsf_scan(&[], &sample()));
+    let mut defaults = 0;
+    for f in &all {
+        let binding = f["unmapped"]["binding"].as_str().unwrap();
+        let fix = f["remediation"]["desc"].as_str().unwrap_or("");
+        if binding == "ClusterRoleBinding/system:public-info-viewer" {
+            defaults += 1;
+            assert!(!fix.to_lowercase().contains("remove"), "{fix}");
+            assert!(
+                fix.contains("Kubernetes default") && fix.contains("leave it as is"),
+                "{fix}"
+            );
+        } else if binding == "ClusterRoleBinding/debug-anonymous" {
+            assert_eq!(f["severity"], "Critical");
+            assert!(
+                fix.contains(
+                    "remove system:anonymous and system:unauthenticated from its subjects"
+                ),
+                "{fix}"
+            );
+        }
+    }
+    assert!(defaults > 0, "the sample has rows allowed by the default");
+    assert_eq!(
+        all.iter()
+            .filter(|f| f["unmapped"]["binding"] == "ClusterRoleBinding/debug-anonymous")
+            .count(),
+        1
+    );
+}
+
 /// Attacker-chosen values everywhere a request can put them: still valid,
 /// and nothing that could reorder or hide text reaches the line raw.
 #[test]
@@ -377,4 +454,56 @@ fn an_account_column_becomes_the_cloud_account() {
 
 fn findings_of(out: &[u8]) -> Vec<Value> {
     findings(out)
+}
+
+#[test]
+fn each_rule_is_named_for_what_it_is_and_a_refusal_has_no_user() {
+    let sample =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/eks-1.33-audit-sample.jsonl");
+    let out = ocsf_scan(&[], &sample);
+    let all = findings(&out);
+    // The 1.33 sample's 97 rows (README: The two commands).
+    assert_valid(&out, 97);
+    let of_rule = |rule: &str| -> Vec<&Value> {
+        all.iter()
+            .filter(|f| f["unmapped"]["rule"] == rule)
+            .collect()
+    };
+    let refused = of_rule("unauthenticated");
+    assert_eq!(refused.len(), 84);
+    for f in &refused {
+        let info = &f["finding_info"];
+        assert_eq!(info["analytic"]["name"], "Unauthenticated request refused");
+        assert_eq!(info["types"], json!(["Unauthenticated request refused"]));
+        let title = info["title"].as_str().unwrap();
+        assert!(title.starts_with("Unauthenticated "), "{title}");
+        assert!(!title.contains("Anonymous"), "{title}");
+        assert!(f["evidences"][0].get("actor").is_none(), "no user: {f}");
+    }
+    let bearer = refused
+        .iter()
+        .find(|f| f["unmapped"]["credential"] == "bearer")
+        .expect("a refused bearer token");
+    assert!(
+        bearer["finding_info"]["title"]
+            .as_str()
+            .unwrap()
+            .ends_with("credentials refused: bearer")
+    );
+    for f in of_rule("escu") {
+        assert_eq!(
+            f["finding_info"]["analytic"]["name"],
+            "Kubernetes AWS detect suspicious kubectl calls"
+        );
+        assert_eq!(
+            f["evidences"][0]["actor"]["user"]["name"],
+            "system:anonymous"
+        );
+    }
+    let cut = of_rule("truncated");
+    assert_eq!(cut.len(), 1);
+    assert_eq!(
+        cut[0]["finding_info"]["analytic"]["uid"],
+        "kubeanon-truncated"
+    );
 }

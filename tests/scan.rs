@@ -261,7 +261,8 @@ fn plain_event_lines_from_the_samples() {
             events: FIXTURE_EVENTS,
             malformed: 0,
             matched: FIXTURE_MATCHED,
-            findings: 6
+            findings: 6,
+            truncated: 0
         }
     );
 }
@@ -496,7 +497,8 @@ fn empty_input_has_no_findings() {
             events: 0,
             malformed: 0,
             matched: 0,
-            findings: 0
+            findings: 0,
+            truncated: 0
         }
     );
 }
@@ -527,7 +529,12 @@ fn bad_lines_are_counted_as_malformed() {
     input.push(b'\n');
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_file(dir.path(), "bad.log", &input);
-    let (stdout, stderr) = scan_ok(&[path.as_os_str()]);
+    let escu = [
+        std::ffi::OsStr::new("--rules"),
+        "escu".as_ref(),
+        path.as_os_str(),
+    ];
+    let (stdout, stderr) = scan_ok(&escu);
     let s = summary(&stderr);
     assert_eq!(s.malformed, 5, "{s:?}");
     assert_eq!(s.matched, 2, "{s:?}");
@@ -535,21 +542,39 @@ fn bad_lines_are_counted_as_malformed() {
     let rows = ndjson_rows(&stdout);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].1, 2);
+    // With every rule, the cut anonymous event is a row of its own (rule
+    // truncated), no longer malformed; the rest is as above.
+    let (stdout, stderr) = scan_ok(&[path.as_os_str()]);
+    let s = summary(&stderr);
+    assert_eq!((s.malformed, s.truncated, s.matched), (4, 1, 2), "{s:?}");
+    assert_eq!(ndjson_rows(&stdout).len(), 2);
 }
 
 #[test]
-fn truncated_cloudwatch_event_line_is_malformed() {
+fn truncated_cloudwatch_event_line_is_malformed_to_escu_and_a_truncated_row_otherwise() {
     let inner = r#"{"kind":"Event","user":{"username":"system:anonymous","groups":["system:unauthenticated"]},"requestURI":"/a[Truncated...]"#;
     let line = cloudwatch_event(inner, 1).to_string();
     let out = kubeanon()
-        .arg("scan")
-        .write_stdin(line + "\n")
+        .args(["scan", "--rules", "escu"])
+        .write_stdin(line.clone() + "\n")
         .assert()
         .success();
     let out = out.get_output();
     assert!(out.stdout.is_empty());
     let s = summary(&out.stderr);
     assert_eq!((s.malformed, s.matched), (1, 0), "{s:?}");
+    let out = kubeanon()
+        .args(["scan", "--format", "ndjson"])
+        .write_stdin(line + "\n")
+        .assert()
+        .success();
+    let out = out.get_output();
+    let s = summary(&out.stderr);
+    assert_eq!((s.malformed, s.truncated, s.matched), (0, 1, 0), "{s:?}");
+    let rows = ndjson_rows(&out.stdout);
+    assert_eq!(rows.len(), 1);
+    // The requestURI was cut inside its string: not read.
+    assert_eq!(rows[0].0[4], "0");
 }
 
 #[test]
@@ -686,7 +711,12 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
     let text = String::from_utf8(stdout.clone()).expect("UTF-8");
     // RFC 4180: CRLF line ends; a field with a comma, quote or line break
     // is quoted, quotes doubled.
-    let names: Vec<&str> = COLUMNS.iter().chain(&TRIAGE).copied().collect();
+    let names: Vec<&str> = COLUMNS
+        .iter()
+        .chain(&TRIAGE)
+        .chain(&RULES)
+        .copied()
+        .collect();
     assert!(text.starts_with(&(names.join(",") + "\r\n")), "{text}");
     assert!(text.contains("\"a,\"\"b\"\"\r\nc\""), "{text}");
     let mut reader = csv::ReaderBuilder::new().from_reader(stdout.as_slice());
@@ -716,7 +746,7 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
         assert!(agents.contains(&want), "{want:?} not in {agents:?}");
     }
     for r in &records {
-        assert_eq!(r.len(), 18);
+        assert_eq!(r.len(), 21);
         assert_eq!(&r[5], "403");
         assert_eq!(&r[6], "198.51.100.7");
         assert_eq!(&r[13], "1");
@@ -735,33 +765,43 @@ fn csv_format_is_rfc4180_and_safe_in_a_spreadsheet() {
 
 #[test]
 fn table_format_neutralises_terminal_controls() {
-    let out = kubeanon()
-        .args(["scan", "--format", "table"])
-        .write_stdin(hostile_input())
-        .assert()
-        .success();
-    let stdout = out.get_output().stdout.clone();
-    let text = String::from_utf8(stdout.clone()).expect("UTF-8");
-    for bad in [
-        '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
-        '\u{2028}', '\u{feff}', '\0',
-    ] {
-        assert!(
-            !text.contains(bad),
-            "{bad:?} reached the terminal: {text:?}"
-        );
+    // The table that fits a width, and --wide's with every column uncut.
+    let table = |extra: &[&str]| {
+        let out = kubeanon()
+            .args(["scan", "--format", "table"])
+            .args(extra)
+            .env("COLUMNS", "80")
+            .write_stdin(hostile_input())
+            .assert()
+            .success();
+        String::from_utf8(out.get_output().stdout.clone()).expect("UTF-8")
+    };
+    let (fitted, text) = (table(&[]), table(&["--wide"]));
+    for text in [&fitted, &text] {
+        for bad in [
+            '\u{1b}', '\u{7}', '\u{202e}', '\u{2066}', '\u{9b}', '\r', '\u{7f}', '\u{200b}',
+            '\u{2028}', '\u{feff}', '\0',
+        ] {
+            assert!(
+                !text.contains(bad),
+                "{bad:?} reached the terminal: {text:?}"
+            );
+        }
+        // Header and ten rows.
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text.contains("198.51.100.7"));
+    }
+    for line in fitted.lines() {
+        assert!(line.chars().count() <= 80, "{line:?}");
     }
     let first = text.lines().next().expect("a header line");
     for name in COLUMNS {
         assert!(first.contains(name), "{name} not in header {first:?}");
     }
-    // Header and ten rows.
-    assert_eq!(text.lines().count(), 11, "{text}");
     assert!(
         text.contains(r"in\u{200b}vis\u{2028}ible\u{feff}\u{7f}"),
         "{text}"
     );
-    assert!(text.contains("198.51.100.7"));
     assert!(text.contains("evil"));
 }
 
@@ -1147,7 +1187,8 @@ fn quiet_suppresses_the_summary() {
             events: 9,
             malformed: 0,
             matched: 3,
-            findings: 3
+            findings: 3,
+            truncated: 0
         }
     );
     assert!(stderr.contains("MB"), "{stderr}");

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use util::{COLUMNS, TRIAGE, fixture, fixture_lines, kubeanon};
+use util::{COLUMNS, RULES, TRIAGE, fixture, fixture_lines, kubeanon};
 
 const SAMPLE: &str = "examples/eks-audit-sample.jsonl";
 
@@ -446,7 +446,12 @@ fn decision_reason_and_binding_of_real_events() {
     // Every row has the four columns right after the 14, in order.
     for r in &rows {
         let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want: Vec<&str> = COLUMNS.iter().chain(&TRIAGE).copied().collect();
+        let mut want: Vec<&str> = COLUMNS
+            .iter()
+            .chain(&TRIAGE)
+            .chain(&RULES)
+            .copied()
+            .collect();
         want.sort_unstable();
         let mut keys = keys;
         keys.sort_unstable();
@@ -497,8 +502,8 @@ fn a_row_whose_events_disagree_shows_each_value_once_sorted() {
     );
 }
 
-/// The severities of the sample's rows, counted by hand from its 27
-/// anonymous events (README: Severity): the allowed secrets list is
+/// The severities of the sample's rows under `--rules escu`, counted by
+/// hand from its 27 anonymous events (README: Severity): the allowed secrets list is
 /// critical; 14 allowed /livez, /readyz, /healthz and /version requests
 /// are low; 10 refused requests (11 rows: one came with two source IPs)
 /// and 2 RequestReceived lines are informational.
@@ -506,7 +511,7 @@ const SAMPLE_SEVERITIES: [(&str, usize); 3] = [("critical", 1), ("informational"
 
 #[test]
 fn min_severity_keeps_rows_at_or_above_and_says_how_many_it_left_out() {
-    let (all, _) = scan_files(&[], &[&sample()]);
+    let (all, _) = scan_files(&["--rules", "escu"], &[&sample()]);
     let mut counted: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &all {
         *counted.entry(text(r, "severity")).or_default() += 1;
@@ -519,7 +524,8 @@ fn min_severity_keeps_rows_at_or_above_and_says_how_many_it_left_out() {
         ("high", 1),
         ("critical", 1),
     ] {
-        let (rows, stderr) = scan_files(&["--min-severity", level], &[&sample()]);
+        let (rows, stderr) =
+            scan_files(&["--rules", "escu", "--min-severity", level], &[&sample()]);
         assert_eq!(rows.len(), kept, "{level}");
         let want: Vec<&Value> = all
             .iter()
@@ -537,7 +543,10 @@ fn min_severity_keeps_rows_at_or_above_and_says_how_many_it_left_out() {
         let dropped = 28 - kept;
         if dropped > 0 {
             assert!(
-                stderr.contains(&format!("({dropped} rows below --min-severity)")),
+                stderr.contains(&format!(
+                    "({dropped} {} below --min-severity)",
+                    if dropped == 1 { "row" } else { "rows" }
+                )),
                 "{stderr}"
             );
         } else {
@@ -667,8 +676,18 @@ fn assert_rollup_of(rows: &[Value], rollup: &[Value]) {
 
 #[test]
 fn rollup_groups_the_sample_and_adds_up_to_its_rows() {
+    // Every rule: the cut anonymous record is a group of its own.
     let (rows, _) = scan_files(&[], &[&sample()]);
     let (rollup, stderr) = scan_files(&["--rollup"], &[&sample()]);
+    assert_rollup_of(&rows, &rollup);
+    assert_eq!(rollup.len(), 28);
+    assert!(
+        stderr.contains("29 findings rolled up into 28 groups"),
+        "{stderr}"
+    );
+    // ESCU's rule alone: its 28 rows into 27 groups, as before the rules.
+    let (rows, _) = scan_files(&["--rules", "escu"], &[&sample()]);
+    let (rollup, stderr) = scan_files(&["--rollup", "--rules", "escu"], &[&sample()]);
     assert_rollup_of(&rows, &rollup);
     assert_eq!(rollup.len(), 27);
     assert!(
@@ -690,7 +709,7 @@ fn rollup_groups_the_sample_and_adds_up_to_its_rows() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         text.lines().next().unwrap(),
-        "src_ip,userAgent,verb,requestURI,responseStatus.code,first_seen,last_seen,count,severity,decision,reason,binding"
+        "src_ip,userAgent,verb,requestURI,responseStatus.code,first_seen,last_seen,count,severity,decision,reason,binding,rule,credential,note"
     );
     // With --min-severity, the rollup groups the rows that are left.
     let (rows, _) = scan_files(&["--min-severity", "low"], &[&sample()]);
@@ -772,7 +791,8 @@ fn the_table_colours_severity_only_on_a_terminal_and_without_no_color() {
     std::fs::write(&file, sample_text + &hostile).unwrap();
     let file = file.to_str().unwrap();
 
-    let shown = on_a_terminal(&["scan", "-q", file], &[]);
+    // --wide: the user agent is shown whole.
+    let shown = on_a_terminal(&["scan", "-q", "--wide", file], &[]);
     // The default format on a terminal is the table, coloured.
     assert!(shown.contains("\u{1b}[1;31mcritical\u{1b}[0m"), "{shown}");
     assert!(shown.contains("\u{1b}[31mhigh\u{1b}[0m"), "{shown}");
@@ -795,7 +815,7 @@ fn the_table_colours_severity_only_on_a_terminal_and_without_no_color() {
     assert!(!shown.contains('\u{202e}') && !shown.contains('\u{9b}'));
 
     // NO_COLOR, set to anything: the same table, no colour.
-    let plain = on_a_terminal(&["scan", "-q", file], &[("NO_COLOR", "1")]);
+    let plain = on_a_terminal(&["scan", "-q", "--wide", file], &[("NO_COLOR", "1")]);
     assert!(!plain.contains('\u{1b}'), "{plain}");
     assert_eq!(
         plain,
@@ -834,7 +854,8 @@ fn a_csv_append_under_another_header_is_refused() {
     let before = std::fs::read(&file).unwrap();
     let text = String::from_utf8_lossy(&before);
     assert_eq!(text.matches("objectRef.name,").count(), 1, "one header");
-    assert_eq!(text.lines().count(), 1 + 2 * 28);
+    // The sample's 29 rows (28 of ESCU's rule, 1 cut record) twice.
+    assert_eq!(text.lines().count(), 1 + 2 * 29);
     // Rollup lines have other columns: refused, the file as it was.
     let out = append(&["--rollup"]);
     assert_eq!(out.status.code(), Some(1));
@@ -849,7 +870,7 @@ fn a_csv_append_under_another_header_is_refused() {
         .arg(sample())
         .assert()
         .success();
-    assert_eq!(std::fs::read_to_string(&ocsf).unwrap().lines().count(), 28);
+    assert_eq!(std::fs::read_to_string(&ocsf).unwrap().lines().count(), 29);
 }
 
 // ---------------------------------------------------------------------------

@@ -62,12 +62,8 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
                 }
                 match b {
                     b']' if expect == Expect::ValueOrEnd => {
-                        stack.pop();
                         i += 1;
-                        if stack.is_empty() {
-                            return None;
-                        }
-                        good = Some((i, stack.len()));
+                        good = Some(closed(&mut stack, i)?);
                         expect = Expect::CommaOrEnd;
                     }
                     b'{' | b'[' => {
@@ -119,12 +115,8 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
             }
             Expect::KeyOrEnd | Expect::Key => match b {
                 b'}' if expect == Expect::KeyOrEnd => {
-                    stack.pop();
                     i += 1;
-                    if stack.is_empty() {
-                        return None;
-                    }
-                    good = Some((i, stack.len()));
+                    good = Some(closed(&mut stack, i)?);
                     expect = Expect::CommaOrEnd;
                 }
                 b'"' => {
@@ -155,13 +147,8 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
                         };
                     }
                     b'}' | b']' if b == closer(top) => {
-                        stack.pop();
                         i += 1;
-                        // The object itself ended: the record was whole.
-                        if stack.is_empty() {
-                            return None;
-                        }
-                        good = Some((i, stack.len()));
+                        good = Some(closed(&mut stack, i)?);
                     }
                     _ => break,
                 }
@@ -172,6 +159,14 @@ pub fn readable(bytes: &[u8]) -> Option<String> {
     let mut text = std::str::from_utf8(&bytes[..end]).ok()?.to_string();
     text.extend(stack[..depth].iter().rev().map(|&c| char::from(closer(c))));
     Some(text)
+}
+
+/// Closes the innermost container, whose end is at `end`: the new last
+/// complete value; `None` when that was the record itself (it was whole,
+/// not cut).
+fn closed(stack: &mut Vec<u8>, end: usize) -> Option<(usize, usize)> {
+    stack.pop();
+    (!stack.is_empty()).then_some((end, stack.len()))
 }
 
 fn closer(open: u8) -> u8 {

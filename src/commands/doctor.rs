@@ -169,6 +169,9 @@ fn render(l: &Line) -> String {
     let subject = match (&l.cluster, &l.log_group) {
         (Some(c), _) => format!("cluster {}", n(c)),
         (None, Some(g)) => format!("log group {}", n(g)),
+        // Before any account or region: reaching AWS at all failed
+        // (credentials, profile, region, STS).
+        (None, None) if where_.is_empty() => "AWS access".to_string(),
         (None, None) => String::new(),
     };
     let mut facts = Vec::new();
@@ -188,7 +191,10 @@ fn render(l: &Line) -> String {
     }
     let mut text = format!("{}{}", l.status.mark(), where_.join(", "));
     if !subject.is_empty() {
-        text.push_str(&format!(" {subject}"));
+        if !where_.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&subject);
     }
     if !facts.is_empty() {
         text.push_str(&format!(": {}", facts.join(", ")));
@@ -307,6 +313,7 @@ async fn check_scope(
     let api = Api {
         client: &client,
         endpoint: &endpoint,
+        region: &scope.region,
         pacer: &pacer,
         retry: RetryPolicy {
             max_attempts: 2,
@@ -352,7 +359,7 @@ async fn check_group(
     let client = api.client;
     let present = match line.log_group_present {
         Some(known) => Ok(known),
-        None => checks::log_group_exists(client, group).await,
+        None => checks::log_group_exists(api, group).await,
     };
     match present {
         Ok(true) => line.log_group_present = Some(true),

@@ -26,6 +26,17 @@ fn write_findings(out: &OutputConfig, findings: &Findings) -> Result<Written> {
     output::write(style, &out.target, &Rows::of(findings))
 }
 
+/// `1 finding`, `0 findings`, `2 findings`: a count and its noun, whose
+/// plural adds `s` (`log group` -> `log groups`, `API call` -> `API calls`).
+fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The counts every summary line starts with.
 fn describe(stats: &Stats, findings: usize) -> String {
     let cut = if stats.truncated > 0 {
@@ -34,17 +45,32 @@ fn describe(stats: &Stats, findings: usize) -> String {
         String::new()
     };
     let mut s = format!(
-        "{} events, {} malformed{cut}, {} matched, {} findings",
-        stats.events, stats.malformed, stats.matched, findings
+        "{}, {} malformed{cut}, {} matched, {}",
+        count(stats.events, "event"),
+        stats.malformed,
+        stats.matched,
+        count(findings as u64, "finding")
     );
     if stats.excluded > 0 {
-        s.push_str(&format!(" ({} rows excluded)", stats.excluded));
+        s.push_str(&format!(" ({} excluded)", count(stats.excluded, "row")));
     }
     if stats.below_min_severity > 0 {
         s.push_str(&format!(
-            " ({} rows below --min-severity)",
-            stats.below_min_severity
+            " ({} below --min-severity)",
+            count(stats.below_min_severity, "row")
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1u64, "finding"), "1 finding");
+        assert_eq!(count(0u64, "finding"), "0 findings");
+        assert_eq!(count(2u64, "log group"), "2 log groups");
+    }
 }

@@ -6,14 +6,19 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{describe, write_findings};
+use super::{count, describe, write_findings};
 use crate::cli::ScanArgs;
 use crate::detect::Detector;
-use crate::exit::Exit;
+use crate::exit::{Exit, UsageError};
 use crate::source::file;
 
 pub fn run(args: ScanArgs) -> Result<Exit> {
     let out = args.output.resolve()?;
+    if out.fail_on_findings.is_some()
+        && let Some(level) = args.paths.iter().find_map(|p| stray_level(p))
+    {
+        return Err(UsageError(crate::cli::fail_on_findings_hint(level)).into());
+    }
     let started = Instant::now();
     let mut det = Detector::new(out.exclusions.clone())
         .at_least(out.min_severity)
@@ -46,7 +51,7 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     );
     if !out.quiet {
         let rolled = if out.rollup {
-            format!(" rolled up into {} groups", written.rows)
+            format!(" rolled up into {}", count(written.rows as u64, "group"))
         } else {
             String::new()
         };
@@ -58,6 +63,15 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
         );
     }
     Ok(Exit::for_findings(written.worst, out.fail_on_findings))
+}
+
+/// A path that is a severity level's name with no file of that name:
+/// `--fail-on-findings high`, whose `high` clap takes for a path (the flag
+/// takes its level only after `=`, so that it never eats a real path).
+fn stray_level(path: &Path) -> Option<&str> {
+    let text = path.to_str()?;
+    (text.parse::<crate::detect::Severity>().is_ok() && path.symlink_metadata().is_err())
+        .then_some(text)
 }
 
 fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {

@@ -82,6 +82,15 @@ impl Condition {
             })?;
         let pattern = match pattern.parse::<IpNet>() {
             Ok(net) if column == SRC_IP => Pattern::Cidr(net),
+            // A src_ip block that does not parse (`10.0.0.0/33`, `10.0.0/8`)
+            // would match nothing as a glob and exclude nothing, silently.
+            Err(_) if column == SRC_IP && looks_like_cidr(pattern) => {
+                return Err(format!(
+                    "--exclude '{spec}': src_ip={pattern} is not a CIDR block ({}): \
+                     write it like 10.0.0.0/8 or fd00::/8",
+                    cidr_fault(pattern)
+                ));
+            }
             _ => Pattern::Glob(pattern.to_string()),
         };
         Ok(Condition { column, pattern })
@@ -92,6 +101,28 @@ impl Condition {
         match &self.pattern {
             Pattern::Glob(glob) => glob_match(glob.as_bytes(), value.as_bytes()),
             Pattern::Cidr(net) => value.parse::<IpAddr>().is_ok_and(|ip| net.contains(&ip)),
+        }
+    }
+}
+
+/// `10.0.0.0/33`, `10.0.0/8`, `fd00::/129`: a slash, and otherwise only
+/// what addresses are written with (no `*`: a glob is a glob).
+fn looks_like_cidr(pattern: &str) -> bool {
+    pattern.contains('/')
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/'))
+        && pattern.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// What is wrong with a block that does not parse, in words.
+fn cidr_fault(pattern: &str) -> String {
+    let (addr, len) = pattern.split_once('/').unwrap_or((pattern, ""));
+    match addr.parse::<IpAddr>() {
+        Err(_) => format!("'{addr}' is not a whole IPv4 or IPv6 address"),
+        Ok(ip) => {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            format!("the prefix length after '/' must be 0 to {max}, not '{len}'")
         }
     }
 }
@@ -171,6 +202,23 @@ mod tests {
         let uri = Exclusion::parse("requestURI=10.0.0.0/8").unwrap();
         assert!(uri.matches(&row_with(4, "10.0.0.0/8")));
         assert!(!uri.matches(&row_with(4, "10.1.2.3")));
+    }
+
+    #[test]
+    fn a_src_ip_block_that_does_not_parse_is_refused() {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "fd00::/129",
+            "10.0.0.0/",
+            "300.0.0.0/8",
+        ] {
+            let err = Exclusion::parse(&format!("src_ip={bad}")).unwrap_err();
+            assert!(err.contains("--exclude") && err.contains(bad), "{err}");
+        }
+        // Globs with a slash stay globs, and other columns take any text.
+        assert!(Exclusion::parse("src_ip=10.0.*/8").is_ok());
+        assert!(Exclusion::parse("requestURI=10.0.0/8").is_ok());
     }
 
     #[test]

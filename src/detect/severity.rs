@@ -178,6 +178,18 @@ fn public_info(uri: &str) -> bool {
     PUBLIC_INFO.contains(&path)
 }
 
+/// The ClusterRoleBindings every cluster creates for `system:unauthenticated`
+/// that grant it only the public paths above (health, version; the
+/// ClusterRole of the same name): Kubernetes defaults, to leave as they are.
+/// The README's "The fix, named" says so of each (`tests/ocsf.rs` holds the
+/// two together). Not here: `system:discovery` and `system:basic-user`,
+/// which bound `system:unauthenticated` only before Kubernetes 1.14 and keep
+/// it on clusters upgraded from then (discovery of every API: removing it is
+/// Kubernetes' own advice), and `system:service-account-issuer-discovery`,
+/// bound by default to service accounts only (anonymous access through it
+/// was granted by someone).
+pub const DEFAULT_BINDINGS: [&str; 1] = ["system:public-info-viewer"];
+
 /// A binding an RBAC reason names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Binding {
@@ -225,6 +237,26 @@ impl Binding {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
             })
+        }
+    }
+
+    /// Whether it is one of the [`DEFAULT_BINDINGS`], to be left as it is.
+    pub fn is_default(&self) -> bool {
+        matches!(self, Binding::ClusterRoleBinding { name } if DEFAULT_BINDINGS.contains(&name.as_str()))
+    }
+
+    /// What to do about it, one sentence: for a default binding, leave it;
+    /// for any other, review it and take the anonymous subjects out.
+    pub fn remediation(&self) -> String {
+        if self.is_default() {
+            format!(
+                "Allowed by {self}, a Kubernetes default that grants only the public health and version paths: leave it as is."
+            )
+        } else {
+            format!(
+                "Allowed by {self}: review it with `{}` and remove system:anonymous and system:unauthenticated from its subjects.",
+                self.kubectl()
+            )
         }
     }
 
@@ -374,6 +406,36 @@ mod tests {
         for (reason, want) in cases {
             let got = Binding::from_reason(reason).map(|b| b.to_string());
             assert_eq!(got.as_deref(), want, "{reason}");
+        }
+    }
+
+    #[test]
+    fn only_the_default_cluster_role_bindings_are_left_as_they_are() {
+        let crb = |name: &str| Binding::ClusterRoleBinding { name: name.into() };
+        let public = crb("system:public-info-viewer");
+        assert!(public.is_default());
+        let fix = public.remediation();
+        assert!(fix.contains("Kubernetes default") && fix.contains("leave it as is"));
+        assert!(!fix.contains("remove"), "{fix}");
+        // A RoleBinding of the same name, another case, or another
+        // default-looking name is someone's grant: remove the subjects.
+        for b in [
+            Binding::RoleBinding {
+                namespace: "kube-system".into(),
+                name: "system:public-info-viewer".into(),
+            },
+            crb("System:public-info-viewer"),
+            crb("system:public-info-viewer-x"),
+            crb("system:discovery"),
+            crb("debug-anonymous"),
+        ] {
+            assert!(!b.is_default(), "{b}");
+            let fix = b.remediation();
+            assert!(
+                fix.contains(&b.kubectl())
+                    && fix.contains("remove system:anonymous and system:unauthenticated"),
+                "{fix}"
+            );
         }
     }
 

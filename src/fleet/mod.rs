@@ -209,6 +209,19 @@ pub async fn caller_account(config: &SdkConfig) -> Result<String> {
             Some(a) if !a.is_empty() => Ok(a.to_string()),
             _ => bail!("STS GetCallerIdentity named no account"),
         },
+        Err(e) if advice::is_no_such_host(&e) => bail!(
+            "{}",
+            advice::no_such_host(
+                "AWS STS",
+                config.region().map(|r| r.as_ref()).unwrap_or("us-east-1"),
+                &advice::service_endpoint(
+                    config.endpoint_url(),
+                    "STS",
+                    "sts",
+                    config.region().map(|r| r.as_ref()).unwrap_or("us-east-1")
+                )
+            )
+        ),
         Err(e) if advice::is_connect_failure(&e) => bail!(
             "cannot connect to AWS STS at {} ({}): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
             advice::service_endpoint(

@@ -228,12 +228,39 @@ pub async fn lookup<'a>(
     log_groups: impl IntoIterator<Item = &'a str>,
     attempt_timeout: Duration,
 ) -> BTreeMap<String, KubernetesVersion> {
+    lookup_described(scope, log_groups, attempt_timeout)
+        .await
+        .into_iter()
+        .map(|(g, (v, _))| (g, v))
+        .collect()
+}
+
+/// Whether a DescribeCluster answer says audit logging is on (None: it
+/// says nothing of logging).
+pub fn audit_logging(cluster: Option<&aws_sdk_eks::types::Cluster>) -> Option<bool> {
+    cluster.and_then(|c| c.logging()).map(|l| {
+        l.cluster_logging().iter().any(|s| {
+            s.enabled() == Some(true) && s.types().contains(&aws_sdk_eks::types::LogType::Audit)
+        })
+    })
+}
+
+/// [`lookup`], with whether the same answer says audit logging is on
+/// (None: not known).
+pub async fn lookup_described<'a>(
+    scope: &Scope,
+    log_groups: impl IntoIterator<Item = &'a str>,
+    attempt_timeout: Duration,
+) -> BTreeMap<String, (KubernetesVersion, Option<bool>)> {
     let mut out = BTreeMap::new();
     let mut names = BTreeSet::new();
     for g in log_groups {
         match crate::source::cloudwatch::cluster_name(g) {
             name if name == g => {
-                out.insert(g.to_string(), KubernetesVersion::Unknown(Unknown::NotEks));
+                out.insert(
+                    g.to_string(),
+                    (KubernetesVersion::Unknown(Unknown::NotEks), None),
+                );
             }
             name => {
                 names.insert((name.to_string(), g.to_string()));
@@ -245,15 +272,16 @@ pub async fn lookup<'a>(
     }
     // A version is worth little retrying: a few attempts, then unknown.
     let eks = eks_client(scope, attempt_timeout, 3);
-    let found: Vec<(String, KubernetesVersion)> = futures_util::stream::iter(names)
+    let found: Vec<(String, (KubernetesVersion, Option<bool>))> = futures_util::stream::iter(names)
         .map(|(name, group)| {
             let eks = &eks;
             async move {
                 let v = match eks.describe_cluster().name(&name).send().await {
-                    Ok(out) => {
-                        KubernetesVersion::from_answer(out.cluster().and_then(|c| c.version()))
-                    }
-                    Err(e) => KubernetesVersion::from_error(&e),
+                    Ok(out) => (
+                        KubernetesVersion::from_answer(out.cluster().and_then(|c| c.version())),
+                        audit_logging(out.cluster()),
+                    ),
+                    Err(e) => (KubernetesVersion::from_error(&e), None),
                 };
                 (group, v)
             }

@@ -30,7 +30,7 @@ use crate::detect::{
 };
 
 pub use ocsf::OCSF_VERSION;
-pub use table::neutralise_terminal;
+pub use table::{neutralise_terminal, terminal_width};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -62,6 +62,9 @@ pub struct Style {
     /// Colour the table's severity column (stdout is a terminal, and
     /// `NO_COLOR` is not set).
     pub colour: bool,
+    /// The table's width in characters (see [`terminal_width`]); `None`:
+    /// `--wide`, every column and nothing shortened.
+    pub width: Option<usize>,
     /// The run's time, ms since the epoch: an OCSF finding's `time` when
     /// its row has no timestamp to give.
     pub run_ms: i64,
@@ -73,6 +76,7 @@ impl Style {
             format,
             rollup: false,
             colour: false,
+            width: Some(table::DEFAULT_WIDTH),
             run_ms: 0,
         }
     }
@@ -544,7 +548,7 @@ impl Parts {
     /// stream.
     pub fn new(style: Style, existing: Option<String>) -> Self {
         let sink = match style.format {
-            Format::Table => Formatter::Table(table::Table::new(style.colour)),
+            Format::Table => Formatter::Table(table::Table::new(style.colour, style.width)),
             Format::Ndjson => Formatter::Json(json::Json::new(true)),
             Format::Json => Formatter::Json(json::Json::new(false)),
             Format::Csv => Formatter::Csv(Box::new(csv::Csv::new(existing))),

@@ -17,8 +17,9 @@
 //!   when the row names one, with its `kubernetes_version` (poll);
 //! - `cloud` (profile `cloud`) from the row's `region` and `account`
 //!   columns, when it has them (poll);
-//! - `remediation`: the binding that allowed the request and the `kubectl`
-//!   command that shows it;
+//! - `remediation`: the binding that allowed the request and what to do
+//!   (`Binding::remediation`: a Kubernetes default is left as it is; any
+//!   other is reviewed with the `kubectl` command that shows it);
 //! - `unmapped`: the row itself, column by column, so nothing is lost.
 //!
 //! Columns are found by name, so a command may add its own in any order.
@@ -277,16 +278,7 @@ impl Ocsf {
             f["metadata"]["profiles"] = json!(["cloud"]);
         }
         if !triage.bindings.is_empty() {
-            let desc: Vec<String> = triage
-                .bindings
-                .iter()
-                .map(|b| {
-                    format!(
-                        "Allowed by {b}: review it with `{}` and remove system:anonymous and system:unauthenticated from its subjects.",
-                        b.kubectl()
-                    )
-                })
-                .collect();
+            let desc: Vec<String> = triage.bindings.iter().map(|b| b.remediation()).collect();
             f["remediation"] = json!({ "desc": desc.join(" ") });
         }
         f

@@ -395,6 +395,8 @@ proptest! {
         prop_assert_eq!(lines(&text).count(), 1 + rows, "{}", text);
         for line in lines(&text) {
             no_forbidden_chars(line)?;
+            // Style::plain's width, 120: no line wider, whatever the values.
+            prop_assert!(line.chars().count() <= 120, "{:?}", line);
         }
     }
 }

@@ -156,6 +156,53 @@ where
     false
 }
 
+/// Did the request fail because its endpoint's host name does not exist
+/// (DNS said no such name: a region that does not exist, a mistyped
+/// host)? Not a resolver that failed for now ("Temporary failure in name
+/// resolution"): that is [`is_connect_failure`], retried.
+pub fn is_no_such_host<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let SdkError::DispatchFailure(d) = err else {
+        return false;
+    };
+    let Some(c) = d.as_connector_error() else {
+        return false;
+    };
+    let mut dns = false;
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(c);
+    while let Some(cur) = e {
+        let text = cur.to_string();
+        // hyper-util's ConnectError for a failed lookup says just this.
+        dns |= text == "dns error";
+        if text.to_ascii_lowercase().contains("temporary") {
+            return false;
+        }
+        e = cur.source();
+    }
+    dns
+}
+
+/// What to say when `service`'s host in `region` does not exist: the host,
+/// and whether to doubt the region (AWS's own endpoint) or the override.
+pub fn no_such_host(service: &str, region: &str, endpoint: &str) -> String {
+    let host = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or(endpoint);
+    let own = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    let check = if own && host.contains(region) {
+        "is the region right?"
+    } else {
+        "is the host in --endpoint-url (or AWS_ENDPOINT_URL) right?"
+    };
+    format!("cannot reach {service} in {region} ({host}): no such host; {check}")
+}
+
 /// A short description of an SDK error: the service's code and message,
 /// or the innermost cause. The whole chain goes to `-v`.
 pub fn short<E, R>(err: &SdkError<E, R>) -> String
@@ -259,6 +306,25 @@ fn distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_such_host_doubts_the_region_only_on_aws_own_endpoint() {
+        assert_eq!(
+            no_such_host(
+                "CloudWatch Logs",
+                "us-east-9",
+                "https://logs.us-east-9.amazonaws.com"
+            ),
+            "cannot reach CloudWatch Logs in us-east-9 (logs.us-east-9.amazonaws.com): no such host; is the region right?"
+        );
+        let other = no_such_host(
+            "CloudWatch Logs",
+            "us-east-1",
+            "http://emulator.invalid:4566/x",
+        );
+        assert!(other.contains("(emulator.invalid:4566)"), "{other}");
+        assert!(other.contains("--endpoint-url"), "{other}");
+    }
 
     #[test]
     fn closest_names() {

@@ -278,8 +278,9 @@ pub struct ApiStats {
 /// A FilterLogEvents caller: the client, the region's pacer, the policy.
 pub struct Api<'a> {
     pub client: &'a Client,
-    /// Where the client connects, for messages.
+    /// Where the client connects, and its region, for messages.
     pub endpoint: &'a str,
+    pub region: &'a str,
     pub pacer: &'a Pacer,
     pub retry: RetryPolicy,
     pub stats: &'a ApiStats,
@@ -417,6 +418,7 @@ pub struct Failed<E> {
     pub err: SdkError<E>,
     pub attempts: u32,
     unreachable: bool,
+    no_such_host: bool,
 }
 
 impl<E: ProvideErrorMetadata + std::error::Error + 'static> Failed<E> {
@@ -429,6 +431,13 @@ impl<E: ProvideErrorMetadata + std::error::Error + 'static> Failed<E> {
     /// missing log group ([`MissingLogGroup`]), access denied for `action`,
     /// or the error after its attempts. The SDK's whole error goes to `-v`.
     pub fn describe(&self, api: &Api<'_>, action: &str, log_group: &str) -> anyhow::Error {
+        if self.no_such_host {
+            return anyhow!(advice::no_such_host(
+                "CloudWatch Logs",
+                api.region,
+                api.endpoint
+            ));
+        }
         if self.unreachable {
             return anyhow!(
                 "cannot connect to CloudWatch Logs at {} ({}, {} attempts): check --endpoint-url or AWS_ENDPOINT_URL, the network, DNS and any proxy",
@@ -467,11 +476,21 @@ where
             Err(err) => err,
         };
         let class = classify(&err);
+        // A host that does not exist will not exist in a second either.
+        if class == Class::NoSuchHost {
+            return Err(Failed {
+                err,
+                attempts: attempt,
+                unreachable: true,
+                no_such_host: true,
+            });
+        }
         if class == Class::Unreachable && attempt >= CONNECT_ATTEMPTS.min(api.retry.max_attempts) {
             return Err(Failed {
                 err,
                 attempts: attempt,
                 unreachable: true,
+                no_such_host: false,
             });
         }
         if class == Class::Fatal || attempt >= api.retry.max_attempts {
@@ -479,6 +498,7 @@ where
                 err,
                 attempts: attempt,
                 unreachable: false,
+                no_such_host: false,
             });
         }
         api.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -502,10 +522,15 @@ enum Class {
     Transient,
     /// Never reached the server: retried a few times, quickly.
     Unreachable,
+    /// The endpoint's host name does not exist: not retried.
+    NoSuchHost,
     Fatal,
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> Class {
+    if advice::is_no_such_host(err) {
+        return Class::NoSuchHost;
+    }
     if advice::is_connect_failure(err) {
         return Class::Unreachable;
     }
@@ -632,23 +657,86 @@ pub async fn explain_missing(client: &Client, log_group: &str, region: &str) -> 
     text
 }
 
+/// What DescribeLogGroups says of a log group: when it was created and
+/// how long it keeps events (None: forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub creation_ms: Option<i64>,
+    pub retention_days: Option<i32>,
+}
+
+/// How far before its arrival CloudWatch takes an event (PutLogEvents
+/// refuses events more than 14 days old): no event of a log group is older
+/// than its creation minus this.
+pub const MAX_EVENT_AGE_MS: i64 = 14 * 86_400_000;
+
+impl GroupInfo {
+    /// The earliest event time the log group can hold at `now_ms`, and why:
+    /// its creation (less [`MAX_EVENT_AGE_MS`]) or its retention.
+    pub fn floor_ms(&self, now_ms: i64) -> Option<(i64, Floor)> {
+        let created = self
+            .creation_ms
+            .map(|c| (c - MAX_EVENT_AGE_MS, Floor::Created(c)));
+        let kept = self
+            .retention_days
+            .filter(|d| *d > 0)
+            .map(|d| (now_ms - i64::from(d) * 86_400_000, Floor::Retention(d)));
+        match (created, kept) {
+            (Some(c), Some(k)) => Some(if k.0 > c.0 { k } else { c }),
+            (c, k) => c.or(k),
+        }
+    }
+}
+
+/// Why a log group holds no event before some time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// Created then (ms).
+    Created(i64),
+    /// Keeps events this many days.
+    Retention(i32),
+}
+
+/// The log group's creation time and retention (DescribeLogGroups); None
+/// when it does not exist.
+pub async fn group_info(
+    client: &Client,
+    log_group: &str,
+    region: &str,
+    endpoint: &str,
+) -> Result<Option<GroupInfo>> {
+    let out = client
+        .describe_log_groups()
+        .log_group_name_prefix(log_group)
+        .send()
+        .await
+        .map_err(|e| {
+            if advice::is_no_such_host(&e) {
+                anyhow!(advice::no_such_host("CloudWatch Logs", region, endpoint))
+            } else {
+                anyhow!("DescribeLogGroups failed: {}", advice::short(&e))
+            }
+        })?;
+    Ok(out
+        .log_groups()
+        .iter()
+        .find(|g| g.log_group_name() == Some(log_group))
+        .map(|g| GroupInfo {
+            creation_ms: g.creation_time(),
+            retention_days: g.retention_in_days(),
+        }))
+}
+
 /// Checks used by `kubeanon doctor`.
 pub mod checks {
     use super::*;
     use aws_sdk_cloudwatchlogs::types::LogStream;
 
     /// Does the log group exist?
-    pub async fn log_group_exists(client: &Client, log_group: &str) -> Result<bool> {
-        let out = client
-            .describe_log_groups()
-            .log_group_name_prefix(log_group)
-            .send()
-            .await
-            .map_err(|e| anyhow!("DescribeLogGroups failed: {}", advice::short(&e)))?;
-        Ok(out
-            .log_groups()
-            .iter()
-            .any(|g| g.log_group_name() == Some(log_group)))
+    pub async fn log_group_exists(api: &Api<'_>, log_group: &str) -> Result<bool> {
+        Ok(group_info(api.client, log_group, api.region, api.endpoint)
+            .await?
+            .is_some())
     }
 
     /// The most recently written audit stream, if any.

@@ -39,7 +39,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,7 +51,11 @@ use indicatif::ProgressBar;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use super::advice;
 use super::cloudwatch::{self, Api, LogEvent, Query, Read, send_paced};
+
+/// How long a StopQuery may take when a run is being stopped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::detect::{Rule, Rules};
 
 /// The published price of Logs Insights in us-east-1, USD per GB scanned
@@ -144,6 +148,8 @@ pub struct Stats {
     pub reread_seconds: AtomicU64,
     /// Queries stopped with StopQuery.
     pub stopped: AtomicU64,
+    /// Queries StopQuery failed for (they may have ended meanwhile).
+    pub not_stopped: AtomicU64,
 }
 
 /// Bytes scanned: by queries that ended, and by each running one so far.
@@ -168,7 +174,6 @@ pub struct Insights {
     scanned: Mutex<Scanned>,
     stop: Arc<watch::Sender<Option<Stop>>>,
     next_read: AtomicU64,
-    listening: AtomicBool,
     bar: Mutex<Option<ProgressBar>>,
     pub stats: Stats,
 }
@@ -181,7 +186,6 @@ impl Insights {
             scanned: Mutex::default(),
             stop: Arc::new(watch::Sender::new(None)),
             next_read: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
             bar: Mutex::new(None),
             stats: Stats::default(),
         }
@@ -221,9 +225,7 @@ impl Insights {
     /// The error a read returns once the run is stopped.
     fn stop_error(&self, why: Stop) -> anyhow::Error {
         let text = match why {
-            Stop::Interrupted => {
-                "interrupted (Ctrl-C): the running Insights queries were stopped; the window was not read to its end".to_string()
-            }
+            Stop::Interrupted => "interrupted: the window was not read to its end".to_string(),
             Stop::Budget => format!(
                 "the Insights scan budget is spent: {} scanned, more than --max-scan-gb {}; the running queries were stopped \
                  and the window was not read to its end (raise --max-scan-gb, or narrow the window or the clusters)",
@@ -259,33 +261,6 @@ impl Insights {
             () = tokio::time::sleep(d) => self.check(),
             err = self.until_stopped() => Err(err),
         }
-    }
-
-    /// On the first read, takes Ctrl-C over: the first one stops the run
-    /// (each read stops its queries), a second one quits at once.
-    fn listen_for_ctrl_c(&self) {
-        if self.listening.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
-            }
-            eprintln!(
-                "kubeanon poll: interrupted: stopping the running Insights queries (Ctrl-C again quits at once and leaves them running)"
-            );
-            stop.send_if_modified(|s| {
-                let first = s.is_none();
-                if first {
-                    *s = Some(Stop::Interrupted);
-                }
-                first
-            });
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        });
     }
 
     /// May another query start? Not once the budget is spent.
@@ -337,7 +312,9 @@ impl Insights {
         self.show();
     }
 
-    /// Stops (StopQuery) every query of `read` still running.
+    /// Stops (StopQuery) every query of `read` still running: all at once,
+    /// one attempt each within a few seconds (a run being stopped does not
+    /// wait out retries), counted as stopped or not.
     async fn stop_queries(&self, api: &Api<'_>, read: u64, log_group: &str) {
         let ids: Vec<String> = lock(&self.scanned)
             .running
@@ -345,23 +322,30 @@ impl Insights {
             .filter(|(_, r)| r.0 == read)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in ids {
-            let sent = send_paced(api, "StopQuery", log_group, || {
-                api.client.stop_query().query_id(&id).send()
-            })
+        let stops = ids.iter().map(|id| async move {
+            let sent = tokio::time::timeout(
+                STOP_TIMEOUT,
+                api.client.stop_query().query_id(id).send(),
+            )
             .await;
             match sent {
-                Ok(_) => {
+                Ok(Ok(_)) => {
                     self.stats.stopped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%log_group, query = %id, "StopQuery");
                 }
                 // It may have ended meanwhile; nothing more can be done.
-                Err(f) => {
-                    tracing::debug!(%log_group, query = %id, error = %f.describe(api, "StopQuery", log_group), "StopQuery failed")
+                Ok(Err(e)) => {
+                    self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, query = %id, error = %advice::short(&e), "StopQuery failed");
+                }
+                Err(_) => {
+                    self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, query = %id, "StopQuery timed out");
                 }
             }
-            self.ended(&id, None);
-        }
+            self.ended(id, None);
+        });
+        futures_util::future::join_all(stops).await;
     }
 
     fn show(&self) {
@@ -381,18 +365,26 @@ impl Insights {
         let s = &self.stats;
         let bytes = self.bytes_scanned();
         let (price, note) = price_per_gb(region);
+        let queries = s.queries.load(Ordering::Relaxed);
+        let waits = s.limit_waits.load(Ordering::Relaxed);
+        let seconds = s.reread_seconds.load(Ordering::Relaxed);
+        let one = |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         format!(
-            "Insights: {} queries ({} split, {} run again, {} waits for a free query slot, {} stopped), {} scanned, \
+            "Insights: {queries} {} ({} split, {} run again, {waits} {} for a free query slot, {} stopped{}), {} scanned, \
              estimated cost ${:.4} at ${price}/GB{note} (an estimate from the queries' statistics, not a bill); \
-             {} second(s) read with FilterLogEvents",
-            s.queries.load(Ordering::Relaxed),
+             {seconds} {} read with FilterLogEvents",
+            one(queries, "query", "queries"),
             s.splits.load(Ordering::Relaxed),
             s.reruns.load(Ordering::Relaxed),
-            s.limit_waits.load(Ordering::Relaxed),
+            one(waits, "wait", "waits"),
             s.stopped.load(Ordering::Relaxed),
+            match s.not_stopped.load(Ordering::Relaxed) {
+                0 => String::new(),
+                n => format!(", {n} StopQuery refused or unanswered"),
+            },
             human_bytes(bytes),
             bytes / GB * price,
-            s.reread_seconds.load(Ordering::Relaxed),
+            one(seconds, "second", "seconds"),
         )
     }
 }
@@ -586,7 +578,6 @@ pub async fn read_window(
     q: &Query,
     mut each: impl FnMut(LogEvent<'_>) -> ControlFlow<()>,
 ) -> Result<Read> {
-    ins.listen_for_ctrl_c();
     ins.check()?;
     let read_id = ins.next_read.fetch_add(1, Ordering::Relaxed);
     let mut read = Read::default();

@@ -252,7 +252,12 @@ pub fn summary_number(stderr: &[u8], label: &str) -> u64 {
         .collect();
     words
         .windows(2)
-        .find(|w| w[1] == label)
+        // `1 finding`, `2 findings`: either form of the label.
+        .find(|w| {
+            w[1] == label
+                || w[1].strip_suffix('s') == Some(label)
+                || label.strip_suffix('s') == Some(w[1])
+        })
         .and_then(|w| w[0].parse().ok())
         .unwrap_or_else(|| panic!("no '{label}' in summary: {text}"))
 }
@@ -331,4 +336,18 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
+}
+
+/// Sets a log group's retention (days).
+pub fn set_retention(log_group: &str, days: i32) {
+    runtime().block_on(async {
+        client()
+            .await
+            .put_retention_policy()
+            .log_group_name(log_group)
+            .retention_in_days(days)
+            .send()
+            .await
+            .expect("put retention policy");
+    })
 }

@@ -30,6 +30,8 @@ pub const COLUMNS: [&str; 14] = [
 
 /// The triage columns every row has after the 14 (README: Severity).
 pub const TRIAGE: [&str; 4] = ["severity", "decision", "reason", "binding"];
+/// The columns after the triage columns: which rule, the credential, the note.
+pub const RULES: [&str; 3] = ["rule", "credential", "note"];
 
 /// Every fixture file (see tests/fixtures/SOURCES.md).
 pub const FIXTURES: [&str; 8] = [
@@ -107,11 +109,12 @@ fn cell_text(v: &Value) -> String {
 }
 
 /// An output object as a row, checking it has exactly the 14 columns in
-/// order, then the triage columns.
+/// order, then the triage columns, then the rule columns.
 pub fn object_row(obj: &Ordered) -> Row {
     let keys: Vec<&str> = obj.0.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys[..14], COLUMNS, "column names and order");
-    assert_eq!(keys[14..], TRIAGE, "triage columns after the 14");
+    assert_eq!(keys[14..18], TRIAGE, "triage columns after the 14");
+    assert_eq!(keys[18..], RULES, "rule columns after the triage columns");
     let cols = obj.0[..13].iter().map(|(_, v)| cell_text(v)).collect();
     let count = match &obj.0[13].1 {
         Value::Number(n) => n.as_u64().expect("count is a whole number"),
@@ -139,19 +142,22 @@ pub struct Summary {
     pub malformed: u64,
     pub matched: u64,
     pub findings: u64,
+    /// Cut records reported (rule truncated); 0 when the line says none.
+    pub truncated: u64,
 }
 
 /// Reads "N events, N malformed, N matched, N findings" from stderr.
 pub fn summary(stderr: &[u8]) -> Summary {
     let text = String::from_utf8_lossy(stderr);
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
     let number_before = |word: &str| -> u64 {
-        let words: Vec<&str> = text
-            .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-            .filter(|w| !w.is_empty())
-            .collect();
         let at = words
             .iter()
-            .position(|w| *w == word)
+            // `1 finding`, `2 findings`: either form of the word.
+            .position(|w| *w == word || word.strip_suffix('s') == Some(*w))
             .unwrap_or_else(|| panic!("no '{word}' in summary: {text}"));
         assert!(at > 0, "no number before '{word}': {text}");
         words[at - 1]
@@ -163,6 +169,11 @@ pub fn summary(stderr: &[u8]) -> Summary {
         malformed: number_before("malformed"),
         matched: number_before("matched"),
         findings: number_before("findings"),
+        truncated: if words.contains(&"truncated") {
+            number_before("truncated")
+        } else {
+            0
+        },
     }
 }
 

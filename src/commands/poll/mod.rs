@@ -11,15 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
 
-use super::describe;
+use super::{count, describe};
 use crate::checkpoint::{Checkpoint, Commit, Fits, GroupState, seen_key};
 use crate::cli::PollArgs;
 use crate::deliver::{self, Delivery, Settled};
@@ -28,7 +29,7 @@ use crate::exit::{Exit, UsageError};
 use crate::fleet::discover::{self, Coverage};
 use crate::fleet::version::{self, KubernetesVersion, anonymous_health_only};
 use crate::fleet::{self, Scope, WorkUnit};
-use crate::output::{Format, Parts, Rows, Style};
+use crate::output::{Format, Parts, Rows, StdoutClosed, Style};
 use crate::source::advice::{self, enable_audit};
 use crate::source::cloudwatch::{
     self, Api, ApiStats, LogEvent, MissingLogGroup, Pacer, Query, ServerClock,
@@ -70,6 +71,28 @@ struct Failure {
 }
 
 pub fn run(args: PollArgs) -> Result<Exit> {
+    let checkpointed = args.checkpoint.is_some();
+    run_checked(args).map_err(|e| {
+        // A closed stdout (`| head`) ends a run without a checkpoint as it
+        // ends scan: exit 0. With one, rows not written were not committed:
+        // exit 1, and the next run reads them again.
+        if checkpointed && closed_stdout(&e) {
+            anyhow!(
+                "stdout was closed before every row was written: what was not written was not committed, \
+                 and the next run reads it again"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Did `e` come of stdout's reader going away?
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<StdoutClosed>())
+}
+
+fn run_checked(args: PollArgs) -> Result<Exit> {
     let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
     let mut checkpoint = match plan.s3 {
@@ -88,6 +111,8 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let signal = Arc::new(watch::Sender::new(None));
+    runtime.spawn(listen_for_signals(signal.clone()));
     let fleet = runtime.block_on(fleet::scopes(&plan.fleet))?;
     let s3 = match &plan.s3 {
         Some((state, deliver)) => {
@@ -152,6 +177,10 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         (None, Some((state, _))) => state.to_string(),
         (None, None) => String::new(),
     };
+    // Once, even with -q: a window asked for and not read is a surprise.
+    if let Some(note) = ignored_start_note(&plan, &units, &checkpoint_name) {
+        eprintln!("kubeanon poll: note: {note}");
+    }
     let delivery = Mutex::new(Delivery::open(
         plan.out.style(plan.now_ms),
         &plan.out.target,
@@ -163,6 +192,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         .map(|r| Api {
             client: &r.client,
             endpoint: &r.endpoint,
+            region: &r.scope.region,
             pacer: &r.pacer,
             retry: plan.retry,
             stats: &api_stats,
@@ -190,6 +220,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         checkpointed,
         bar: &bar,
         upgraded: &upgraded,
+        signal: &signal,
     };
     let unit_count = units.len();
     // Each scope's units are read concurrently on its pacer, so
@@ -200,7 +231,7 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         by_scope[u.reach].push(u);
     }
     let results: Vec<(WorkUnit, Outcome)> = runtime.block_on(async {
-        futures_util::stream::iter(by_scope.into_iter().enumerate())
+        let reads = futures_util::stream::iter(by_scope.into_iter().enumerate())
             .map(|(i, units)| {
                 let (api, reach) = (&apis[i], &reaches[i]);
                 let ctx = &ctx;
@@ -212,18 +243,37 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             })
             .buffer_unordered(MAX_SCOPES_AT_ONCE)
             .flat_map(futures_util::stream::iter)
-            .collect()
-            .await
+            .collect::<Vec<_>>();
+        tokio::pin!(reads);
+        let mut told = false;
+        loop {
+            tokio::select! {
+                results = &mut reads => break results,
+                // Insights reads stop their running queries themselves.
+                () = ctx.until_interrupted(), if !told => {
+                    told = true;
+                    if let Some(ins) = &insights {
+                        ins.interrupt();
+                    }
+                }
+            }
+        }
     });
+    let signal = *signal.borrow();
     bar.finish_and_clear();
     let delivery = delivery.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut total = Total::default();
     let mut succeeded = 0;
+    let mut cut_short = 0;
     for (unit, result) in results {
         match result {
             Ok(t) => {
                 total.add(&t);
                 succeeded += 1;
+            }
+            Err((t, error)) if signal.is_some() && error.is::<Interrupted>() => {
+                total.add(&t);
+                cut_short += usize::from(t.steps > 0);
             }
             Err((t, error)) => {
                 total.add(&t);
@@ -235,13 +285,39 @@ pub fn run(args: PollArgs) -> Result<Exit> {
             }
         }
     }
+    // A unit that stopped because stdout was closed failed nothing the
+    // reader wanted (with a checkpoint: see `run`).
+    if !checkpointed && failed.iter().any(|f| closed_stdout(&f.error)) {
+        failed.retain(|f| !closed_stdout(&f.error));
+        if failed.is_empty() {
+            return Err(anyhow::Error::new(StdoutClosed));
+        }
+    }
     // Failures are never quiet: a blind or failing cluster must be seen.
     failed.sort_by(|a, b| a.what.cmp(&b.what));
     for f in &failed {
         eprintln!("kubeanon: error: {}: {:#}", f.what, f.error);
     }
-    // Ctrl-C or a spent scan budget that cut reads short fails the whole
-    // run: exit 1 (one that came after every read ended changed nothing).
+    if let Some(exit) = signal {
+        if s3.is_none() {
+            // Close the output as a whole run does: what was written stays.
+            with_rows(&Findings::default(), &nowhere(), version::UNKNOWN, |rows| {
+                delivery.finish(rows)
+            })?;
+        }
+        eprintln!(
+            "kubeanon poll: {}",
+            interrupted_line(
+                exit,
+                (succeeded, cut_short, unit_count),
+                checkpointed,
+                insights.as_ref()
+            )
+        );
+        return Ok(exit);
+    }
+    // A spent scan budget that cut reads short fails the whole run: exit 1
+    // (one that came after every read ended changed nothing).
     if let Some(ins) = &insights
         && ins.stopped().is_some()
         && !failed.is_empty()
@@ -261,15 +337,10 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         return Ok(Exit::Error);
     }
     let empty = Findings::default();
-    let nowhere = WorkUnit {
-        account: String::new(),
-        region: String::new(),
-        log_group: String::new(),
-    };
     // With S3 deliveries stdout gets no rows, not even an empty document.
     let capped = match s3 {
         Some(_) => Vec::new(),
-        None => with_rows(&empty, &nowhere, version::UNKNOWN, |rows| {
+        None => with_rows(&empty, &nowhere(), version::UNKNOWN, |rows| {
             delivery.finish(rows)
         })?,
     };
@@ -315,13 +386,97 @@ pub fn run(args: PollArgs) -> Result<Exit> {
         return Ok(Exit::for_findings(worst, plan.out.fail_on_findings));
     }
     eprintln!(
-        "kubeanon poll: {} failed; {} of {} log group(s) were delivered{}",
+        "kubeanon poll: {} failed; {} of {} {} delivered{}",
         failed.len(),
         succeeded,
-        unit_count,
+        count(unit_count as u64, "log group"),
+        if succeeded == 1 { "was" } else { "were" },
         if checkpointed { " and advanced" } else { "" }
     );
     Ok(Exit::Partial)
+}
+
+/// The work unit of rows that belong to none (the output's end).
+fn nowhere() -> WorkUnit {
+    WorkUnit {
+        account: String::new(),
+        region: String::new(),
+        log_group: String::new(),
+    }
+}
+
+/// A read cut short by SIGINT or SIGTERM.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Takes SIGINT and SIGTERM over for the run: the first one stops every
+/// read (what was committed stays; the run then exits 130 or 143), a
+/// second one quits at once with that code.
+async fn listen_for_signals(signal: Arc<watch::Sender<Option<Exit>>>) {
+    use tokio::signal::unix::{SignalKind, signal as unix};
+    let (Ok(mut int), Ok(mut term)) =
+        (unix(SignalKind::interrupt()), unix(SignalKind::terminate()))
+    else {
+        return;
+    };
+    loop {
+        let exit = tokio::select! {
+            _ = int.recv() => Exit::Interrupted,
+            _ = term.recv() => Exit::Terminated,
+        };
+        if signal.borrow().is_some() {
+            std::process::exit(i32::from(exit.code()));
+        }
+        signal.send_replace(Some(exit));
+    }
+}
+
+/// The one line of a run a signal stopped: what it committed (or wrote),
+/// and what the next run does.
+fn interrupted_line(
+    exit: Exit,
+    (whole, part, units): (usize, usize, usize),
+    checkpointed: bool,
+    insights: Option<&Insights>,
+) -> String {
+    let name = match exit {
+        Exit::Terminated => "SIGTERM",
+        _ => "SIGINT",
+    };
+    let part = match part {
+        0 => String::new(),
+        n => format!(", {n} more part of it"),
+    };
+    let mut line = if checkpointed {
+        format!(
+            "interrupted ({name}): {whole} of {units} log group(s) committed to the end of the window{part}; \
+             the next run goes on from their checkpoints"
+        )
+    } else {
+        format!(
+            "interrupted ({name}): {whole} of {units} log group(s) read to the end of the window and their rows written{part}; \
+             nothing is recorded without --checkpoint: the next run reads its whole window again"
+        )
+    };
+    if let Some(ins) = insights {
+        let stopped = ins.stats.stopped.load(Ordering::Relaxed);
+        let refused = ins.stats.not_stopped.load(Ordering::Relaxed);
+        line.push_str(&format!("; {stopped} running Insights queries stopped"));
+        if refused > 0 {
+            line.push_str(&format!(
+                ", {refused} not (StopQuery refused or unanswered: they run on to their timeout and are billed)"
+            ));
+        }
+    }
+    line
 }
 
 /// The S3 side of a run: the state bucket (states and leases), the
@@ -383,7 +538,7 @@ async fn work_units(
     plan: &Plan,
     reaches: &[Reach],
     failed: &mut Vec<Failure>,
-) -> (Vec<(usize, WorkUnit, KubernetesVersion)>, Vec<String>) {
+) -> (Vec<(usize, WorkUnit, Described)>, Vec<String>) {
     let found: Vec<Option<Result<discover::Found>>> = futures_util::stream::iter(reaches)
         .map(|r| async move {
             plan.discover.as_ref()?;
@@ -395,7 +550,7 @@ async fn work_units(
     let mut units = Vec::new();
     let mut notes = Vec::new();
     // Per scope: the versions discovery learnt, and the units.
-    let mut scoped: Vec<(BTreeMap<String, KubernetesVersion>, Vec<WorkUnit>)> = Vec::new();
+    let mut scoped: Vec<(BTreeMap<String, Described>, Vec<WorkUnit>)> = Vec::new();
     for (reach, found) in reaches.iter().zip(found) {
         let scope = &reach.scope;
         let mut groups = plan.named.clone();
@@ -409,7 +564,11 @@ async fn work_units(
                 advanced: false,
             }),
             Some(Ok((coverage, versions))) => {
-                known = versions;
+                // Discovery reads only the clusters with audit logging on.
+                known = versions
+                    .into_iter()
+                    .map(|(g, v)| (g, (v, Some(true))))
+                    .collect();
                 if coverage.is_empty() {
                     notes.push(format!(
                         "no EKS cluster{} in {scope}",
@@ -468,10 +627,10 @@ async fn work_units(
     }
     // The versions discovery did not learn (--cluster, --log-group): one
     // DescribeCluster per cluster of this shard.
-    let looked_up: Vec<BTreeMap<String, KubernetesVersion>> =
+    let looked_up: Vec<BTreeMap<String, Described>> =
         futures_util::stream::iter(reaches.iter().zip(&scoped))
             .map(|(reach, (known, work))| {
-                version::lookup(
+                version::lookup_described(
                     &reach.scope,
                     work.iter()
                         .map(|u| u.log_group.as_str())
@@ -485,16 +644,20 @@ async fn work_units(
     for (i, ((mut known, work), looked_up)) in scoped.into_iter().zip(looked_up).enumerate() {
         known.extend(looked_up);
         for u in work {
-            let v = known
-                .get(&u.log_group)
-                .cloned()
-                .unwrap_or(KubernetesVersion::Unknown(version::Unknown::Failed(None)));
+            let v = known.get(&u.log_group).cloned().unwrap_or((
+                KubernetesVersion::Unknown(version::Unknown::Failed(None)),
+                None,
+            ));
             units.push((i, u, v));
         }
     }
-    notes.extend(version::unknown_note(units.iter().map(|(_, _, v)| v)));
+    notes.extend(version::unknown_note(units.iter().map(|(_, _, v)| &v.0)));
     (units, notes)
 }
+
+/// A cluster's Kubernetes version and whether EKS says its audit logging
+/// is on (None: not known), from one DescribeCluster answer.
+type Described = (KubernetesVersion, Option<bool>);
 
 /// Settles a journal an earlier run left, and says what it found.
 fn settle(cp: &mut Checkpoint, quiet: bool) -> Result<()> {
@@ -531,6 +694,10 @@ struct Unit {
     /// unit, not in it: a unit's identity, its checkpoint entry and its
     /// shard do not change when a cluster is upgraded).
     version: KubernetesVersion,
+    /// Whether EKS says its audit logging is on (None: not known).
+    audit_on: Option<bool>,
+    /// It had a checkpoint entry before this run.
+    had_entry: bool,
 }
 
 impl Unit {
@@ -544,7 +711,7 @@ impl Unit {
 /// Checks a unit's checkpoint entry against this run, and makes its unit.
 fn unit(
     plan: &Plan,
-    (reach, work, version): (usize, WorkUnit, KubernetesVersion),
+    (reach, work, (version, audit_on)): (usize, WorkUnit, Described),
     cp: Option<&Checkpoint>,
 ) -> Result<Unit> {
     let file = cp.map(|cp| cp.path().display().to_string());
@@ -556,6 +723,8 @@ fn unit(
         state,
         upgraded,
         version,
+        audit_on,
+        had_entry: old.is_some(),
     })
 }
 
@@ -672,6 +841,23 @@ fn upgrade_note(plan: &Plan, units: usize, checkpoint: &str) -> String {
     )
 }
 
+/// Said once when --since or --start is given with a checkpoint whose
+/// entries decide where the run starts (without --rebaseline): which
+/// window was not read, and how to read it.
+fn ignored_start_note(plan: &Plan, units: &[Unit], checkpoint: &str) -> Option<String> {
+    let flag = plan.start_label.as_ref()?;
+    let resumed = units.iter().filter(|u| u.had_entry).count();
+    if plan.rebaseline || resumed == 0 {
+        return None;
+    }
+    Some(format!(
+        "{flag} is not used for the {resumed} log group(s) with an entry in checkpoint {checkpoint}: \
+         their watermarks decide where this run reads from; to read that window, use a separate checkpoint \
+         (--checkpoint other.json {flag}, or no --checkpoint), or add --rebaseline to read again from there \
+         (rows it delivered before may be delivered again)"
+    ))
+}
+
 /// What a run shares with each unit's task.
 struct Ctx<'a> {
     /// State and deliveries in S3, instead of `delivery`'s checkpoint.
@@ -685,9 +871,42 @@ struct Ctx<'a> {
     /// Units whose entries were written before `--rules` and go on with
     /// more rules (see [`upgrade_note`]).
     upgraded: &'a AtomicUsize,
+    /// SIGINT or SIGTERM, once received: the exit it asks for.
+    signal: &'a watch::Sender<Option<Exit>>,
 }
 
 impl Ctx<'_> {
+    fn interrupted(&self) -> bool {
+        self.signal.borrow().is_some()
+    }
+
+    /// Resolves once a signal stopped the run.
+    async fn until_interrupted(&self) {
+        let mut rx = self.signal.subscribe();
+        if rx.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// `f`, unless a signal stops the run first. Insights reads are let
+    /// run: they see the signal and stop their queries before they end.
+    async fn unless_interrupted<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if self.insights.is_some() {
+            let r = f.await;
+            return match r {
+                Err(_) if self.interrupted() => Err(Interrupted.into()),
+                r => r,
+            };
+        }
+        tokio::select! {
+            r = f => r,
+            () = self.until_interrupted() => Err(Interrupted.into()),
+        }
+    }
+
     /// A checkpointed step commits only while this machine's clock agrees
     /// with the server's: a clock far ahead would move the watermark past
     /// events not yet written.
@@ -748,22 +967,24 @@ impl Total {
         s3: bool,
     ) -> String {
         format!(
-            "{scopes}, {groups} log group(s), window {}..{}{end_label}; {} steps, {} pages, {} API calls ({} retried, {} throttled); {}; {} late, {} already reported, {} events from other streams ignored",
+            "{scopes}, {}, window {}..{}{end_label}; {}, {}, {} ({} retried, {} throttled); {}; {} late, {} already reported, {} from other streams ignored",
+            count(groups as u64, "log group"),
             rfc3339(start),
             rfc3339(end),
-            self.steps,
-            api.pages.load(Ordering::Relaxed),
-            api.attempts.load(Ordering::Relaxed),
+            count(self.steps, "step"),
+            count(api.pages.load(Ordering::Relaxed), "page"),
+            count(api.attempts.load(Ordering::Relaxed), "API call"),
             api.retries.load(Ordering::Relaxed),
             api.throttled.load(Ordering::Relaxed),
             describe(&self.stats, findings as usize),
             self.late,
             self.stats.duplicates,
-            self.skipped,
+            count(self.skipped, "event"),
         ) + &if s3 {
             format!(
-                "; {} object(s) delivered to S3, {} unit(s) left to other runs (leased)",
-                self.objects, self.leased_elsewhere
+                "; {} delivered to S3, {} left to other runs (leased)",
+                count(self.objects, "object"),
+                count(self.leased_elsewhere, "unit")
             )
         } else {
             String::new()
@@ -841,6 +1062,7 @@ async fn poll_s3(
         }
         s3.adopt(&mut held, state.clone());
         unit.state = state;
+        unit.had_entry = held.doc.is_some();
         poll_steps(ctx, api, reach, unit, total, Some((s3, &mut held))).await
     }
     .await;
@@ -858,9 +1080,51 @@ async fn poll_steps(
     mut s3: Option<(&S3Run, &mut Held)>,
 ) -> Result<()> {
     let plan = ctx.plan;
-    let (start, end) = (unit.start_ms(plan), plan.end_ms);
+    let (mut start, end) = (unit.start_ms(plan), plan.end_ms);
     if start >= end {
         return Ok(()); // nothing new since the last run
+    }
+    // What the log group can hold: nothing from before it existed (less
+    // the 14 days CloudWatch takes events late) or past its retention.
+    let info = match ctx
+        .unless_interrupted(cloudwatch::group_info(
+            &reach.client,
+            &unit.work.log_group,
+            &reach.scope.region,
+            &reach.endpoint,
+        ))
+        .await
+    {
+        Err(e) if e.is::<Interrupted>() => return Err(e),
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(log_group = %unit.work.log_group, error = %e, "DescribeLogGroups");
+            None
+        }
+    };
+    if let Some((floor, why)) = info.and_then(|i| i.floor_ms(plan.now_ms))
+        && start < floor
+    {
+        if end <= floor {
+            return Err(anyhow!(
+                "the window {}..{} {}: nothing in it can be read, and no findings for it does not mean none happened. \
+                 Ask for a window the log group holds (from {} on)",
+                rfc3339(start),
+                rfc3339(end),
+                outside(&unit.work.log_group, why),
+                rfc3339(floor)
+            ));
+        }
+        if !plan.out.quiet {
+            eprintln!(
+                "kubeanon poll: note: {}: {} {}: reading from {}",
+                unit.work,
+                window_start_label(plan, unit, start),
+                reaches_before(&unit.work.log_group, why),
+                rfc3339(floor)
+            );
+        }
+        start = floor;
     }
     total.first_ms = Some(start);
     let query = |s: i64, e: i64| Query {
@@ -873,7 +1137,10 @@ async fn poll_steps(
     };
     // No audit events at all in the window: the cluster's audit logging is
     // off (or the prefix is wrong). Reporting "no findings" would be a lie.
-    let has_audit_events = match cloudwatch::has_audit_events(api, &query(start, end)).await {
+    let has_audit_events = match ctx
+        .unless_interrupted(cloudwatch::has_audit_events(api, &query(start, end)))
+        .await
+    {
         Err(e) if e.is::<MissingLogGroup>() => {
             return Err(anyhow!(
                 cloudwatch::explain_missing(&reach.client, &unit.work.log_group, &unit.work.region)
@@ -883,24 +1150,23 @@ async fn poll_steps(
         r => r?,
     };
     if !plan.allow_idle && !has_audit_events {
-        return Err(anyhow!(
-            "no audit events between {} and {} in streams starting with '{}': this cluster is not being watched. \
-             {}, or check --stream-prefix; --allow-idle accepts an empty window for a cluster known to be idle",
-            rfc3339(start),
-            rfc3339(end),
-            plan.read.stream_prefix,
-            enable_audit(unit.work.cluster(), &unit.work.region)
-        ));
+        return Err(anyhow!(empty_window(plan, unit, (start, end))));
     }
     let mut s = start;
     let mut span = plan.step_ms;
     while s < end {
+        if ctx.interrupted() {
+            return Err(Interrupted.into());
+        }
         let mut e = s.saturating_add(span).min(end);
         // A step over the budget is abandoned and halved: memory stays
         // bounded by the budget (a single millisecond is taken whole).
         let step = loop {
             let budget = (e - s > 1).then_some(plan.step_matches);
-            match read_step(ctx, api, &unit.state, &query(s, e), budget).await? {
+            match ctx
+                .unless_interrupted(read_step(ctx, api, &unit.state, &query(s, e), budget))
+                .await?
+            {
                 Some(step) => break step,
                 None => e = s + (e - s) / 2,
             }
@@ -967,6 +1233,85 @@ async fn poll_steps(
         s = e;
     }
     Ok(())
+}
+
+/// How a note names where the window started: the flag that asked for it,
+/// or the checkpoint's watermark.
+fn window_start_label(plan: &Plan, unit: &Unit, start: i64) -> String {
+    match (&plan.start_label, unit.had_entry && !plan.rebaseline) {
+        (Some(flag), false) => flag.clone(),
+        _ => format!("the window's start {}", rfc3339(start)),
+    }
+}
+
+/// "reaches before X existed (created T)" or "reaches past X's retention".
+fn reaches_before(log_group: &str, why: cloudwatch::Floor) -> String {
+    match why {
+        cloudwatch::Floor::Created(c) => format!(
+            "reaches before {log_group} existed (created {}; CloudWatch takes no event more than 14 days older)",
+            rfc3339(c)
+        ),
+        cloudwatch::Floor::Retention(d) => {
+            format!("reaches past the {d}-day retention of {log_group} (older events are deleted)")
+        }
+    }
+}
+
+/// Why a window entirely before a log group's floor holds nothing.
+fn outside(log_group: &str, why: cloudwatch::Floor) -> String {
+    match why {
+        cloudwatch::Floor::Created(c) => format!(
+            "ends before log group {log_group} existed (created {}; CloudWatch takes no event more than 14 days older)",
+            rfc3339(c)
+        ),
+        cloudwatch::Floor::Retention(d) => format!(
+            "is past the {d}-day retention of log group {log_group}: its events were deleted"
+        ),
+    }
+}
+
+/// What to say of a window without a single audit event: never "not
+/// being watched" when EKS says audit logging is on, or when an earlier run
+/// read it.
+fn empty_window(plan: &Plan, unit: &Unit, (start, end): (i64, i64)) -> String {
+    let head = format!(
+        "no audit events between {} and {} in streams starting with '{}'",
+        rfc3339(start),
+        rfc3339(end),
+        plan.read.stream_prefix
+    );
+    let idle = "--allow-idle accepts an empty window for a cluster known to be idle";
+    let recent = if end > plan.now_ms {
+        format!(
+            " (the window ends {} after now: events arrive up to minutes late)",
+            humantime::format_duration(Duration::from_secs(((end - plan.now_ms) / 1000) as u64))
+        )
+    } else {
+        String::new()
+    };
+    let cluster = unit.work.cluster();
+    match unit.audit_on {
+        Some(true) => format!(
+            "{head}{recent}, yet EKS says cluster {cluster}'s audit logging is on, and a live cluster writes audit events every few seconds: \
+             delivery to CloudWatch is late, --stream-prefix is wrong, or the cluster is idle. \
+             Read a longer or later window, or check --stream-prefix against the log group's streams; {idle}"
+        ),
+        _ if unit.had_entry => format!(
+            "{head}{recent}, though an earlier run read it: its audit logging may have been turned off since, \
+             delivery is late, or the cluster is idle. Check its logging (aws eks describe-cluster --name {cluster} --region {} --query cluster.logging) \
+             or --stream-prefix; {idle}",
+            unit.work.region
+        ),
+        Some(false) => format!(
+            "{head}{recent}: EKS says audit logging is off, so this cluster is not being watched. {}; {idle}",
+            enable_audit(cluster, &unit.work.region)
+        ),
+        None => format!(
+            "{head}{recent}: its audit logging is off, --stream-prefix is wrong, or the cluster is idle. \
+             {}, or check --stream-prefix; {idle}",
+            enable_audit(cluster, &unit.work.region)
+        ),
+    }
 }
 
 /// Calls `f` with the rows of one step of one unit, whose cluster runs

@@ -24,6 +24,8 @@ pub(super) struct Plan {
     pub(super) page_size: i32,
     /// Explicit start (ms): the first run's, or a rebaseline's.
     pub(super) start_ms: Option<i64>,
+    /// The flag that gave `start_ms`, for notes: "--since 5d".
+    pub(super) start_label: Option<String>,
     pub(super) end_ms: i64,
     /// How the summary names the end: " (now - 2m lag)" unless --end.
     pub(super) end_label: String,
@@ -101,7 +103,13 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             rfc3339(end_ms)
         )));
     }
+    let start_label = match (&args.start, &args.since) {
+        (Some(t), _) => Some(format!("--start {t}")),
+        (None, Some(d)) => Some(format!("--since {d}")),
+        (None, None) => None,
+    };
     Ok(Plan {
+        start_label,
         end_label: match &args.end {
             Some(_) => String::new(),
             None => format!(" (now - {} lag)", args.lag),
