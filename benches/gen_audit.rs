@@ -134,6 +134,8 @@ struct User {
     username_json: Option<String>,
     groups_json: Option<String>,
     username_key: Option<&'static str>,
+    /// Written as `"user":{}` (a refused authentication has no user).
+    empty: bool,
 }
 
 #[derive(Default, Clone)]
@@ -153,6 +155,11 @@ struct Status {
     failure: Option<(String, &'static str, String)>,
 }
 
+/// What kubernetes `authn_audit.go` (`WithFailedAuthenticationAudit`)
+/// writes as `responseStatus.message` for a request it refused with no
+/// credentials. Its `responseStatus` is only `metadata`, `message`, `code`.
+const NO_CREDENTIALS: &str = "Authentication failed, no credentials provided";
+
 #[derive(Clone)]
 struct Ev {
     level: &'static str,
@@ -171,6 +178,9 @@ struct Ev {
     annotations: Vec<(String, String)>,
     /// Whether the detection rule matches this event.
     matches: bool,
+    /// A refused authentication (`--refused-ratio`): its `responseStatus`
+    /// is `{"metadata":{},"message":NO_CREDENTIALS,"code":401}`.
+    refused: bool,
 }
 
 impl Ev {
@@ -187,36 +197,38 @@ impl Ev {
         json_str(b, &self.verb);
         b.push_str(r#","user":{"#);
         let u = &self.user;
-        b.push('"');
-        b.push_str(u.username_key.unwrap_or("username"));
-        b.push_str("\":");
-        match &u.username_json {
-            Some(raw) => b.push_str(raw),
-            None => json_str(b, &u.username),
-        }
-        if !u.uid.is_empty() {
-            b.push_str(r#","uid":"#);
-            json_str(b, &u.uid);
-        }
-        if let Some(raw) = &u.groups_json {
-            b.push_str(r#","groups":"#);
-            b.push_str(raw);
-        } else if !u.groups.is_empty() {
-            b.push_str(r#","groups":"#);
-            json_arr(b, u.groups.iter().map(String::as_str));
-        }
-        if !u.extra.is_empty() {
-            b.push_str(r#","extra":{"#);
-            for (i, (k, v)) in u.extra.iter().enumerate() {
-                if i > 0 {
-                    b.push(',');
-                }
-                json_str(b, k);
-                b.push_str(":[");
-                json_str(b, v);
-                b.push(']');
+        if !u.empty {
+            b.push('"');
+            b.push_str(u.username_key.unwrap_or("username"));
+            b.push_str("\":");
+            match &u.username_json {
+                Some(raw) => b.push_str(raw),
+                None => json_str(b, &u.username),
             }
-            b.push('}');
+            if !u.uid.is_empty() {
+                b.push_str(r#","uid":"#);
+                json_str(b, &u.uid);
+            }
+            if let Some(raw) = &u.groups_json {
+                b.push_str(r#","groups":"#);
+                b.push_str(raw);
+            } else if !u.groups.is_empty() {
+                b.push_str(r#","groups":"#);
+                json_arr(b, u.groups.iter().map(String::as_str));
+            }
+            if !u.extra.is_empty() {
+                b.push_str(r#","extra":{"#);
+                for (i, (k, v)) in u.extra.iter().enumerate() {
+                    if i > 0 {
+                        b.push(',');
+                    }
+                    json_str(b, k);
+                    b.push_str(":[");
+                    json_str(b, v);
+                    b.push(']');
+                }
+                b.push('}');
+            }
         }
         b.push_str(r#"},"sourceIPs":"#);
         json_arr(b, self.source_ips.iter().map(String::as_str));
@@ -249,7 +261,10 @@ impl Ev {
         }
         if let Some(s) = &self.status {
             b.push_str(r#","responseStatus":{"metadata":{}"#);
-            if let Some((message, reason, details)) = &s.failure {
+            if self.refused {
+                b.push_str(r#","message":"#);
+                json_str(b, NO_CREDENTIALS);
+            } else if let Some((message, reason, details)) = &s.failure {
                 b.push_str(r#","status":"Failure","message":"#);
                 json_str(b, message);
                 b.push_str(r#","reason":"#);
@@ -1146,6 +1161,7 @@ impl World {
             stage_us: self.now_us + latency_us(rng),
             annotations: Vec::new(),
             matches: false,
+            refused: false,
         }
     }
 
@@ -1595,6 +1611,38 @@ impl World {
         ev
     }
 
+    /// A request refused by authentication, as kubernetes `authn_audit.go`
+    /// logs it: stage ResponseStarted, `"user":{}`, no annotations, and a
+    /// 401 whose message says no credentials were presented (what a
+    /// scanner's request becomes where anonymous access is off, e.g. EKS
+    /// 1.32+ beyond the health paths). The `unauthenticated` rule's row.
+    fn refused(&mut self, rng: &mut Rng) -> Ev {
+        let mut ev = self.base(rng);
+        ev.user.empty = true;
+        ev.refused = true;
+        ev.stage = "ResponseStarted";
+        ev.stage_us = ev.received_us + rng.range(40, 900) as i64;
+        ev.source_ips = vec![rng.pick(&self.scanners).clone()];
+        let (method, uri) = *rng.weighted(SCANNER_PATHS);
+        let agent = loop {
+            let a = *rng.pick(SCANNER_AGENTS);
+            if !a.starts_with("kubectl") || uri.starts_with("/api") {
+                break a;
+            }
+        };
+        ev.user_agent = agent.into();
+        ev.uri = uri.into();
+        // The verb and objectRef as for any request (the request info is
+        // resolved before authentication); the outcome is the 401.
+        self.anonymous_outcome(&mut ev, method);
+        ev.status = Some(Status {
+            code: 401,
+            failure: None,
+        });
+        ev.annotations.clear();
+        ev
+    }
+
     /// Verb, objectRef and response for an anonymous request to `ev.uri`.
     fn anonymous_outcome(&mut self, ev: &mut Ev, method: &str) {
         let path = ev.uri.split('?').next().unwrap_or("").to_owned();
@@ -1951,6 +1999,7 @@ struct Out {
     lines: u64,
     events: u64,
     matching: u64,
+    refused: u64,
 }
 
 impl Out {
@@ -1959,6 +2008,7 @@ impl Out {
         ev.write(&mut self.line);
         self.events += 1;
         self.matching += u64::from(ev.matches);
+        self.refused += u64::from(ev.refused);
         if self.events <= 5000 {
             // Cheap insurance that every shape we write is valid JSON.
             if let Err(e) = serde_json::from_str::<serde_json::Value>(&self.line) {
@@ -1985,8 +2035,15 @@ impl Out {
         if let Err(e) = self.w.flush() {
             fail_write(e);
         }
+        // The refused count only where there are some: the summary of
+        // every input made before `--refused-ratio` stays as it was.
+        let refused = if self.refused > 0 {
+            format!(", {} refused", self.refused)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "gen_audit: {} events, {} matching, {} lines, {} bytes",
+            "gen_audit: {} events, {} matching{refused}, {} lines, {} bytes",
             self.events, self.matching, self.lines, self.bytes
         );
     }
@@ -2030,11 +2087,17 @@ struct Opts {
     /// PRNG seed.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Share of events that are refused authentications (401, `"user":{}`,
+    /// as kubernetes authn_audit.go logs them), 0 to 1; drawn before the
+    /// anonymous share, which applies to the rest. 0 leaves the output
+    /// byte for byte as without it.
+    #[arg(long = "refused-ratio", value_name = "R", default_value_t = 0.0, value_parser = ratio)]
+    refused: f64,
     /// Share of anonymous events written in edge-case encodings, 0 to 1.
     #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = ratio)]
     tricky: f64,
     /// Write the bundled sample (examples/eks-audit-sample.jsonl) instead.
-    #[arg(long, conflicts_with_all = ["size", "events", "ratio", "seed", "tricky"])]
+    #[arg(long, conflicts_with_all = ["size", "events", "ratio", "refused", "seed", "tricky"])]
     sample: bool,
 }
 
@@ -2068,6 +2131,7 @@ fn main() {
         lines: 0,
         events: 0,
         matching: 0,
+        refused: 0,
     };
     if o.sample {
         sample(&mut out);
@@ -2081,7 +2145,11 @@ fn main() {
         (s, e) => (s.unwrap_or(u64::MAX), e.unwrap_or(u64::MAX)),
     };
     while out.bytes < max_bytes && out.events < max_events {
-        let ev = if o.ratio >= 1.0 || rng.chance(o.ratio) {
+        // No draw when there are no refusals, so the stream is as before.
+        let refused = o.refused > 0.0 && (o.refused >= 1.0 || rng.chance(o.refused));
+        let ev = if refused {
+            world.refused(&mut rng)
+        } else if o.ratio >= 1.0 || rng.chance(o.ratio) {
             let mut ev = world.anonymous(&mut rng);
             if o.tricky > 0.0 && rng.chance(o.tricky) {
                 world.tricky(&mut rng, &mut ev);
