@@ -122,7 +122,12 @@ pub struct AwsArgs {
     pub all_clusters: bool,
     /// With --all-clusters, only clusters whose name matches GLOB (`*`
     /// wildcard, ASCII case-insensitive). Repeatable.
-    #[arg(help_heading = "Fleet", long = "cluster-match", value_name = "GLOB", requires = "all_clusters")]
+    #[arg(
+        help_heading = "Fleet",
+        long = "cluster-match",
+        value_name = "GLOB",
+        requires = "all_clusters"
+    )]
     pub cluster_match: Vec<String>,
     /// EKS cluster name: reads log group /aws/eks/NAME/cluster in every
     /// account and region of the run. Repeatable.
@@ -134,14 +139,24 @@ pub struct AwsArgs {
     pub log_groups: Vec<String>,
     /// AWS region; repeatable or comma-separated (`us-east-1,eu-west-1`)
     /// [default: from the AWS config chain].
-    #[arg(help_heading = "Fleet", long = "region", value_name = "REGION", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Fleet",
+        long = "region",
+        value_name = "REGION",
+        value_delimiter = ','
+    )]
     pub regions: Vec<String>,
     /// IAM role to assume (session name `kubeanon`), one account each;
     /// repeatable [default: the caller's own account].
     #[arg(help_heading = "Fleet", long = "role-arn", value_name = "ARN")]
     pub role_arns: Vec<String>,
     /// External id the roles' trust policies ask for.
-    #[arg(help_heading = "Fleet", long, value_name = "ID", requires = "role_arns")]
+    #[arg(
+        help_heading = "Fleet",
+        long,
+        value_name = "ID",
+        requires = "role_arns"
+    )]
     pub external_id: Option<String>,
     /// Named profile from the AWS config files: the credentials a run
     /// starts from (and assumes roles with).
@@ -154,7 +169,12 @@ pub struct AwsArgs {
     pub endpoint_url: Option<String>,
     /// Only log streams whose name starts with this (`kube-apiserver-` would
     /// also take the API server's own logs).
-    #[arg(help_heading = "Source", long, default_value = "kube-apiserver-audit-", value_name = "PREFIX")]
+    #[arg(
+        help_heading = "Source",
+        long,
+        default_value = "kube-apiserver-audit-",
+        value_name = "PREFIX"
+    )]
     pub stream_prefix: String,
 }
 
@@ -163,7 +183,12 @@ pub struct PollArgs {
     #[command(flatten)]
     pub aws: AwsArgs,
     /// Start of the window: RFC 3339, or a duration before now (`2h`).
-    #[arg(help_heading = "Window", long, value_name = "T", conflicts_with = "since")]
+    #[arg(
+        help_heading = "Window",
+        long,
+        value_name = "T",
+        conflicts_with = "since"
+    )]
     pub start: Option<String>,
     /// End of the window (exclusive): RFC 3339, or a duration before now [default: now - lag].
     #[arg(help_heading = "Window", long, value_name = "T")]
@@ -186,13 +211,28 @@ pub struct PollArgs {
     pub shard: Option<String>,
     /// With an s3:// --checkpoint: how long a unit's lease lasts before
     /// another run may take the unit over (renewed while working).
-    #[arg(help_heading = "Fleet", long, default_value = "5m", value_name = "DURATION")]
+    #[arg(
+        help_heading = "Fleet",
+        long,
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
     pub lease: String,
     /// Leave out the most recent DURATION (events still arriving).
-    #[arg(help_heading = "Window", long, default_value = "2m", value_name = "DURATION")]
+    #[arg(
+        help_heading = "Window",
+        long,
+        default_value = "2m",
+        value_name = "DURATION"
+    )]
     pub lag: String,
     /// Rescan DURATION before the checkpoint to catch late events.
-    #[arg(help_heading = "Window", long, default_value = "10m", value_name = "DURATION")]
+    #[arg(
+        help_heading = "Window",
+        long,
+        default_value = "10m",
+        value_name = "DURATION"
+    )]
     pub overlap: String,
     /// FilterLogEvents requests per second, shared by all log groups of a
     /// region (the account's quota is 5-25/s and shared with other tools).
@@ -242,7 +282,12 @@ pub struct PollArgs {
     #[arg(help_heading = "Source", long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// Timeout for one request attempt.
-    #[arg(help_heading = "Source", long, default_value = "30s", value_name = "DURATION")]
+    #[arg(
+        help_heading = "Source",
+        long,
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
     pub attempt_timeout: String,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -393,16 +393,26 @@ fn poll_help_groups_its_flags_under_headings() {
         ("Engine:", "--engine <"),
         ("Output:", "--rules <LIST>"),
     ] {
-        assert_eq!(help.matches(&format!("\n{heading}\n")).count(), 1, "{heading} in {help}");
+        assert_eq!(
+            help.matches(&format!("\n{heading}\n")).count(),
+            1,
+            "{heading} in {help}"
+        );
         let h = help.find(&format!("\n{heading}\n")).unwrap();
-        let f = help.find(flag).unwrap_or_else(|| panic!("{flag} in {help}"));
+        let f = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} in {help}"));
         at.push((h, f, heading));
     }
     // A flag sits under its own heading: after it, before the next one.
     let mut headings: Vec<usize> = at.iter().map(|a| a.0).collect();
     headings.sort_unstable();
     for (h, f, heading) in &at {
-        let next = headings.iter().find(|&&x| x > *h).copied().unwrap_or(usize::MAX);
+        let next = headings
+            .iter()
+            .find(|&&x| x > *h)
+            .copied()
+            .unwrap_or(usize::MAX);
         assert!(*h < *f && *f < next, "{heading}: its flag is elsewhere");
     }
 }

@@ -394,7 +394,10 @@ fn summary_count(out: &Output, label: &str) -> u64 {
         .collect();
     words
         .windows(2)
-        .find(|w| w[1] == label && w[0].parse::<u64>().is_ok())
+        // The label in the singular or the plural ("1 object", "5 objects").
+        .find(|w| {
+            (w[1] == label || w[1].strip_suffix('s') == Some(label)) && w[0].parse::<u64>().is_ok()
+        })
         .map(|w| w[0].parse().unwrap())
         .unwrap_or_else(|| panic!("no '{label}' in summary: {line}"))
 }
