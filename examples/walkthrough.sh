@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up the README's "Try `poll` without AWS": an emulator of CloudWatch
-# Logs (moto's server) on a free loopback port, left running, with the
-# bundled sample loaded as cluster `demo` (examples/moto_demo.py). Then it
+# Sets up the README's "Try `poll` without AWS": an emulator of AWS
+# (moto's server) on a free loopback port, left running, with the bundled
+# sample loaded as the audit log of EKS cluster `demo` and an S3 bucket
+# `kubeanon-demo` (examples/moto_demo.py). Then it
 # prints the one line to paste, which exports the emulator's address
 # (DEMO), the python that has moto (DEMO_PYTHON), a fresh checkpoint file
 # (DEMO_CHECKPOINT) and moto's dummy credentials; the README's poll

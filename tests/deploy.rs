@@ -566,8 +566,9 @@ impl Drop for Kill {
     }
 }
 
-/// The commands of the README's "Try `poll` without AWS", continuation
-/// lines joined, without the script's line and the `export` placeholder.
+/// The commands of the README's "Try `poll` without AWS", its `sh` blocks
+/// in order, continuation lines joined, without the script's line and the
+/// `export` placeholder.
 fn readme_walkthrough_commands() -> Vec<String> {
     let readme = read("README.md");
     let section = readme
@@ -577,13 +578,11 @@ fn readme_walkthrough_commands() -> Vec<String> {
         .split("\n#")
         .next()
         .unwrap();
-    let block = section
+    let block: String = section
         .split("```sh\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
     let block = block.replace("\\\n", " ");
     let commands: Vec<String> = block.lines().map(|l| l.trim().to_string()).collect();
     assert_eq!(commands[0], "examples/walkthrough.sh");
@@ -615,7 +614,9 @@ fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_sc
     );
     assert!(pid.is_some(), "no pid in {stdout}");
     assert!(
-        stdout.contains("467 events in /aws/eks/demo/cluster"),
+        stdout.contains("467 events in /aws/eks/demo/cluster")
+            && stdout
+                .contains("EKS cluster demo (1.33, audit logging on) and S3 bucket kubeanon-demo"),
         "{stdout}"
     );
     let export = stdout
@@ -631,7 +632,7 @@ fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_sc
     assert!(var("DEMO_CHECKPOINT").starts_with(tmp.path().to_str().unwrap()));
     // The README's commands, `cargo run --` being this build's kubeanon.
     let commands = readme_walkthrough_commands();
-    assert_eq!(commands.len(), 3, "{commands:?}");
+    assert_eq!(commands.len(), 6, "{commands:?}");
     let mut said = Vec::new();
     for c in &commands {
         let c = c.replace("cargo run --", env!("CARGO_BIN_EXE_kubeanon"));
@@ -686,6 +687,79 @@ fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_sc
     assert!(
         summary.contains("3 events, ") && summary.contains("2 matched, 2 findings"),
         "{summary}"
+    );
+    // The fleet: doctor discovers `demo`, its audit logging and version.
+    assert!(
+        commands[3].contains(" doctor --all-clusters "),
+        "{}",
+        commands[3]
+    );
+    let doctor = String::from_utf8_lossy(&said[3].stdout).into_owned();
+    let ok: Vec<&str> = doctor.lines().filter(|l| l.starts_with("ok ")).collect();
+    assert_eq!(ok.len(), 2, "{doctor}");
+    assert_eq!(doctor.lines().count(), 2, "{doctor}");
+    assert!(
+        ok[1].contains("account 123456789012, us-east-1 cluster demo: audit logging on, log group /aws/eks/demo/cluster exists")
+            && ok[1].contains("Kubernetes 1.33: "),
+        "{doctor}"
+    );
+    // S3 state: the first run delivers everything once, the second nothing.
+    for c in &commands[4..] {
+        assert!(
+            c.contains(" poll --all-clusters ")
+                && c.contains("--checkpoint s3://kubeanon-demo/kubeanon/ --deliver s3://kubeanon-demo/findings/"),
+            "{c}"
+        );
+    }
+    assert_eq!(commands[4], commands[5]);
+    for o in &said[4..] {
+        assert!(
+            o.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    let first = stderr(&said[4]);
+    assert!(
+        first.contains("469 events, ")
+            && first.contains(" 31 findings;")
+            && first.contains("; 1 object delivered to S3,"),
+        "{first}"
+    );
+    let again = stderr(&said[5]);
+    assert!(
+        again.contains("3 events, 0 malformed, 0 matched, 0 findings; 0 late, 2 already reported,")
+            && again.contains("; 0 objects delivered to S3,"),
+        "{again}"
+    );
+    // What is in the bucket: one delivery, one unit's state.
+    let list = Command::new(var("DEMO_PYTHON"))
+        .args([
+            "-c",
+            "import boto3, sys; s = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1'); \
+             print('\\n'.join(o['Key'] for o in s.list_objects_v2(Bucket='kubeanon-demo')['Contents']))",
+            var("DEMO"),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let keys = String::from_utf8_lossy(&list.stdout).into_owned();
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys[0].starts_with("findings/account=123456789012/region=us-east-1/cluster=demo/dt=")
+            && keys[0].ends_with(".ndjson.gz"),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys[1],
+        "kubeanon/state/123456789012/us-east-1/%2Faws%2Feks%2Fdemo%2Fcluster.json"
     );
 }
 
