@@ -128,32 +128,36 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let SdkError::DispatchFailure(d) = err else {
-        return false;
+    connector_chain(err).any(|cur| {
+        cur.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|h| h.is_connect())
+            || cur.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                )
+            })
+    })
+}
+
+/// The connector error of a request that failed before it reached the
+/// server, and its sources, outermost first; empty for any other error.
+fn connector_chain<'e, E, R>(
+    err: &'e SdkError<E, R>,
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let first = match err {
+        SdkError::DispatchFailure(d) => d
+            .as_connector_error()
+            .map(|c| c as &(dyn std::error::Error + 'static)),
+        _ => None,
     };
-    let Some(c) = d.as_connector_error() else {
-        return false;
-    };
-    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(c);
-    while let Some(cur) = e {
-        if let Some(h) = cur.downcast_ref::<hyper_util::client::legacy::Error>()
-            && h.is_connect()
-        {
-            return true;
-        }
-        if let Some(io) = cur.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            )
-        {
-            return true;
-        }
-        e = cur.source();
-    }
-    false
+    std::iter::successors(first, |cur| cur.source())
 }
 
 /// Did the request fail because its endpoint's host name does not exist
@@ -165,22 +169,14 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    let SdkError::DispatchFailure(d) = err else {
-        return false;
-    };
-    let Some(c) = d.as_connector_error() else {
-        return false;
-    };
     let mut dns = false;
-    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(c);
-    while let Some(cur) = e {
+    for cur in connector_chain(err) {
         let text = cur.to_string();
         // hyper-util's ConnectError for a failed lookup says just this.
         dns |= text == "dns error";
         if text.to_ascii_lowercase().contains("temporary") {
             return false;
         }
-        e = cur.source();
     }
     dns
 }
