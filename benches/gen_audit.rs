@@ -1589,14 +1589,7 @@ impl World {
         }
         let ip = rng.pick(&self.scanners).clone();
         ev.source_ips = vec![ip];
-        let (method, uri) = *rng.weighted(SCANNER_PATHS);
-        // kubectl only for API paths; web scanners for everything.
-        let agent = loop {
-            let a = *rng.pick(SCANNER_AGENTS);
-            if !a.starts_with("kubectl") || uri.starts_with("/api") {
-                break a;
-            }
-        };
+        let (method, uri, agent) = scanner_probe(rng);
         ev.user_agent = agent.into();
         ev.uri = uri.into();
         self.anonymous_outcome(&mut ev, method);
@@ -1623,13 +1616,7 @@ impl World {
         ev.stage = "ResponseStarted";
         ev.stage_us = ev.received_us + rng.range(40, 900) as i64;
         ev.source_ips = vec![rng.pick(&self.scanners).clone()];
-        let (method, uri) = *rng.weighted(SCANNER_PATHS);
-        let agent = loop {
-            let a = *rng.pick(SCANNER_AGENTS);
-            if !a.starts_with("kubectl") || uri.starts_with("/api") {
-                break a;
-            }
-        };
+        let (method, uri, agent) = scanner_probe(rng);
         ev.user_agent = agent.into();
         ev.uri = uri.into();
         // The verb and objectRef as for any request (the request info is
@@ -1822,6 +1809,19 @@ impl World {
 }
 
 const PUBLIC_INFO: &str = "RBAC: allowed by ClusterRoleBinding \"system:public-info-viewer\" of ClusterRole \"system:public-info-viewer\" to Group \"system:unauthenticated\"";
+
+/// A scanner's probe: its method, path and user agent (kubectl only for
+/// API paths; web scanners for everything).
+fn scanner_probe(rng: &mut Rng) -> (&'static str, &'static str, &'static str) {
+    let (method, uri) = *rng.weighted(SCANNER_PATHS);
+    let agent = loop {
+        let a = *rng.pick(SCANNER_AGENTS);
+        if !a.starts_with("kubectl") || uri.starts_with("/api") {
+            break a;
+        }
+    };
+    (method, uri, agent)
+}
 
 const SCANNER_AGENTS: &[&str] = &[
     "python-requests/2.31.0",
