@@ -245,7 +245,7 @@ impl Detector {
             }
             return Fed::Nothing;
         }
-        let record = Record::parse_fast(bytes).or_else(|| Record::parse(bytes).ok());
+        let record = parse(bytes);
         let shape = record.as_ref().map(Record::shape);
         // An audit event counts the same whether or not the prefilter
         // would have passed it (one event; it matches only if it could).
@@ -340,8 +340,7 @@ impl Detector {
             self.stats.malformed += 1;
             return Fed::Nothing;
         };
-        let record =
-            Record::parse_fast(text.as_bytes()).or_else(|| Record::parse(text.as_bytes()).ok());
+        let record = parse(text.as_bytes());
         let Some(Shape::Event(event)) = record.as_ref().map(Record::shape) else {
             self.stats.malformed += 1;
             return Fed::Nothing;
@@ -488,6 +487,11 @@ impl Detector {
 fn refused_authentication(s: &[Option<Cow<'_, str>>; 11]) -> bool {
     // Indices into the eleven scalars: responseStatus.code, user.
     s[5].as_deref() == Some("401") && s[8].is_none()
+}
+
+/// One JSON object: the fast parse, or serde_json's where it declines.
+fn parse(bytes: &[u8]) -> Option<Record<'_>> {
+    Record::parse_fast(bytes).or_else(|| Record::parse(bytes).ok())
 }
 
 /// A multi-valued field with no usable value groups as one "0" row.
