@@ -322,6 +322,18 @@ impl<'a> Event<'_, 'a> {
         self.user.username.and_then(string)
     }
 
+    /// `user.username` as the `user` column shows it (`None`: filled
+    /// with "0"), without the other scalars.
+    pub fn shown_username(&self) -> Option<Cow<'a, str>> {
+        self.user.username.and_then(scalar)
+    }
+
+    /// `responseStatus.code` as its column shows it, without the other
+    /// scalars.
+    pub fn shown_code(&self) -> Option<Cow<'a, str>> {
+        self.response_status()[0].and_then(scalar)
+    }
+
     /// `user.groups{}`: the usable values of `user.groups`.
     pub fn groups(&self) -> Values<'a> {
         multi(self.user.groups)

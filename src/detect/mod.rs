@@ -301,14 +301,16 @@ impl Detector {
     /// pair.
     fn count(&mut self, event: &Event<'_, '_>, origin: Origin<'_>) -> Fed {
         let groups = event.groups();
-        let s = event.scalars();
+        // Decided before the other scalars are read: most events a
+        // prefilter passes match no rule.
         let rule = if self.rules.contains(Rule::Escu) && matches_with_groups(event, &groups) {
             Rule::Escu
-        } else if self.rules.contains(Rule::Unauthenticated) && refused_authentication(&s) {
+        } else if self.rules.contains(Rule::Unauthenticated) && refused_authentication(event) {
             Rule::Unauthenticated
         } else {
             return Fed::Nothing;
         };
+        let s = event.scalars();
         self.stats.matched += 1;
         let pair = self.pair(event);
         let (credential, severity) = match rule {
@@ -483,10 +485,10 @@ impl Detector {
 }
 
 /// The `unauthenticated` rule: `responseStatus.code` 401 and no username
-/// (absent, `{}`, empty, or not a string), given the event's scalars.
-fn refused_authentication(s: &[Option<Cow<'_, str>>; 11]) -> bool {
-    // Indices into the eleven scalars: responseStatus.code, user.
-    s[5].as_deref() == Some("401") && s[8].is_none()
+/// (the `user` column filled with "0": absent, `null`, empty, an object
+/// or an array). The username first: it is already parsed.
+fn refused_authentication(event: &Event<'_, '_>) -> bool {
+    event.shown_username().is_none() && event.shown_code().as_deref() == Some("401")
 }
 
 /// One JSON object: the fast parse, or serde_json's where it declines.

@@ -89,7 +89,7 @@ fn refused_authentications_are_rows_with_their_credential_and_severity() {
 }
 
 #[test]
-fn no_username_means_absent_empty_or_not_a_string_and_any_stage() {
+fn no_username_means_absent_empty_or_null_and_any_stage() {
     let base = refused(NONE, "");
     let variants = [
         base.replace(r#""user":{},"#, ""),
