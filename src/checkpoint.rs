@@ -37,9 +37,32 @@ pub const MAX_SEEN: usize = 100_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
+    /// Which records of the commit log beside the file (`.commits`) are
+    /// newer than it: those written with this generation (see
+    /// `crate::state::file`). Absent (0) in files written before the log.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// One entry per work unit (account, region, log group) ever polled
     /// with this file.
     pub groups: Vec<GroupState>,
+    /// Per unit (its key path): the delivery sequence number and the
+    /// delivery recorded before its rows were written. Absent in files
+    /// written before the one protocol (their journal is adopted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub units: BTreeMap<String, UnitExtra>,
+}
+
+/// What the protocol keeps of a unit beside its entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitExtra {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<crate::state::protocol::Pending>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What defines the events a run reads from a log group: a run with other
@@ -250,6 +273,28 @@ impl Commit {
 }
 
 impl GroupState {
+    /// A unit's entry before its first commit (replaced by the run's).
+    pub fn empty(unit: &WorkUnit) -> GroupState {
+        GroupState {
+            account: unit.account.clone(),
+            region: unit.region.clone(),
+            log_group: unit.log_group.clone(),
+            read: ReadSettings {
+                stream_prefix: String::new(),
+                server_filter: true,
+                rules: None,
+            },
+            watermark_ms: 0,
+            horizon_ms: 0,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Is this [`GroupState::empty`], no entry at all?
+    pub fn is_placeholder(&self) -> bool {
+        self.read.stream_prefix.is_empty() && self.watermark_ms == 0 && self.seen.is_empty()
+    }
+
     pub fn unit(&self) -> WorkUnit {
         WorkUnit {
             account: self.account.clone(),
@@ -494,6 +539,7 @@ fn migrate_v1(text: &str) -> Result<State> {
     Ok(State {
         version: VERSION,
         groups,
+        ..State::default()
     })
 }
 

@@ -221,10 +221,10 @@ impl Leases {
                     },
                     None => "deleted".to_string(),
                 };
-                Err(anyhow!(
+                Err(anyhow::Error::new(LeaseLost(format!(
                     "lost the lease of {} after it expired (now {now}): this run wrote nothing more for it",
                     lease.unit
-                ))
+                ))))
             }
             Err(CasError::Failed(e)) => Err(e),
         }
@@ -324,4 +324,95 @@ pub fn holder_id() -> String {
         std::process::id(),
         fastrand::u32(..)
     )
+}
+
+/// The lease was taken over (after it expired) or deleted.
+#[derive(Debug)]
+pub struct LeaseLost(String);
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
+/// A held lease, renewed in the background: every write of the unit
+/// checks it first ([`super::protocol::Guard::check`]).
+pub struct LeaseGuard {
+    leases: Leases,
+    lease: std::sync::Arc<tokio::sync::Mutex<Lease>>,
+    /// Set by the renewer when the lease was taken over or deleted.
+    lost: tokio::sync::watch::Receiver<Option<String>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl super::protocol::Locks for Leases {
+    type Guard = LeaseGuard;
+
+    async fn acquire(&self, unit: &WorkUnit) -> Result<std::result::Result<LeaseGuard, String>> {
+        let lease = match Leases::acquire(self, unit).await? {
+            Acquire::Acquired(l) => l,
+            Acquire::Held(info) => return Ok(Err(info.to_string())),
+        };
+        let lease = std::sync::Arc::new(tokio::sync::Mutex::new(lease));
+        let (tx, lost) = tokio::sync::watch::channel(None);
+        let renewer = tokio::spawn(renew_in_background(
+            self.clone(),
+            std::sync::Arc::clone(&lease),
+            tx,
+        ));
+        Ok(Ok(LeaseGuard {
+            leases: self.clone(),
+            lease,
+            lost,
+            renewer,
+        }))
+    }
+}
+
+/// Renews the lease every quarter of its time, so a unit waiting on the
+/// request pacer or reading a long step keeps it; says once it is lost.
+async fn renew_in_background(
+    leases: Leases,
+    lease: std::sync::Arc<tokio::sync::Mutex<Lease>>,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    loop {
+        tokio::time::sleep(leases.ttl / 4).await;
+        let mut l = lease.lock().await;
+        match leases.renew(&mut l).await {
+            Ok(()) => {}
+            // Taken over or deleted: nothing more may be written.
+            Err(e) if e.is::<LeaseLost>() => {
+                lost.send_replace(Some(format!("{e:#}")));
+                return;
+            }
+            // A failed request: tried again next time; a write checks
+            // the time left itself.
+            Err(e) => tracing::debug!(unit = %l.unit, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+impl super::protocol::Guard for LeaseGuard {
+    async fn check(&self) -> Result<()> {
+        if let Some(why) = self.lost.borrow().clone() {
+            bail!("{why}");
+        }
+        // Renewed here too when less than half is left (the renewer
+        // may be behind): a write starts only with half the lease left.
+        let mut l = self.lease.lock().await;
+        self.leases.ensure(&mut l).await
+    }
+
+    async fn release(self) -> Result<()> {
+        self.renewer.abort();
+        let _ = self.renewer.await;
+        let lease = std::sync::Arc::try_unwrap(self.lease)
+            .map_err(|_| anyhow!("the lease is still in use"))?
+            .into_inner();
+        self.leases.release(lease).await.map(|_| ())
+    }
 }

@@ -49,8 +49,10 @@
 //! between step 1 and step 2: a holder writes only with at least half its
 //! lease left (see [`lease`] for the clocks).
 
-pub mod deliveries;
+pub mod file;
 pub mod lease;
+#[cfg(test)]
+mod memory;
 pub mod protocol;
 pub mod s3;
 pub mod shard;
@@ -60,7 +62,6 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use self::deliveries::{Delivered, Deliveries, DeliveryName};
 pub use self::lease::{Acquire, Lease, LeaseInfo, Leases};
 pub use self::s3::{Bucket, CasError, Condition, ETag, LostRace, Versioned};
 pub use self::shard::{Shard, shard_of};
@@ -220,6 +221,32 @@ impl States {
     ) -> Result<ETag, CasError> {
         let body = serde_json::to_vec(value).map_err(|e| CasError::Failed(e.into()))?;
         self.write(unit, &body, prev).await
+    }
+}
+
+impl protocol::Store for States {
+    type Version = ETag;
+
+    async fn load(&self, unit: &WorkUnit) -> Result<Option<(protocol::UnitDoc, ETag)>> {
+        self.read_json(unit).await
+    }
+
+    async fn cas(
+        &self,
+        unit: &WorkUnit,
+        doc: &protocol::UnitDoc,
+        expected: Option<&ETag>,
+    ) -> Result<ETag> {
+        match self.write_json(unit, doc, expected).await {
+            Ok(etag) => Ok(etag),
+            Err(CasError::LostRace(_)) => Err(anyhow::Error::new(protocol::StateChanged)
+                .context(format!("the S3 state of {unit}"))),
+            Err(CasError::Failed(e)) => Err(e),
+        }
+    }
+
+    fn describe(&self, unit: &WorkUnit) -> String {
+        format!("the S3 state of {unit}")
     }
 }
 

@@ -26,6 +26,18 @@
 //! object there with the same rows (success: exactly once follows from the
 //! key); the same key with other rows means a second writer and is an
 //! error, never an overwrite.
+//!
+//! # Recovery: claim or find
+//!
+//! A run that finds a delivery pending in a unit's state looks for its
+//! key: there with the recorded digest, it is delivered. Absent, the
+//! writer may still be on its way (a PUT held past its timeout lands
+//! late), so recovery first **claims** the key: it creates, with
+//! `If-None-Match`, a valid gzip stream of no rows marked
+//! `x-amz-meta-kubeanon-claim`. Any late PUT of the key then fails its own
+//! `If-None-Match`, every reader of the prefix reads the claim as zero rows
+//! (it is a well-formed, empty ndjson.gz), and the step's events are read
+//! again into the unit's next sequence number, another key.
 
 use std::io::Write;
 
@@ -35,11 +47,15 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use super::s3::{Bucket, PutExtra};
-use super::unit::{WorkUnit, hex, segment};
+use crate::output::{Format, Parts, Rows, Style};
+use crate::state::protocol::{self, Found, Guarantee, Pending, Prepared, Target};
+use crate::state::s3::{Bucket, PutExtra};
+use crate::state::unit::{WorkUnit, hex, segment};
 
 /// The metadata name (`x-amz-meta-rows-sha256`) of the rows' digest.
 pub const ROWS_SHA256: &str = "rows-sha256";
+/// The metadata name of a claim (`x-amz-meta-kubeanon-claim`).
+pub const CLAIM: &str = "kubeanon-claim";
 
 /// What one delivery object holds: a unit's rows over a window.
 #[derive(Debug, Clone, Copy)]
@@ -64,15 +80,26 @@ pub enum Delivered {
     AlreadyThere,
 }
 
-/// The delivery target: a bucket and prefix (`--deliver s3://B/P/`).
+/// The delivery target: a bucket and prefix (`--deliver s3://B/P/`),
+/// and the style of its documents (ndjson, or OCSF with `--format ocsf`;
+/// `--rollup` rolls them up).
 #[derive(Debug, Clone)]
 pub struct Deliveries {
     bucket: Bucket,
+    style: Style,
 }
 
 impl Deliveries {
-    pub fn new(bucket: Bucket) -> Self {
-        Deliveries { bucket }
+    pub fn new(bucket: Bucket, style: Style) -> Self {
+        let style = Style {
+            format: match style.format {
+                Format::Ocsf => Format::Ocsf,
+                _ => Format::Ndjson,
+            },
+            colour: false,
+            ..style
+        };
+        Deliveries { bucket, style }
     }
 
     pub fn bucket(&self) -> &Bucket {
@@ -92,16 +119,28 @@ impl Deliveries {
             .and_then(|()| gz.flush())
             .context("cannot compress a delivery")?;
         let body = gz.finish().context("cannot compress a delivery")?;
+        self.put_gz(key, &body, &digest).await
+    }
+
+    /// Writes `body` (gzip of rows whose SHA-256 is `digest`) to `key`,
+    /// once.
+    async fn put_gz(&self, key: &str, body: &[u8], digest: &str) -> Result<Delivered> {
         let extra = PutExtra {
             content_type: Some("application/x-ndjson"),
             content_encoding: Some("gzip"),
-            metadata: &[(ROWS_SHA256, &digest)],
+            metadata: &[(ROWS_SHA256, digest)],
         };
-        if self.bucket.put_new(key, &body, &extra).await?.is_some() {
+        if self.bucket.put_new(key, body, &extra).await?.is_some() {
             return Ok(Delivered::Written);
         }
         match self.bucket.metadata(key).await? {
-            Some(meta) if meta.get(ROWS_SHA256) == Some(&digest) => Ok(Delivered::AlreadyThere),
+            Some(meta) if meta.get(ROWS_SHA256).map(String::as_str) == Some(digest) => {
+                Ok(Delivered::AlreadyThere)
+            }
+            Some(meta) if meta.contains_key(CLAIM) => bail!(
+                "{} was claimed by another run's recovery while this one wrote it (this run's lease had                  expired): that run reads the step again, and this run's rows are not delivered twice",
+                self.bucket.display(key)
+            ),
             Some(meta) => bail!(
                 "{} already exists with other rows ({}): another writer delivered this unit's window \
                  (two runs without a shared lease, or another kubeanon's state). kubeanon never overwrites a delivery: \
@@ -118,10 +157,123 @@ impl Deliveries {
             ),
         }
     }
+}
 
-    /// Does the object exist? (Settles a delivery recorded as pending.)
-    pub async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.bucket.metadata(key).await?.is_some())
+/// Hashes what is written through it and gzips it: a delivery is rendered
+/// once, and never held uncompressed.
+struct HashGz {
+    sha: Sha256,
+    len: u64,
+    gz: GzEncoder<Vec<u8>>,
+}
+
+impl Write for HashGz {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sha.update(buf);
+        self.len += buf.len() as u64;
+        self.gz.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Target for Deliveries {
+    type Hold = String;
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+
+    async fn prepare(
+        &self,
+        unit: &WorkUnit,
+        (start_ms, end_ms): (i64, i64),
+        seq: u64,
+        rows: &Rows<'_>,
+    ) -> Result<Option<Prepared<String>>> {
+        if rows.findings.is_empty() {
+            return Ok(None);
+        }
+        // Each object is a whole document.
+        let mut parts = Parts::new(self.style, None);
+        let mut w = HashGz {
+            sha: Sha256::new(),
+            len: 0,
+            gz: GzEncoder::new(Vec::new(), Compression::default()),
+        };
+        parts
+            .write(rows, &mut w)
+            .and_then(|()| parts.finish(rows, &mut w))
+            .context("cannot render a delivery")?;
+        let digest = protocol::Digest {
+            len: w.len,
+            sha256: hex(&w.sha.finalize()),
+        };
+        let bytes = w.gz.finish().context("cannot compress a delivery")?;
+        let key = self.key(&DeliveryName {
+            unit,
+            cluster: unit.cluster(),
+            start_ms,
+            end_ms,
+            seq,
+        })?;
+        Ok(Some(Prepared {
+            bytes,
+            place: Some((key.clone(), None)),
+            digest,
+            hold: key,
+            rows: parts.written.rows,
+            worst: parts.written.worst,
+        }))
+    }
+
+    fn objects_in(&self) -> Option<&'static str> {
+        Some("S3")
+    }
+
+    async fn write(&self, p: Prepared<String>) -> Result<bool> {
+        Ok(self.put_gz(&p.hold, &p.bytes, &p.digest.sha256).await? == Delivered::Written)
+    }
+
+    async fn claim_or_find(&self, pending: &Pending) -> Result<Found> {
+        let key = &pending.key;
+        let ours = |meta: &std::collections::HashMap<String, String>| match &pending.rows {
+            Some(d) => meta.get(ROWS_SHA256) == Some(&d.sha256),
+            // Recorded before intents carried a digest: a kubeanon object.
+            None => meta.contains_key(ROWS_SHA256),
+        };
+        for _ in 0..2 {
+            match self.bucket.metadata(key).await? {
+                Some(meta) if meta.contains_key(CLAIM) => return Ok(Found::Absent),
+                Some(meta) if ours(&meta) => return Ok(Found::Delivered),
+                Some(_) => bail!(
+                    "{} holds other rows than the delivery recorded for it: another writer                      (two runs without a shared lease, or another kubeanon's state). kubeanon never overwrites a delivery:                      compare that object with the unit's state, delete it if it is wrong, and run again",
+                    self.bucket.display(key)
+                ),
+                None => {
+                    // A late write of the recorded rows must not land after
+                    // the step is read again: claim the key first.
+                    let empty = GzEncoder::new(Vec::new(), Compression::default())
+                        .finish()
+                        .context("cannot compress a claim")?;
+                    let extra = PutExtra {
+                        content_type: Some("application/x-ndjson"),
+                        content_encoding: Some("gzip"),
+                        metadata: &[(CLAIM, "1")],
+                    };
+                    if self.bucket.put_new(key, &empty, &extra).await?.is_some() {
+                        return Ok(Found::Absent);
+                    }
+                    // The late write landed meanwhile: look again.
+                }
+            }
+        }
+        bail!(
+            "{} keeps changing while this run settles it",
+            self.bucket.display(key)
+        )
     }
 }
 
