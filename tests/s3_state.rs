@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use kubeanon::deliver::s3::{Delivered, Deliveries, DeliveryName};
+use kubeanon::output::{Format, Style};
 use kubeanon::state::lease::holder_id;
-use kubeanon::state::{
-    Acquire, Bucket, CasError, Delivered, Deliveries, DeliveryName, Leases, S3Url, States, WorkUnit,
-};
+use kubeanon::state::protocol::{Digest, Found, Pending, Target};
+use kubeanon::state::{Acquire, Bucket, CasError, Leases, S3Url, States, WorkUnit};
 use support::proxy::{Fault, Proxy};
 use support::*;
 
@@ -530,6 +531,7 @@ fn a_delivery_is_written_once_and_a_repeat_finds_it() {
             Bucket::with_config(&sdk_config(&proxy.endpoint, REGION).await, Duration::from_secs(5), url)
                 .await
                 .unwrap(),
+            Style::plain(Format::Ndjson),
         );
         let u = unit("/aws/eks/prod/cluster");
         let name = DeliveryName {
@@ -545,9 +547,8 @@ fn a_delivery_is_written_once_and_a_repeat_finds_it() {
             "{key}"
         );
         let rows = b"{\"verb\":\"get\",\"count\":2}\n{\"verb\":\"list\",\"count\":1}\n";
-        assert!(!d.exists(&key).await.unwrap());
+        assert!(get("kubeanon-deliver", &key).await.is_none());
         assert_eq!(d.put(&key, rows).await.unwrap(), Delivered::Written);
-        assert!(d.exists(&key).await.unwrap());
         let head = raw().await.head_object().bucket("kubeanon-deliver").key(&key).send().await.unwrap();
         assert_eq!(head.content_type(), Some("application/x-ndjson"));
         assert_eq!(head.content_encoding(), Some("gzip"));
@@ -582,120 +583,75 @@ fn a_delivery_is_written_once_and_a_repeat_finds_it() {
     });
 }
 
-/// A unit's state as the protocol in `kubeanon::state` keeps it: where it
-/// is, the next delivery's sequence number, and a pending delivery.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct ToyState {
-    watermark: i64,
-    seq: u64,
-    pending: Option<(String, i64)>,
-}
-
-/// Where a run stops (as a kill would stop it).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stop {
-    Never,
-    AfterPending,
-    AfterObject,
-}
-
-const STEP_MS: i64 = 60_000;
-const T0: i64 = 1_795_914_000_000;
-
-/// One run of the protocol over steps of one unit until `end`, stopping at
-/// `stop` in step `at`. Each step's rows name its window.
-async fn run_protocol(states: &States, d: &Deliveries, u: &WorkUnit, end: i64, stop: (Stop, i64)) {
-    let (mut st, mut etag) = match states.read_json::<ToyState>(u).await.unwrap() {
-        Some((s, e)) => (s, Some(e)),
-        None => (
-            ToyState {
-                watermark: T0,
-                ..Default::default()
-            },
-            None,
-        ),
-    };
-    // Settle what an earlier run left pending.
-    if let Some((key, watermark)) = st.pending.take() {
-        if d.exists(&key).await.unwrap() {
-            st.watermark = watermark;
-            st.seq += 1;
+/// A pending delivery of `rows` at `key`, as a run records it before
+/// writing (the commit does not matter to the target).
+fn pending(key: &str, rows: &[u8]) -> Pending {
+    serde_json::from_value(serde_json::json!({
+        "key": key,
+        "rows": Digest::of(rows),
+        "commit": {
+            "account": "111122223333", "region": REGION, "log_group": "/aws/eks/prod/cluster",
+            "read": {"stream_prefix": "kube-apiserver-audit-", "server_filter": true},
+            "watermark_ms": 1, "horizon_ms": 0, "new_seen": []
         }
-        etag = Some(states.write_json(u, &st, etag.as_ref()).await.unwrap());
-    }
-    while st.watermark < end {
-        let (s, e) = (st.watermark, (st.watermark + STEP_MS).min(end));
-        let rows = format!("{{\"window\":\"{s}-{e}\"}}\n");
-        let name = DeliveryName {
-            unit: u,
-            cluster: "c",
-            start_ms: s,
-            end_ms: e,
-            seq: st.seq,
-        };
-        let key = d.key(&name).unwrap();
-        st.pending = Some((key.clone(), e));
-        etag = Some(states.write_json(u, &st, etag.as_ref()).await.unwrap());
-        if stop == (Stop::AfterPending, s) {
-            return;
-        }
-        d.put(&key, rows.as_bytes()).await.unwrap();
-        if stop == (Stop::AfterObject, s) {
-            return;
-        }
-        st.pending = None;
-        st.watermark = e;
-        st.seq += 1;
-        etag = Some(states.write_json(u, &st, etag.as_ref()).await.unwrap());
-    }
+    }))
+    .unwrap()
 }
 
 #[test]
-fn the_protocol_delivers_each_window_exactly_once_wherever_a_run_stops() {
+fn recovery_claims_an_absent_key_so_a_late_write_of_it_lands_nowhere() {
     rt().block_on(async {
-        let bucket = fresh("kubeanon-protocol").await;
-        let states = States::new(bucket.clone());
-        let d = Deliveries::new(bucket.clone());
-        let end = T0 + 5 * STEP_MS;
-        let mut cases = 0;
-        for stop in [Stop::AfterPending, Stop::AfterObject] {
-            for step in 0..5 {
-                let u = unit(&format!("/aws/eks/p-{stop:?}-{step}/cluster"));
-                run_protocol(&states, &d, &u, end, (stop, T0 + step * STEP_MS)).await;
-                // The next run settles and finishes; one more finds nothing to do.
-                run_protocol(&states, &d, &u, end, (Stop::Never, 0)).await;
-                run_protocol(&states, &d, &u, end, (Stop::Never, 0)).await;
-                // Every window's rows in exactly one object.
-                let list = raw()
-                    .await
-                    .list_objects_v2()
-                    .bucket("kubeanon-protocol")
-                    .prefix("kube/anon/account=")
-                    .send()
-                    .await
-                    .unwrap();
-                let mut windows = Vec::new();
-                for o in list.contents() {
-                    let k = o.key().unwrap();
-                    if k.contains(&format!("-{}-", u.short_hash())) {
-                        let body = gunzip(&get("kubeanon-protocol", k).await.unwrap());
-                        windows.push(String::from_utf8(body).unwrap());
-                    }
-                }
-                windows.sort();
-                let want: Vec<String> = (0..5)
-                    .map(|i| {
-                        let s = T0 + i * STEP_MS;
-                        format!("{{\"window\":\"{s}-{}\"}}\n", s + STEP_MS)
-                    })
-                    .collect();
-                assert_eq!(windows, want, "stopped {stop:?} in step {step}");
-                let (st, _) = states.read_json::<ToyState>(&u).await.unwrap().unwrap();
-                assert_eq!((st.watermark, st.seq, st.pending), (end, 5, None));
-                cases += 1;
-            }
-        }
-        assert_eq!(cases, 10);
+        let bucket = fresh("kubeanon-claim").await;
+        let d = Deliveries::new(bucket, Style::plain(Format::Ndjson));
+        let u = unit("/aws/eks/prod/cluster");
+        let name = DeliveryName {
+            unit: &u,
+            cluster: "prod",
+            start_ms: 1_795_914_000_000,
+            end_ms: 1_795_917_600_000,
+            seq: 4,
+        };
+        let key = d.key(&name).unwrap();
+        let rows = b"{\"verb\":\"get\",\"count\":2}\n";
+        // Run A recorded the delivery; its PUT is still on its way when B
+        // settles the unit: B finds nothing, and claims the key.
+        assert_eq!(
+            d.claim_or_find(&pending(&key, rows)).await.unwrap(),
+            Found::Absent
+        );
+        let claim = get("kubeanon-claim", &key)
+            .await
+            .expect("the claim is an object");
+        assert!(gunzip(&claim).is_empty(), "a claim holds no rows");
+        // A's PUT lands late: refused, and the key still holds no rows, so
+        // the step B reads again (into its next sequence number) is the
+        // only copy of those rows.
+        let err = format!("{:#}", d.put(&key, rows).await.unwrap_err());
+        assert!(
+            err.contains("was claimed by another run's recovery"),
+            "{err}"
+        );
+        assert!(gunzip(&get("kubeanon-claim", &key).await.unwrap()).is_empty());
+        // Settled again (B crashed after claiming): still absent.
+        assert_eq!(
+            d.claim_or_find(&pending(&key, rows)).await.unwrap(),
+            Found::Absent
+        );
+        // A write that did land before recovery is found as delivered, by
+        // its digest; other rows at the key are refused, never taken.
+        let key5 = d.key(&DeliveryName { seq: 5, ..name }).unwrap();
+        assert_eq!(d.put(&key5, rows).await.unwrap(), Delivered::Written);
+        assert_eq!(
+            d.claim_or_find(&pending(&key5, rows)).await.unwrap(),
+            Found::Delivered
+        );
+        let err = format!(
+            "{:#}",
+            d.claim_or_find(&pending(&key5, b"other\n"))
+                .await
+                .unwrap_err()
+        );
+        assert!(err.contains("holds other rows"), "{err}");
     });
 }
 

@@ -230,8 +230,8 @@ pub struct Held<S: Store, G> {
     /// The state as last written (or to be written).
     pub doc: UnitDoc,
     version: Option<S::Version>,
-    /// What settling found of a pending delivery.
-    pub settled: Option<Found>,
+    /// What settling found of a pending delivery, and where it was.
+    pub settled: Option<(Found, String)>,
     /// Commits applied in memory, to be written at close.
     dirty: bool,
     /// The horizon the dedup cap moved to, when it did.
@@ -320,7 +320,7 @@ impl<S: Store, L: Locks, T: Target> Protocol<S, L, T> {
         // Either way the key is used up: delivered, or claimed.
         held.doc.seq += 1;
         held.doc.pending = None;
-        held.settled = Some(found);
+        held.settled = Some((found, p.key));
         self.save(held).await
     }
 

@@ -126,15 +126,16 @@ pub(super) async fn poll_unit<S: Store, L: Locks, T: Target>(
         }
         Err(e) => return (unit.work, Err((total, e)), None),
     };
-    if let Some(found) = held.settled
+    if let Some((found, place)) = &held.settled
         && !ctx.plan.out.quiet
     {
         eprintln!(
-            "kubeanon poll: the previous run's delivery of {} {}",
+            "kubeanon poll: the previous run's delivery of {} to {} {}",
             unit.work,
+            crate::output::neutralise_terminal(place),
             match found {
-                Found::Delivered => "was written and is now committed",
-                Found::Absent => "was not written: its events are read again",
+                Found::Delivered => "was complete and is now committed",
+                Found::Absent => "was not complete: its events are read again",
             }
         );
     }
