@@ -314,14 +314,15 @@ impl GroupState {
         self.horizon_ms = self.horizon_ms.max(c.horizon_ms).min(self.watermark_ms);
         self.seen.extend(c.new_seen.iter().cloned());
         let mut capped = None;
-        if self.seen.len() > MAX_SEEN {
-            // Keep the newest MAX_SEEN: the horizon moves to the oldest kept.
+        let max_seen = crate::testhooks::max_seen().unwrap_or(MAX_SEEN);
+        if self.seen.len() > max_seen {
+            // Keep the newest max_seen: the horizon moves to the oldest kept.
             let mut times: Vec<i64> = self.seen.values().copied().collect();
             times.sort_unstable();
-            let cut = times[times.len() - MAX_SEEN];
+            let cut = times[times.len() - max_seen];
             // Events at `cut` itself are all kept or all dropped: an event
             // at the horizon must be in the set.
-            let horizon = if times.iter().filter(|t| **t >= cut).count() > MAX_SEEN {
+            let horizon = if times.iter().filter(|t| **t >= cut).count() > max_seen {
                 cut + 1
             } else {
                 cut

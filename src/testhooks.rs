@@ -10,6 +10,9 @@
 //!   that a test killing the process at random moments lands inside them.
 //! - `KUBEANON_TEST_NOW=<RFC 3339>` is the time the run takes as now (a
 //!   host clock ahead or behind, without waiting).
+//! - `KUBEANON_TEST_MAX_SEEN=<N>` caps the dedup set at N ids instead of
+//!   `checkpoint::MAX_SEEN`, so that a test reaches the cap with a few
+//!   events.
 //! - `KUBEANON_TEST_ROLE_SECONDS=<N>` asks STS for assumed-role sessions of
 //!   N seconds (AWS's minimum is 900; emulators take less), so that a test
 //!   sees credentials expire and renew within one run.
@@ -52,4 +55,12 @@ pub fn role_session() -> Option<std::time::Duration> {
     }
     let secs = std::env::var("KUBEANON_TEST_ROLE_SECONDS").ok()?;
     secs.parse().ok().map(std::time::Duration::from_secs)
+}
+
+/// The dedup cap `KUBEANON_TEST_MAX_SEEN` asks for.
+pub fn max_seen() -> Option<usize> {
+    if !cfg!(feature = "test-hooks") {
+        return None;
+    }
+    std::env::var("KUBEANON_TEST_MAX_SEEN").ok()?.parse().ok()
 }

@@ -398,7 +398,7 @@ fn drive<S: Store, L: Locks, T: Target>(
         eprintln!(
             "kubeanon poll: warning: {unit}: more than {} matched events inside the overlap; \
              events before {} that arrive late can no longer be told from reported ones and will not be read again",
-            crate::checkpoint::MAX_SEEN,
+            testhooks::max_seen().unwrap_or(crate::checkpoint::MAX_SEEN),
             rfc3339(*horizon)
         );
     }

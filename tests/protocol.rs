@@ -1,0 +1,297 @@
+//! The one delivery protocol, end to end against moto, where operators
+//! break it: a state object a run cannot open, a second copy of a shard
+//! started while the first still reads, two schedules sharing one
+//! `--append` file with one of them killed mid-append, and a dedup set
+//! that hits its cap. (Its ordering rules are proved by the model test in
+//! `src/state/memory.rs`; these check the backends and the wiring.)
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kubeanon::state::WorkUnit;
+use support::*;
+
+const MIN: i64 = 60_000;
+const ACCOUNT: &str = "123456789012";
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A log group with `n` anonymous events (distinct sources) in the last
+/// 20 minutes.
+fn group_with(name: &str, n: u64, seed: u64) -> String {
+    let group = format!("/aws/eks/{name}/cluster");
+    create(&group, &[AUDIT_STREAM]);
+    let t = now_ms() - 20 * MIN;
+    let events: Vec<(i64, String)> = (0..n)
+        .map(|i| (t + i as i64 * 1000, audit_event(seed + i, true)))
+        .collect();
+    put(&group, AUDIT_STREAM, &events);
+    group
+}
+
+fn s3<T>(f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { f(s3_client().await).await })
+}
+
+fn make_bucket(bucket: &str) {
+    s3(async |c| c.create_bucket().bucket(bucket).send().await.unwrap());
+}
+
+fn keys(bucket: &str, prefix: &str) -> Vec<String> {
+    s3(async |c| {
+        let out = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .map(|o| o.key().unwrap().to_string())
+            .collect()
+    })
+}
+
+/// The rows of every delivered object (claims hold none).
+fn delivered_rows(bucket: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for k in keys(bucket, "findings/") {
+        let body = s3(async |c| {
+            let o = c.get_object().bucket(bucket).key(&k).send().await.unwrap();
+            o.body.collect().await.unwrap().into_bytes().to_vec()
+        });
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        all.extend(rows(&raw));
+    }
+    all
+}
+
+fn s3_args(bucket: &str) -> [String; 4] {
+    [
+        "--checkpoint".into(),
+        format!("s3://{bucket}/kubeanon/"),
+        "--deliver".into(),
+        format!("s3://{bucket}/findings/"),
+    ]
+}
+
+/// Row ids and how often each was delivered.
+fn id_counts(rows: &[serde_json::Value]) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for r in rows {
+        *ids.entry(r["id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    ids
+}
+
+#[test]
+fn a_unit_that_cannot_be_opened_gives_its_lease_back() {
+    let group = group_with("failed-open", 2, 100);
+    let bucket = "kubeanon-failed-open";
+    make_bucket(bucket);
+    // A state object of another version of kubeanon.
+    let unit = WorkUnit::new(ACCOUNT, REGION, &group).unwrap();
+    let doc = format!(
+        r#"{{"version":2,"group":{{"account":"{ACCOUNT}","region":"{REGION}","log_group":"{group}","read":{{"stream_prefix":"kube-apiserver-audit-","server_filter":true}},"watermark_ms":1,"horizon_ms":1,"seen":{{}}}},"seq":0,"pending":null}}"#
+    );
+    s3(async |c| {
+        c.put_object()
+            .bucket(bucket)
+            .key(format!("kubeanon/state/{}.json", unit.path()))
+            .body(doc.into_bytes().into())
+            .send()
+            .await
+            .unwrap()
+    });
+    // Every run fails on it alike, loudly: never "held by" the run before.
+    for run in 0..2 {
+        let out = poll(&group)
+            .args(["--since", "30m"])
+            .args(s3_args(bucket))
+            .output()
+            .unwrap();
+        let err = text(&out);
+        // Nothing was read: exit 1.
+        assert_eq!(out.status.code(), Some(1), "run {run}: {err}");
+        assert!(err.contains("has version 2"), "run {run}: {err}");
+        assert!(
+            !err.contains("held by") && !err.contains("skipped"),
+            "run {run}: {err}"
+        );
+        assert!(
+            keys(bucket, "kubeanon/lease/").is_empty(),
+            "run {run} left its lease"
+        );
+    }
+}
+
+#[test]
+fn a_second_copy_skips_a_unit_the_first_still_reads_past_its_lease_length() {
+    require_test_hooks();
+    // 40 pages at 2 requests a second: about 20 s of reading, one step,
+    // under a lease of 12 s (the shortest for 1 s attempts).
+    let group = group_with("renewed", 40, 300);
+    let bucket = "kubeanon-renewed";
+    make_bucket(bucket);
+    let copy = || {
+        let mut cmd = poll(&group);
+        cmd.args([
+            "--since",
+            "30m",
+            "--page-size",
+            "1",
+            "--max-rps",
+            "2",
+            "--attempt-timeout",
+            "1s",
+            "--lease",
+            "12s",
+            "--format",
+            "ndjson",
+        ])
+        .args(s3_args(bucket));
+        cmd
+    };
+    let began = Instant::now();
+    let first = copy()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first copy's lease length, while it still reads.
+    std::thread::sleep(Duration::from_secs(15));
+    let second = copy().output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        began.elapsed() > Duration::from_secs(16),
+        "the first copy was not still reading when the second started"
+    );
+    let (a, b) = (text(&first), text(&second));
+    assert!(first.status.success(), "{a}");
+    assert!(second.status.success(), "{b}");
+    assert!(b.contains("skipped (that run reads it)"), "{b}");
+    assert!(!a.contains("lost the lease"), "{a}");
+    let got = delivered_rows(bucket);
+    let ids = id_counts(&got);
+    assert_eq!(got.len(), 40, "each event's row once: {ids:?}");
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(bytes.ends_with(b"\n"), "the file ends in a cut line");
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).unwrap_or_else(|e| {
+                panic!(
+                    "a line that is not whole ({e}): {}",
+                    String::from_utf8_lossy(l)
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn two_schedules_share_an_append_file_and_a_cut_append_loses_nobodys_rows() {
+    require_test_hooks();
+    let (a, b) = (
+        group_with("shared-append-a", 3, 500),
+        group_with("shared-append-b", 3, 600),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("findings.ndjson");
+    let schedule = |group: &str, cp: &str| {
+        let mut cmd = poll(group);
+        cmd.args(["--since", "30m", "--allow-idle", "--format", "ndjson", "--append"])
+            .arg(&shared)
+            .arg("--checkpoint")
+            .arg(dir.path().join(cp));
+        cmd
+    };
+    // Schedule A is killed halfway through its append.
+    let killed = schedule(&a, "a.json")
+        .env("KUBEANON_FAULT", "mid-append")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    assert!(
+        !std::fs::read(&shared).unwrap().ends_with(b"\n"),
+        "the kill cut a line"
+    );
+    // Schedule B, its own checkpoint, appends next: the cut append is
+    // completed first (its bytes were kept with the file), then B's rows.
+    let second = run(&mut schedule(&b, "b.json"));
+    assert!(
+        text(&second).contains("completed an append"),
+        "{}",
+        text(&second)
+    );
+    // A's next run finds its rows at their offset and commits them.
+    let again = run(&mut schedule(&a, "a.json"));
+    assert!(
+        text(&again).contains("was complete and is now committed"),
+        "{}",
+        text(&again)
+    );
+    // And a run after that delivers nothing twice.
+    run(&mut schedule(&a, "a.json"));
+    run(&mut schedule(&b, "b.json"));
+    let all = lines(&shared);
+    let ids = id_counts(&all);
+    for group in [&a, &b] {
+        let mine = all
+            .iter()
+            .filter(|r| r["log_group"] == group.as_str())
+            .count();
+        assert_eq!(mine, 3, "{group}'s rows, once each: {ids:?}");
+    }
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
+}
+
+#[test]
+fn the_dedup_cap_warning_is_said_with_file_and_s3_state() {
+    require_test_hooks();
+    let group = group_with("dedup-cap", 5, 700);
+    let bucket = "kubeanon-dedup-cap";
+    make_bucket(bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let warning = "more than 3 matched events inside the overlap";
+    let file = run(poll(&group)
+        .args(["--since", "30m", "--checkpoint"])
+        .arg(dir.path().join("cp.json"))
+        .env("KUBEANON_TEST_MAX_SEEN", "3"));
+    assert!(text(&file).contains(warning), "{}", text(&file));
+    let on_s3 = run(poll(&group)
+        .args(["--since", "30m"])
+        .args(s3_args(bucket))
+        .env("KUBEANON_TEST_MAX_SEEN", "3"));
+    assert!(text(&on_s3).contains(warning), "{}", text(&on_s3));
+    // Under the cap, nothing is said.
+    let quiet = run(poll(&group)
+        .args(["--since", "30m"])
+        .arg("--checkpoint")
+        .arg(dir.path().join("other.json")));
+    assert!(
+        !text(&quiet).contains("inside the overlap"),
+        "{}",
+        text(&quiet)
+    );
+}
