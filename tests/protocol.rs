@@ -220,10 +220,17 @@ fn two_schedules_share_an_append_file_and_a_cut_append_loses_nobodys_rows() {
     let shared = dir.path().join("findings.ndjson");
     let schedule = |group: &str, cp: &str| {
         let mut cmd = poll(group);
-        cmd.args(["--since", "30m", "--allow-idle", "--format", "ndjson", "--append"])
-            .arg(&shared)
-            .arg("--checkpoint")
-            .arg(dir.path().join(cp));
+        cmd.args([
+            "--since",
+            "30m",
+            "--allow-idle",
+            "--format",
+            "ndjson",
+            "--append",
+        ])
+        .arg(&shared)
+        .arg("--checkpoint")
+        .arg(dir.path().join(cp));
         cmd
     };
     // Schedule A is killed halfway through its append.

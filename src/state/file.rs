@@ -434,3 +434,176 @@ impl Guard for NoGuard {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ReadSettings;
+
+    fn unit(n: usize) -> WorkUnit {
+        WorkUnit::new(
+            "111122223333",
+            "eu-west-1",
+            &format!("/aws/eks/c{n}/cluster"),
+        )
+        .unwrap()
+    }
+
+    fn doc(u: &WorkUnit, watermark: i64, ids: std::ops::Range<i64>) -> UnitDoc {
+        UnitDoc {
+            version: VERSION,
+            group: GroupState {
+                read: ReadSettings {
+                    stream_prefix: "kube-apiserver-audit-".into(),
+                    server_filter: true,
+                    rules: None,
+                },
+                watermark_ms: watermark,
+                horizon_ms: 0,
+                seen: ids.map(|i| (format!("{i:032x}"), i)).collect(),
+                ..GroupState::empty(u)
+            },
+            seq: 0,
+            pending: None,
+        }
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_replace_costs_the_unit_not_the_fleet_and_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let units: Vec<WorkUnit> = (0..50).map(unit).collect();
+        // 50 units with 2,000 remembered ids each, folded into the file.
+        let store = FileStore::open(&path).unwrap();
+        for u in &units {
+            block_on(store.cas(u, &doc(u, 1_000, 0..2_000), None)).unwrap();
+        }
+        store.finish().unwrap();
+        drop(store);
+        let base = std::fs::read(&path).unwrap();
+        assert!(base.len() > 50 * 2_000 * 32, "{} bytes", base.len());
+        // A step of one unit: 10 new ids. The file is not rewritten; the
+        // log grows by about the change.
+        let store = FileStore::open(&path).unwrap();
+        let (mut d, v) = block_on(store.load(&units[7])).unwrap().unwrap();
+        d.group.watermark_ms = 2_000;
+        d.group
+            .seen
+            .extend((5_000..5_010).map(|i| (format!("{i:032x}"), i)));
+        block_on(store.cas(&units[7], &d, Some(&v))).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), base, "the file as it was");
+        let log = std::fs::metadata(sibling(&path, ".commits")).unwrap().len();
+        assert!(log < 4_096, "a record of {log} bytes for 10 ids");
+        // A run killed now: the next open replays the record.
+        drop(store);
+        let store = FileStore::open(&path).unwrap();
+        let (got, _) = block_on(store.load(&units[7])).unwrap().unwrap();
+        assert_eq!(got, d);
+        let (other, _) = block_on(store.load(&units[8])).unwrap().unwrap();
+        assert_eq!(other, doc(&units[8], 1_000, 0..2_000));
+        // Folded into a new generation, the log is empty.
+        assert_eq!(
+            std::fs::metadata(sibling(&path, ".commits")).unwrap().len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_record_cut_by_a_crash_is_ignored_and_a_stale_one_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let u = unit(1);
+        let store = FileStore::open(&path).unwrap();
+        block_on(store.cas(&u, &doc(&u, 1_000, 0..3), None)).unwrap();
+        store.finish().unwrap();
+        drop(store);
+        // A record of an older generation (folded already, then the log
+        // not emptied) and a last record cut mid-write.
+        let log = sibling(&path, ".commits");
+        let stale = serde_json::json!({
+            "generation": 0, "unit": u.path(),
+            "group": doc(&u, 9_999, 0..0).group, "seq": 0
+        });
+        std::fs::write(&log, format!("{stale}\n{{\"generation\":1,\"unit\":")).unwrap();
+        let store = FileStore::open(&path).unwrap();
+        let (got, _) = block_on(store.load(&u)).unwrap().unwrap();
+        assert_eq!(got, doc(&u, 1_000, 0..3));
+        // A corrupt record before the last is refused, with advice.
+        drop(store);
+        std::fs::write(&log, "garbage\n{}\n").unwrap();
+        let err = format!("{:#}", FileStore::open(&path).err().unwrap());
+        assert!(
+            err.contains("is corrupt") && err.contains("restore both files"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_swap_from_a_stale_version_is_refused() {
+        let store = FileStore::memory();
+        let u = unit(2);
+        let v1 = block_on(store.cas(&u, &doc(&u, 1, 0..0), None)).unwrap();
+        block_on(store.cas(&u, &doc(&u, 2, 0..0), Some(&v1))).unwrap();
+        let err = block_on(store.cas(&u, &doc(&u, 3, 0..0), Some(&v1))).unwrap_err();
+        assert!(err.is::<StateChanged>(), "{err:#}");
+        assert!(block_on(store.cas(&u, &doc(&u, 3, 0..0), None)).is_err());
+    }
+
+    #[test]
+    fn a_journal_of_before_the_one_protocol_becomes_its_units_pending_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let u = unit(3);
+        let store = FileStore::open(&path).unwrap();
+        block_on(store.cas(&u, &doc(&u, 1_000, 0..2), None)).unwrap();
+        store.finish().unwrap();
+        drop(store);
+        // The journal a version-3 run wrote before appending.
+        let journal = serde_json::json!({
+            "version": 1, "file": "/srv/findings.ndjson", "offset": 40, "len": 12,
+            "sha256": "ab".repeat(32),
+            "commit": {
+                "account": u.account, "region": u.region, "log_group": u.log_group,
+                "read": {"stream_prefix": "kube-apiserver-audit-", "server_filter": true},
+                "watermark_ms": 2_000, "horizon_ms": 1_000, "new_seen": [["ff", 1_500]]
+            }
+        });
+        std::fs::write(sibling(&path, ".journal"), journal.to_string()).unwrap();
+        let store = FileStore::open(&path).unwrap();
+        assert!(
+            !sibling(&path, ".journal").exists(),
+            "adopted into the file"
+        );
+        let (got, _) = block_on(store.load(&u)).unwrap().unwrap();
+        let p = got.pending.expect("its delivery is pending");
+        assert_eq!(
+            (
+                p.key.as_str(),
+                p.offset,
+                p.rows.as_ref().map(|d| d.len),
+                p.cut_back
+            ),
+            ("/srv/findings.ndjson", Some(40), Some(12), true)
+        );
+        assert_eq!(p.commit.watermark_ms, 2_000);
+        assert_eq!(got.group.watermark_ms, 1_000, "not committed until settled");
+        // Kept across opens until a run settles it.
+        drop(store);
+        let store = FileStore::open(&path).unwrap();
+        assert!(
+            block_on(store.load(&u))
+                .unwrap()
+                .unwrap()
+                .0
+                .pending
+                .is_some()
+        );
+    }
+}

@@ -23,7 +23,7 @@
 //! broken by the seeded generator), so one seed is one interleaving, and
 //! the invariants are checked after every poll.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -125,6 +125,10 @@ struct RunCtl {
     /// Whether faults other than its crash apply (not to the last run).
     faulty: bool,
     dead: bool,
+    /// When its lease was last written, as its guard knows it.
+    lease_sent: u64,
+    /// Frozen since its last successful check.
+    frozen: bool,
     wake: u64,
     outcome: Option<Result<Outcome, String>>,
 }
@@ -151,6 +155,7 @@ struct Stats {
     takeovers: u32,
     skipped: u32,
     transient: u32,
+    freezes: u32,
 }
 
 impl Stats {
@@ -170,6 +175,7 @@ impl Stats {
         self.takeovers += o.takeovers;
         self.skipped += o.skipped;
         self.transient += o.transient;
+        self.freezes += o.freezes;
     }
 }
 
@@ -364,19 +370,50 @@ impl Handle {
     /// One call: its time, then how it ends. Err: it failed before its
     /// effect (or the run is dead).
     async fn call(&self, kind: Kind, name: &'static str) -> Result<Fate> {
+        let freeze = {
+            let mut g = self.world.borrow_mut();
+            let w = &mut *g;
+            if w.runs[self.run].dead {
+                return Err(Crashed.into());
+            }
+            // The process frozen before it sends the request (a pause, a
+            // preempted pod): nothing of it runs meanwhile, its lease
+            // included.
+            if w.runs[self.run].faulty && w.rng.u32(..100) < 2 {
+                let freeze = w.rng.u64(TTL / 2..3 * TTL);
+                w.runs[self.run].frozen = true;
+                w.stats.freezes += 1;
+                w.log(format_args!("run{} frozen for {freeze}", self.run));
+                w.now + freeze
+            } else {
+                w.now
+            }
+        };
+        Sleep {
+            h: self.clone(),
+            until: freeze,
+        }
+        .await;
         let (start, until, stop) = {
             let mut g = self.world.borrow_mut();
             let w = &mut *g;
             let r = &mut w.runs[self.run];
-            if r.dead {
-                return Err(Crashed.into());
-            }
             r.calls += 1;
             let crash = r.crash_at == Some(r.calls);
             let faulty = r.faulty;
-            let latency = if faulty && w.rng.u32(..100) < 3 {
-                // A stall: a frozen process, a partition, a slow request.
-                w.rng.u64(TTL / 2..3 * TTL)
+            if name == "write" && !r.frozen && w.now >= r.lease_sent + TTL / 2 {
+                // The lease discipline (see `lease_discipline`).
+                let why = format!(
+                    "lease: run{} PUT rows at {} with less than half its lease (written at {}) left, \
+                     without a check between",
+                    self.run, w.now, r.lease_sent
+                );
+                w.fail(why);
+            }
+            // A successful request ends within its timeout, less than half
+            // a lease (as `lease::shortest` requires).
+            let latency = if faulty && w.rng.u32(..100) < 6 {
+                w.rng.u64(4..TTL / 2)
             } else {
                 w.rng.u64(1..=3)
             };
@@ -456,8 +493,6 @@ struct MemTarget(Handle);
 struct MemGuard {
     h: Handle,
     token: u64,
-    /// When the lease was last written (its expiry is from then).
-    sent: Cell<u64>,
 }
 
 impl Store for MemStore {
@@ -539,10 +574,15 @@ impl Locks for MemLocks {
             }
         };
         self.0.after(&fate, "acquire")?;
-        Ok(got.map(|token| MemGuard {
-            h: self.0.clone(),
-            token,
-            sent: Cell::new(fate.start),
+        Ok(got.map(|token| {
+            let mut w = self.0.world.borrow_mut();
+            let r = &mut w.runs[self.0.run];
+            r.lease_sent = fate.start;
+            r.frozen = false;
+            MemGuard {
+                h: self.0.clone(),
+                token,
+            }
         }))
     }
 }
@@ -550,12 +590,20 @@ impl Locks for MemLocks {
 impl Guard for MemGuard {
     async fn check(&self) -> Result<()> {
         {
-            let w = self.h.world.borrow();
+            let mut g = self.h.world.borrow_mut();
+            let w = &mut *g;
             if w.runs[self.h.run].dead {
                 return Err(Crashed.into());
             }
             // Half the lease left: no request (as `Leases::ensure`).
-            if w.now < self.sent.get() + TTL / 2 {
+            if w.now < w.runs[self.h.run].lease_sent + TTL / 2 {
+                // A lease with half its time left cannot have been taken
+                // over (a taker waits for its expiry): the model's own rule.
+                if !w.lock.as_ref().is_some_and(|l| l.token == self.token) {
+                    let why = format!("model: run{}'s lease was taken over early", self.h.run);
+                    w.fail(why);
+                }
+                w.runs[self.h.run].frozen = false;
                 return Ok(());
             }
         }
@@ -565,6 +613,9 @@ impl Guard for MemGuard {
             match &mut w.lock {
                 Some(l) if l.token == self.token => {
                     l.expires = fate.start + TTL;
+                    let r = &mut w.runs[self.h.run];
+                    r.lease_sent = fate.start;
+                    r.frozen = false;
                     Ok(())
                 }
                 _ => {
@@ -574,9 +625,6 @@ impl Guard for MemGuard {
                 }
             }
         };
-        if renewed.is_ok() {
-            self.sent.set(fate.start);
-        }
         self.h.after(&fate, "renew")?;
         renewed
     }
@@ -1095,6 +1143,7 @@ fn exactly_once_under_crashes_late_writes_expiring_leases_and_lost_swaps() {
         ("leases lost", total.lock_lost),
         ("leases taken over", total.takeovers),
         ("runs skipped for a held lease", total.skipped),
+        ("frozen runs", total.freezes),
     ] {
         assert!(n > 0, "no seed met {what}: {total:#?}");
     }
