@@ -1113,6 +1113,8 @@ fn exactly_once_under_crashes_late_writes_expiring_leases_and_lost_swaps() {
             Err(why) => panic!("{why}"),
         }
     }
+    // Shown with --nocapture: what the seeds met.
+    println!("{SEEDS} seeds: {total:#?}");
     for point in [
         "acquire before",
         "acquire after",
