@@ -13,6 +13,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kubeanon::state::WorkUnit;
+use support::proxy::{Fault, Proxy};
 use support::*;
 
 const MIN: i64 = 60_000;
@@ -189,6 +190,54 @@ fn a_second_copy_skips_a_unit_the_first_still_reads_past_its_lease_length() {
     let got = delivered_rows(bucket);
     let ids = id_counts(&got);
     assert_eq!(got.len(), 40, "each event's row once: {ids:?}");
+    assert!(ids.values().all(|&n| n == 1), "{ids:?}");
+}
+
+#[test]
+fn a_delivery_that_lands_late_is_not_delivered_twice() {
+    let group = group_with("late-put", 3, 400);
+    let bucket = "kubeanon-late-put";
+    make_bucket(bucket);
+    // Run A's deliveries are held by the network past every attempt's
+    // timeout; they reach S3 seconds after A gave up.
+    let proxy = Proxy::start(&moto().endpoint);
+    proxy.set_rest_plan(|_, target| {
+        if target.starts_with("PUT ") && target.contains("/findings/") {
+            Fault::Delay(Duration::from_secs(6))
+        } else {
+            Fault::Forward
+        }
+    });
+    let args = |cmd: &mut std::process::Command| {
+        cmd.args([
+            "--since",
+            "30m",
+            "--attempt-timeout",
+            "1s",
+            "--lease",
+            "12s",
+        ])
+        .args(s3_args(bucket));
+    };
+    let mut a = poll_at(&proxy.endpoint, &group);
+    args(&mut a);
+    let failed = a.output().unwrap();
+    assert!(!failed.status.success(), "{}", text(&failed));
+    // Run B takes the unit at once: its window ends later, so its object
+    // has another key than A's.
+    let mut b = poll(&group);
+    args(&mut b);
+    let settled = run(&mut b);
+    assert!(
+        text(&settled).contains("was not complete: its events are read again"),
+        "{}",
+        text(&settled)
+    );
+    // A's PUTs land now, and are refused: its key was claimed.
+    std::thread::sleep(Duration::from_secs(8));
+    let got = delivered_rows(bucket);
+    let ids = id_counts(&got);
+    assert_eq!(got.len(), 3, "each row once: {ids:?}");
     assert!(ids.values().all(|&n| n == 1), "{ids:?}");
 }
 
