@@ -442,8 +442,9 @@ impl Handle {
                     Ok(Stop::After(_)) => "after",
                     _ => "late",
                 };
+                let what = if crash { "crash" } else { "timeout" };
                 w.log(format_args!(
-                    "run{} {name}: {why:?} {at} its effect",
+                    "run{} {name}: {what} {at} its effect",
                     self.run
                 ));
                 if crash {
@@ -1159,5 +1160,7 @@ fn exactly_once_under_crashes_late_writes_expiring_leases_and_lost_swaps() {
 fn without_claims_a_late_write_is_a_duplicate() {
     let found = (0..SEEDS).find_map(|seed| simulate(seed, false).err());
     let why = found.expect("no seed found the duplicate a late write makes without claims");
+    // Shown with --nocapture: the seed, the duplicate and how it came.
+    println!("{why}");
     assert!(why.contains("duplicate"), "{why}");
 }

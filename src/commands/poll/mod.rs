@@ -38,11 +38,11 @@ mod steps;
 mod tally;
 mod units;
 
-use plan::{Plan, plan, rfc3339};
+use plan::{Plan, plan};
 use signals::{Interrupted, interrupted_line, listen_for_signals};
 use steps::{Ctx, Reach, poll_unit, progress_bar};
 use tally::{Failure, Total, price_region, scopes_label};
-use units::{ignored_start_note, unit, upgrade_note, work_units};
+use units::{ignored_start_note, unit, work_units};
 
 /// (account, region) pairs discovered or read at once. Each has its own
 /// pacer, so this bounds the run's total request rate to this many times
@@ -386,22 +386,12 @@ fn drive<S: Store, L: Locks, T: Target>(
             eprintln!("kubeanon poll: {}", ins.cost_line(price_region(&reaches)));
         }
     }
-    // Once per run, even with -q: a blind spot in the past, said once.
-    let upgraded = ctx.upgraded.load(Ordering::Relaxed);
-    if upgraded > 0 {
-        eprintln!(
-            "kubeanon poll: note: {}",
-            upgrade_note(plan, upgraded, &checkpoint_name)
-        );
-    }
-    for (unit, horizon) in &total.capped {
-        eprintln!(
-            "kubeanon poll: warning: {unit}: more than {} matched events inside the overlap; \
-             events before {} that arrive late can no longer be told from reported ones and will not be read again",
-            testhooks::max_seen().unwrap_or(crate::checkpoint::MAX_SEEN),
-            rfc3339(*horizon)
-        );
-    }
+    tally::warnings(
+        plan,
+        ctx.upgraded.load(Ordering::Relaxed),
+        &checkpoint_name,
+        &total.capped,
+    );
     if failed.is_empty() {
         return Ok(Exit::for_findings(total.worst, plan.out.fail_on_findings));
     }

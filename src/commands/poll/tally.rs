@@ -120,3 +120,23 @@ pub(super) fn scopes_label(reaches: &[Reach]) -> String {
         (a, r) => format!("{a} account(s) x {} region(s)", r.len()),
     }
 }
+
+/// What a run says even with `-q`, once: entries that went on with more
+/// rules than they were read with (a blind spot in the past), and units
+/// whose dedup set hit its cap.
+pub(super) fn warnings(plan: &Plan, upgraded: usize, checkpoint: &str, capped: &[(WorkUnit, i64)]) {
+    if upgraded > 0 {
+        eprintln!(
+            "kubeanon poll: note: {}",
+            super::units::upgrade_note(plan, upgraded, checkpoint)
+        );
+    }
+    for (unit, horizon) in capped {
+        eprintln!(
+            "kubeanon poll: warning: {unit}: more than {} matched events inside the overlap; \
+             events before {} that arrive late can no longer be told from reported ones and will not be read again",
+            crate::testhooks::max_seen().unwrap_or(crate::checkpoint::MAX_SEEN),
+            rfc3339(*horizon)
+        );
+    }
+}
