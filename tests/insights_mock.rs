@@ -725,13 +725,7 @@ impl LostFirst {
             get1: results_of("q1", move || {
                 answer(QueryStatus::Cancelled, vec![], Some((0.0, lost_bytes)))
             }),
-            get2: results_of("q2", move || {
-                answer(
-                    QueryStatus::Complete,
-                    vec![row(T + 10, STREAM, &event(1), "p1")],
-                    Some((1.0, bytes)),
-                )
-            }),
+            get2: completes("q2", bytes),
             started,
         }
     }
@@ -747,6 +741,17 @@ impl LostFirst {
         ];
         losing_client(&rules, &[1])
     }
+}
+
+/// GetQueryResults of `id`: complete, one row, `bytes` scanned.
+fn completes(id: &'static str, bytes: f64) -> Rule {
+    results_of(id, move || {
+        answer(
+            QueryStatus::Complete,
+            vec![row(T + 10, STREAM, &event(1), "p1")],
+            Some((1.0, bytes)),
+        )
+    })
 }
 
 #[tokio::test]
@@ -819,13 +824,7 @@ async fn a_lost_answer_whose_query_is_not_found_is_said_to_run_on() {
     // DescribeQueries does not list q1 (not started after all, or not
     // listed yet): looked for after the call and at the read's end.
     let describe = describing(&started, 1);
-    let get2 = results_of("q2", || {
-        answer(
-            QueryStatus::Complete,
-            vec![row(T + 10, STREAM, &event(1), "p1")],
-            Some((1.0, 2e8)),
-        )
-    });
+    let get2 = completes("q2", 2e8);
     let client = losing_client(&[&start, &describe, &get2], &[1]);
     let ins = Insights::new(settings(100, 1, None));
     let (result, fed, _) = read(&client, &ins, &query(T, T + 1_000)).await;
@@ -856,13 +855,7 @@ async fn a_failed_look_for_a_lost_answer_is_said_with_its_likely_cause() {
         .http_status(400, Some(denied.to_string()))
         .repeatedly()
         .build();
-    let get2 = results_of("q2", || {
-        answer(
-            QueryStatus::Complete,
-            vec![row(T + 10, STREAM, &event(1), "p1")],
-            Some((1.0, 2e8)),
-        )
-    });
+    let get2 = completes("q2", 2e8);
     let client = losing_client(&[&start, &describe, &get2], &[1]);
     let ins = Insights::new(settings(100, 1, None));
     let (result, _, _) = read(&client, &ins, &query(T, T + 1_000)).await;
