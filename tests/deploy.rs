@@ -765,13 +765,14 @@ fn the_walkthrough_script_sets_up_the_emulator_and_the_readmes_polls_tell_the_sc
 
 /// Every AWS action kubeanon's code calls, by the SDK operation's name: the
 /// policy must grant each (STS GetCallerIdentity needs no grant).
-const CALLED: [&str; 8] = [
+const CALLED: [&str; 9] = [
     "logs:FilterLogEvents",
     "logs:DescribeLogStreams",
     "logs:DescribeLogGroups",
     "logs:StartQuery",
     "logs:GetQueryResults",
     "logs:StopQuery",
+    "logs:DescribeQueries",
     "eks:ListClusters",
     "eks:DescribeCluster",
 ];
@@ -811,6 +812,7 @@ fn the_iam_files_grant_what_kubeanon_calls_and_agree_with_each_other() {
         "start_query",
         "get_query_results",
         "stop_query",
+        "describe_queries",
         "list_clusters",
         "describe_cluster",
     ] {

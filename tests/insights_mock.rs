@@ -2,18 +2,32 @@
 //! queries Scheduled and Running before they complete, Failed and Timeout,
 //! `LimitExceededException`, statistics (the cost line, a cut result, the
 //! scan budget and the StopQuery it sends), Ctrl-C, messages the server
-//! shortened. The reader under test is the one `poll --engine insights`
-//! uses; AWS's `@timestamp` form (`YYYY-MM-DD HH:MM:SS.mmm`) throughout.
+//! shortened, StartQuery answers lost after the query started (found by
+//! their marker with DescribeQueries, stopped and counted, or said to run
+//! on). The reader under test is the one `poll --engine insights` uses;
+//! AWS's `@timestamp` form (`YYYY-MM-DD HH:MM:SS.mmm`) throughout. Last,
+//! SIGTERM end to end (the binary, moto's server behind the proxy), as
+//! `tests/insights.rs` tests Ctrl-C.
 
-use std::sync::atomic::Ordering;
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextMut,
+};
+use aws_sdk_cloudwatchlogs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_cloudwatchlogs::operation::describe_queries::DescribeQueriesOutput;
 use aws_sdk_cloudwatchlogs::operation::filter_log_events::FilterLogEventsOutput;
 use aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput;
-use aws_sdk_cloudwatchlogs::operation::start_query::StartQueryOutput;
+use aws_sdk_cloudwatchlogs::operation::start_query::{StartQueryInput, StartQueryOutput};
 use aws_sdk_cloudwatchlogs::operation::stop_query::StopQueryOutput;
-use aws_sdk_cloudwatchlogs::types::{FilteredLogEvent, QueryStatistics, QueryStatus, ResultField};
+use aws_sdk_cloudwatchlogs::types::{
+    FilteredLogEvent, QueryInfo, QueryStatistics, QueryStatus, ResultField,
+};
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use kubeanon::source::cloudwatch::{Api, ApiStats, Pacer, Query, Read, RetryPolicy};
 use kubeanon::source::insights::{Insights, Polling, Settings, Stop, Stopped, read_window};
@@ -214,6 +228,9 @@ async fn limit_exceeded_is_waited_out() {
     assert_eq!(start.num_calls(), 3);
     assert_eq!(ins.stats.limit_waits.load(Ordering::Relaxed), 2);
     assert_eq!(ins.stats.queries.load(Ordering::Relaxed), 1);
+    // A refusal started nothing: no answer lost, nothing looked for.
+    assert_eq!(ins.stats.lost.load(Ordering::Relaxed), 0);
+    assert!(!ins.cost_line("us-east-1").contains("lost"));
 }
 
 #[tokio::test]
@@ -553,4 +570,379 @@ async fn messages_the_server_shortened_are_read_whole_with_filter_log_events() {
         "the shortened second read whole, each event once"
     );
     assert_eq!(ins.stats.reread_seconds.load(Ordering::Relaxed), 1);
+}
+
+/// The queries a mocked StartQuery started, in order: (query id, query
+/// string), as DescribeQueries would list them.
+type Started = Arc<Mutex<Vec<(String, String)>>>;
+
+/// StartQuery that starts `q1`, `q2`, ... and remembers each query string.
+fn starting(started: &Started) -> Rule {
+    let started = started.clone();
+    mock!(Client::start_query).then_compute_output(move |r| {
+        let mut s = started.lock().unwrap();
+        let id = format!("q{}", s.len() + 1);
+        s.push((id.clone(), r.query_string().unwrap_or_default().to_string()));
+        StartQueryOutput::builder().query_id(id).build()
+    })
+}
+
+/// DescribeQueries of the log group: every query started, still running,
+/// and one of someone else's; `hide` leaves out the queries of the lost
+/// answers (the first `hide` started).
+fn describing(started: &Started, hide: usize) -> Rule {
+    let started = started.clone();
+    mock!(Client::describe_queries)
+        .match_requests(|r| r.log_group_name() == Some("/aws/eks/c/cluster"))
+        .then_compute_output(move |_| {
+            let mut queries: Vec<QueryInfo> = started
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(hide)
+                .map(|(id, text)| {
+                    QueryInfo::builder()
+                        .query_id(id)
+                        .query_string(text)
+                        .status(QueryStatus::Running)
+                        .log_group_name("/aws/eks/c/cluster")
+                        .build()
+                })
+                .collect();
+            queries.push(
+                QueryInfo::builder()
+                    .query_id("dashboard")
+                    .query_string("fields @message | limit 20")
+                    .status(QueryStatus::Running)
+                    .build(),
+            );
+            DescribeQueriesOutput::builder()
+                .set_queries(Some(queries))
+                .build()
+        })
+}
+
+/// Loses the answers of the StartQuery calls numbered in `lose` (from 1):
+/// the server started the query (the mock answered), and the client sees
+/// an error instead, as after a connection reset while the answer was read.
+#[derive(Debug)]
+struct LoseAnswers {
+    lose: Vec<usize>,
+    starts: AtomicUsize,
+    losing: AtomicBool,
+}
+
+impl LoseAnswers {
+    fn of(lose: &[usize]) -> LoseAnswers {
+        LoseAnswers {
+            lose: lose.to_vec(),
+            starts: AtomicUsize::new(0),
+            losing: AtomicBool::new(false),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Intercept for LoseAnswers {
+    fn name(&self) -> &'static str {
+        "LoseAnswers"
+    }
+
+    fn read_before_execution(
+        &self,
+        context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // The tests run one request at a time (one query slot).
+        if context.input().downcast_ref::<StartQueryInput>().is_some() {
+            let n = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
+            self.losing.store(self.lose.contains(&n), Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        _context: &mut FinalizerInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.losing.swap(false, Ordering::SeqCst) {
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn losing_client(rules: &[&Rule], lose: &'static [usize]) -> Client {
+    mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, rules, |b| b
+        .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+        .interceptor(LoseAnswers::of(lose)))
+}
+
+fn stopping(id: &'static str) -> Rule {
+    mock!(Client::stop_query)
+        .match_requests(move |r| r.query_id() == Some(id))
+        .sequence()
+        .output(|| StopQueryOutput::builder().success(true).build())
+        .build()
+}
+
+fn results_of(
+    id: &'static str,
+    answer: impl Fn() -> GetQueryResultsOutput + Send + Sync + 'static,
+) -> Rule {
+    mock!(Client::get_query_results)
+        .match_requests(move |r| r.query_id() == Some(id))
+        .then_output(answer)
+}
+
+/// The first StartQuery's answer lost after it started q1 (which DescribeQueries
+/// lists); the retry starts q2, which completes with one row. q1 scanned
+/// `lost_bytes`, q2 `bytes`; each may be stopped.
+struct LostFirst {
+    started: Started,
+    start: Rule,
+    describe: Rule,
+    stop1: Rule,
+    stop2: Rule,
+    get1: Rule,
+    get2: Rule,
+}
+
+impl LostFirst {
+    fn new(lost_bytes: f64, bytes: f64) -> LostFirst {
+        let started = Started::default();
+        LostFirst {
+            start: starting(&started),
+            describe: describing(&started, 0),
+            stop1: stopping("q1"),
+            stop2: stopping("q2"),
+            get1: results_of("q1", move || {
+                answer(QueryStatus::Cancelled, vec![], Some((0.0, lost_bytes)))
+            }),
+            get2: completes("q2", bytes),
+            started,
+        }
+    }
+
+    fn client(&self) -> Client {
+        let rules = [
+            &self.start,
+            &self.describe,
+            &self.stop1,
+            &self.stop2,
+            &self.get1,
+            &self.get2,
+        ];
+        losing_client(&rules, &[1])
+    }
+}
+
+/// GetQueryResults of `id`: complete, one row, `bytes` scanned.
+fn completes(id: &'static str, bytes: f64) -> Rule {
+    results_of(id, move || {
+        answer(
+            QueryStatus::Complete,
+            vec![row(T + 10, STREAM, &event(1), "p1")],
+            Some((1.0, bytes)),
+        )
+    })
+}
+
+#[tokio::test]
+async fn a_lost_start_query_answer_is_found_by_its_marker_stopped_and_counted() {
+    let lost = LostFirst::new(9e8, 2e8);
+    let (started, client) = (&lost.started, lost.client());
+    let ins = Insights::new(settings(100, 1, None));
+    let (result, fed, _) = read(&client, &ins, &query(T, T + 1_000)).await;
+    result.unwrap();
+    assert_eq!(fed.len(), 1);
+    // Each attempt sent its own marker first, then the same query.
+    let sent = started.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    let (first, rest): (Vec<&str>, Vec<&str>) = sent
+        .iter()
+        .map(|(_, text)| text.split_once('\n').unwrap())
+        .unzip();
+    assert!(
+        first.iter().all(|l| l.starts_with("# kubeanon-")),
+        "{first:?}"
+    );
+    assert_ne!(first[0], first[1]);
+    assert_eq!(rest[0], rest[1]);
+    assert!(rest[0].starts_with("fields @timestamp"), "{}", rest[0]);
+    // Found (one DescribeQueries), stopped, and its bytes counted; the
+    // query whose answer came is not stopped.
+    assert_eq!(lost.describe.num_calls(), 1);
+    assert_eq!((lost.stop1.num_calls(), lost.stop2.num_calls()), (1, 0));
+    assert_eq!(lost.get1.num_calls(), 1);
+    assert_eq!(ins.bytes_scanned(), 9e8 + 2e8);
+    assert_eq!(ins.stats.lost.load(Ordering::Relaxed), 1);
+    assert_eq!(ins.stats.lost_found.load(Ordering::Relaxed), 1);
+    assert_eq!(ins.stats.stopped.load(Ordering::Relaxed), 1);
+    let line = ins.cost_line("us-east-1");
+    assert!(
+        line.contains("1 stopped, 1 StartQuery answer lost; 1 of their queries found by marker, stopped and counted)"),
+        "{line}"
+    );
+    assert!(line.contains("1.10 GB scanned"), "{line}");
+}
+
+#[tokio::test]
+async fn a_lost_answers_query_counts_against_the_budget() {
+    // The lost query scanned 1.5 GB of a 1 GB budget; q2 would scan little.
+    let lost = LostFirst::new(1.5e9, 1e6);
+    let (started, client) = (&lost.started, lost.client());
+    let ins = Insights::new(settings(100, 1, Some(1e9)));
+    let (result, fed, _) = read(&client, &ins, &query(T, T + 2_000)).await;
+    let err = result.unwrap_err();
+    assert!(err.is::<Stopped>(), "{err:#}");
+    assert!(format!("{err:#}").contains("1.50 GB scanned"), "{err:#}");
+    assert_eq!(ins.stopped(), Some(Stop::Budget));
+    assert!(fed.is_empty());
+    // Both stopped: the lost one when found, q2 with the read.
+    assert_eq!((lost.stop1.num_calls(), lost.stop2.num_calls()), (1, 1));
+    assert_eq!(lost.get2.num_calls(), 0, "q2 was never polled");
+    let (later, _, _) = read(&client, &ins, &query(T, T + 1_000)).await;
+    assert!(later.unwrap_err().is::<Stopped>());
+    assert_eq!(
+        started.lock().unwrap().len(),
+        2,
+        "no query started past the budget"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_answer_whose_query_is_not_found_is_said_to_run_on() {
+    let started = Started::default();
+    let start = starting(&started);
+    // DescribeQueries does not list q1 (not started after all, or not
+    // listed yet): looked for after the call and at the read's end.
+    let describe = describing(&started, 1);
+    let get2 = completes("q2", 2e8);
+    let client = losing_client(&[&start, &describe, &get2], &[1]);
+    let ins = Insights::new(settings(100, 1, None));
+    let (result, fed, _) = read(&client, &ins, &query(T, T + 1_000)).await;
+    result.unwrap();
+    assert_eq!(fed.len(), 1);
+    assert_eq!(describe.num_calls(), 2);
+    assert_eq!(ins.stats.lost.load(Ordering::Relaxed), 1);
+    assert_eq!(ins.stats.lost_found.load(Ordering::Relaxed), 0);
+    assert_eq!(ins.stats.lost_not_found.load(Ordering::Relaxed), 1);
+    assert_eq!(ins.bytes_scanned(), 2e8);
+    let line = ins.cost_line("us-east-1");
+    assert!(
+        line.contains(
+            "1 StartQuery answer lost; 1 of their queries could not be found: they may run on and be billed)"
+        ),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_look_for_a_lost_answer_is_said_with_its_likely_cause() {
+    let started = Started::default();
+    let start = starting(&started);
+    // A role without logs:DescribeQueries.
+    let denied = r#"{"__type":"AccessDeniedException","message":"not authorized to perform: logs:DescribeQueries"}"#;
+    let describe = mock!(Client::describe_queries)
+        .sequence()
+        .http_status(400, Some(denied.to_string()))
+        .repeatedly()
+        .build();
+    let get2 = completes("q2", 2e8);
+    let client = losing_client(&[&start, &describe, &get2], &[1]);
+    let ins = Insights::new(settings(100, 1, None));
+    let (result, _, _) = read(&client, &ins, &query(T, T + 1_000)).await;
+    result.unwrap();
+    assert_eq!(ins.stats.lost_not_found.load(Ordering::Relaxed), 1);
+    let line = ins.cost_line("us-east-1");
+    assert!(
+        line.contains("could not be found: they may run on and be billed; DescribeQueries failed 2 time(s) (-v shows why; the role needs logs:DescribeQueries)"),
+        "{line}"
+    );
+}
+
+/// SIGTERM (Kubernetes, `timeout`) stops an Insights run as Ctrl-C does,
+/// end to end: moto's server behind the proxy, which keeps every query
+/// running and answers StopQuery (moto has neither); exit 143, its line.
+#[test]
+fn sigterm_stops_the_running_queries_as_ctrl_c_does() {
+    use std::collections::BTreeSet;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    use support::proxy::Proxy;
+
+    let group = "/aws/eks/insights-sigterm/cluster";
+    support::create(group, &[support::AUDIT_STREAM]);
+    let base = support::now_ms() - 25 * 60_000;
+    let events: Vec<(i64, String)> = (0..20u64)
+        .map(|i| (base + i as i64 * 30_000, support::audit_event(i, true)))
+        .collect();
+    support::put(group, support::AUDIT_STREAM, &events);
+    let proxy = Proxy::start(&support::moto().endpoint);
+    proxy.answer("GetQueryResults", r#"{"status":"Running","results":[]}"#);
+    proxy.answer("StopQuery", r#"{"success":true}"#);
+    let ids = |operation: &str| -> BTreeSet<String> {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.target.ends_with(operation))
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                body["queryId"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let mut child = support::poll_at(&proxy.endpoint, group)
+        .args([
+            "--since",
+            "30m",
+            "--engine",
+            "insights",
+            "--max-queries",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ids("GetQueryResults").len() < 3 {
+        assert!(Instant::now() < deadline, "the queries never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let sent = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "kubeanon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(
+            "kubeanon poll: interrupted (SIGTERM): 0 of 1 log group(s) read to the end"
+        ) && line.ends_with("; 3 running Insights queries stopped"),
+        "{err}"
+    );
+    assert_eq!(
+        ids("StopQuery"),
+        ids("GetQueryResults"),
+        "every running query stopped"
+    );
 }

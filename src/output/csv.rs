@@ -1,9 +1,10 @@
-//! RFC 4180 CSV (CRLF, quoting as needed) that a spreadsheet opens safely.
+//! RFC 4180 CSV (CRLF, quoting as needed) that a spreadsheet opens safely
+//! and a terminal shows safely (`cat findings.csv`, `tail -F`).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use super::{Row, Sink};
+use super::{Row, Sink, neutralise_terminal};
 
 /// Rendered into a buffer of about this size, then written whole.
 const CHUNK: usize = 256 * 1024;
@@ -84,7 +85,7 @@ impl Sink for Csv {
 
     fn row(&mut self, row: &Row<'_>, out: &mut dyn Write) -> io::Result<()> {
         let mut cells = Vec::new();
-        row.each_cell(|c| cells.push(neutralise_formula(Cow::Borrowed(c.text)).into_owned()));
+        row.each_cell(|c| cells.push(cell(c.text).into_owned()));
         self.w.write_record(&cells)?;
         if self.w.get_ref().len() >= CHUNK {
             self.flush(out)?;
@@ -99,6 +100,16 @@ impl Sink for Csv {
     fn close(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
         self.header(columns, out)
     }
+}
+
+/// A value as a CSV cell: the characters that must not reach a terminal
+/// raw ([`super::is_hidden`]), and a backslash, in the visible form the
+/// table shows (`\u{1b}`, `\\`), so that a crafted value cannot retitle or
+/// clear the terminal of whoever reads the file with `cat`; then a formula
+/// made text. Escaping comes first, so a leading tab, CR or NUL is already
+/// visible text when the formula rule looks at the cell.
+fn cell(value: &str) -> Cow<'_, str> {
+    neutralise_formula(neutralise_terminal(value))
 }
 
 /// A cell that a spreadsheet would evaluate as a formula gets a leading
@@ -123,6 +134,53 @@ pub fn neutralise_formula(cell: Cow<'_, str>) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_bidi_and_backslashes_are_shown_as_the_table_shows_them() {
+        for (value, want) in [
+            // ESC: a CSI that clears the screen.
+            ("a\x1b[2Jb", "a\\u{1b}[2Jb"),
+            // OSC 0 (set the window title), ended by BEL.
+            ("\x1b]0;pwned\x07", "\\u{1b}]0;pwned\\u{7}"),
+            ("\x07", "\\u{7}"),
+            ("x\x7f", "x\\u{7f}"),
+            // C1: NEL, and the one-byte CSI.
+            ("a\u{85}b", "a\\u{85}b"),
+            ("\u{9b}31m", "\\u{9b}31m"),
+            // Bidi: right-to-left override, left-to-right isolate.
+            ("evil\u{202e}txt.exe", "evil\\u{202e}txt.exe"),
+            ("\u{2066}x", "\\u{2066}x"),
+            // Line breaks inside a value, which would also split the row
+            // for a line-based reader.
+            ("a\r\nb", "a\\u{d}\\u{a}b"),
+            // A backslash is doubled, so an escape cannot be forged.
+            ("\\u{1b}", "\\\\u{1b}"),
+            ("curl/8", "curl/8"),
+        ] {
+            assert_eq!(cell(value), want, "{value:?}");
+            assert_eq!(
+                cell(value),
+                neutralise_terminal(value),
+                "as the table shows it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_formula_is_still_made_text_after_escaping() {
+        for (value, want) in [
+            ("=HYPERLINK(\"x\")\x1b", "'=HYPERLINK(\"x\")\\u{1b}"),
+            (" @SUM(A1)", "' @SUM(A1)"),
+            ("-\u{202e}1", "'-\\u{202e}1"),
+            // A tab, CR or NUL first is visible text once escaped.
+            ("\t=1", "\\u{9}=1"),
+            ("\r-1", "\\u{d}-1"),
+            ("\0", "\\u{0}"),
+            ("\n@x", "\\u{a}@x"),
+        ] {
+            assert_eq!(cell(value), want, "{value:?}");
+        }
+    }
 
     #[test]
     fn formulas_are_neutralised() {

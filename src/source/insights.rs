@@ -35,7 +35,16 @@
 //! run; StartQuery's `LimitExceededException` (the account's concurrent
 //! queries are taken) is waited out; GetQueryResults is polled with
 //! backoff; queries still running are stopped (StopQuery) when a read
-//! fails, is interrupted (Ctrl-C) or the scan budget is spent.
+//! fails, is interrupted (SIGINT, SIGTERM) or the scan budget is spent.
+//!
+//! StartQuery takes no client token, so an attempt whose answer is lost (a
+//! timeout, a dropped connection, a 5xx, a run stopped while it was under
+//! way) may have started a query that runs on, billed, for up to 60
+//! minutes while the retry starts another. Each attempt's query string
+//! therefore begins with a comment line naming the attempt
+//! (`# kubeanon-RUN-N`), and the queries of lost answers are looked up by
+//! it with DescribeQueries: found, they are stopped and their bytes
+//! counted like any other query's; not found, the cost line says so.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -44,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
+use aws_sdk_cloudwatchlogs::error::SdkError;
 use aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput;
 use aws_sdk_cloudwatchlogs::types::{QueryStatus, ResultField};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -54,8 +64,13 @@ use tokio::time::Instant;
 use super::advice;
 use super::cloudwatch::{self, Api, LogEvent, Query, Read, send_paced};
 
-/// How long a StopQuery may take when a run is being stopped.
+/// How long a StopQuery may take when a run is being stopped (and each
+/// call that looks for, stops or meters a lost query).
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// DescribeQueries pages read at most when looking for lost queries (1,000
+/// queries a page; the account's recent queries, dashboards' included).
+const DESCRIBE_PAGES: usize = 10;
 use crate::detect::{Rule, Rules};
 
 /// The published price of Logs Insights in us-east-1, USD per GB scanned
@@ -150,6 +165,30 @@ pub struct Stats {
     pub stopped: AtomicU64,
     /// Queries StopQuery failed for (they may have ended meanwhile).
     pub not_stopped: AtomicU64,
+    /// StartQuery attempts whose answer was lost (timed out, connection
+    /// dropped, 5xx, unreadable, or the run stopped while it was awaited):
+    /// each may have started a query.
+    pub lost: AtomicU64,
+    /// Of those, queries found by their attempt's marker (DescribeQueries),
+    /// then stopped and counted.
+    pub lost_found: AtomicU64,
+    /// Of the found ones, those whose statistics could not be read: their
+    /// bytes are not counted.
+    pub lost_unmetered: AtomicU64,
+    /// Lost answers whose query was not found at the read's end: it never
+    /// started, or runs on unseen.
+    pub lost_not_found: AtomicU64,
+    /// DescribeQueries calls that failed or timed out (a role without
+    /// `logs:DescribeQueries`, say): what they sought was not found.
+    pub describe_failed: AtomicU64,
+}
+
+/// A StartQuery attempt that has not yet said whether it started a query.
+#[derive(Debug)]
+struct Attempt {
+    read: u64,
+    /// Its answer was lost (else it is still awaited).
+    lost: bool,
 }
 
 /// Bytes scanned: by queries that ended, and by each running one so far.
@@ -166,6 +205,71 @@ impl Scanned {
     }
 }
 
+/// A StartQuery attempt under way. Its answer settles it: a query id
+/// (the query is registered as running) or a refusal that started nothing.
+/// Dropped unsettled (the answer was lost, or the run stopped while it was
+/// awaited), the attempt is lost: its query is looked for by its marker.
+struct Pending<'i> {
+    ins: &'i Insights,
+    marker: String,
+    settled: bool,
+}
+
+impl Pending<'_> {
+    /// The query string this attempt sends: its marker as a comment line
+    /// first (Logs Insights ignores `#` to the end of the line; a first
+    /// line keeps emulators that parse the commands happy), then `query`.
+    fn query(&self, query: &str) -> String {
+        format!("# {}\n{query}", self.marker)
+    }
+
+    /// Answered with a query id: a running query of its read.
+    fn started(mut self, id: &str) {
+        self.settled = true;
+        let read = lock(&self.ins.attempts)
+            .remove(&self.marker)
+            .map(|a| a.read);
+        if let Some(read) = read {
+            self.ins.stats.queries.fetch_add(1, Ordering::Relaxed);
+            self.ins.register(id, read);
+        }
+    }
+
+    /// Refused in a way that started nothing.
+    fn refused(mut self) {
+        self.settled = true;
+        lock(&self.ins.attempts).remove(&self.marker);
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(a) = lock(&self.ins.attempts).get_mut(&self.marker) {
+            a.lost = true;
+            self.ins.stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Could this failed StartQuery attempt have started a query? Not when the
+/// request never reached the server (no connection, no such host, not
+/// built) or the server refused it (4xx: invalid, denied, throttled, the
+/// account's queries taken); otherwise (a timeout, a dropped connection, a
+/// 5xx, an answer that could not be read) it may have.
+fn may_have_started<E: std::error::Error + 'static>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::ConstructionFailure(_) => false,
+        SdkError::DispatchFailure(_) => {
+            !advice::is_connect_failure(err) && !advice::is_no_such_host(err)
+        }
+        SdkError::ServiceError(e) => e.raw().status().as_u16() >= 500,
+        _ => true,
+    }
+}
+
 /// The Insights engine of one run: settings, the query slots, the budget,
 /// the counters and the stop signal, shared by every log group's reads.
 pub struct Insights {
@@ -174,6 +278,12 @@ pub struct Insights {
     scanned: Mutex<Scanned>,
     stop: Arc<watch::Sender<Option<Stop>>>,
     next_read: AtomicU64,
+    /// This run's part of every attempt marker: random, so that another
+    /// run's queries (DescribeQueries lists the account's) never match.
+    run_tag: u64,
+    next_attempt: AtomicU64,
+    /// Marker -> StartQuery attempt not yet answered with a query id.
+    attempts: Mutex<HashMap<String, Attempt>>,
     bar: Mutex<Option<ProgressBar>>,
     pub stats: Stats,
 }
@@ -186,6 +296,9 @@ impl Insights {
             scanned: Mutex::default(),
             stop: Arc::new(watch::Sender::new(None)),
             next_read: AtomicU64::new(0),
+            run_tag: fastrand::u64(..),
+            next_attempt: AtomicU64::new(0),
+            attempts: Mutex::default(),
             bar: Mutex::new(None),
             stats: Stats::default(),
         }
@@ -293,6 +406,11 @@ impl Insights {
             s.total()
         };
         self.show();
+        self.within_budget(total)
+    }
+
+    /// Fails (and stops the run) once the run scanned more than its budget.
+    fn within_budget(&self, total: f64) -> Result<()> {
         if let Some(budget) = self.settings.max_scan_bytes
             && total > budget
         {
@@ -323,29 +441,224 @@ impl Insights {
             .map(|(id, _)| id.clone())
             .collect();
         let stops = ids.iter().map(|id| async move {
-            let sent = tokio::time::timeout(
-                STOP_TIMEOUT,
-                api.client.stop_query().query_id(id).send(),
-            )
-            .await;
-            match sent {
-                Ok(Ok(_)) => {
-                    self.stats.stopped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%log_group, query = %id, "StopQuery");
-                }
-                // It may have ended meanwhile; nothing more can be done.
-                Ok(Err(e)) => {
-                    self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%log_group, query = %id, error = %advice::short(&e), "StopQuery failed");
-                }
-                Err(_) => {
-                    self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%log_group, query = %id, "StopQuery timed out");
-                }
-            }
+            self.stop_one(api, id, log_group).await;
             self.ended(id, None);
         });
         futures_util::future::join_all(stops).await;
+    }
+
+    /// One StopQuery attempt within a few seconds, counted as stopped or
+    /// not.
+    async fn stop_one(&self, api: &Api<'_>, id: &str, log_group: &str) {
+        let sent =
+            tokio::time::timeout(STOP_TIMEOUT, api.client.stop_query().query_id(id).send()).await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.stats.stopped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%log_group, query = %id, "StopQuery");
+            }
+            // It may have ended meanwhile; nothing more can be done.
+            Ok(Err(e)) => {
+                self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%log_group, query = %id, error = %advice::short(&e), "StopQuery failed");
+            }
+            Err(_) => {
+                self.stats.not_stopped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%log_group, query = %id, "StopQuery timed out");
+            }
+        }
+    }
+
+    /// A new StartQuery attempt of `read`, awaited until its answer says
+    /// what became of it.
+    fn attempt(&self, read: u64) -> Pending<'_> {
+        let n = self.next_attempt.fetch_add(1, Ordering::Relaxed);
+        let marker = format!("kubeanon-{:016x}-{n}", self.run_tag);
+        lock(&self.attempts).insert(marker.clone(), Attempt { read, lost: false });
+        Pending {
+            ins: self,
+            marker,
+            settled: false,
+        }
+    }
+
+    /// Looks for the queries of `read`'s lost StartQuery answers by their
+    /// markers (DescribeQueries on the read's log group); each one found
+    /// is stopped if it still runs, and its bytes are counted against the
+    /// budget (which fails the read, as any query's bytes do, once
+    /// crossed). Those not found are looked for again later, and on the
+    /// read's `last` look counted as not found.
+    async fn find_lost(&self, api: &Api<'_>, read: u64, log_group: &str, last: bool) -> Result<()> {
+        let sought: Vec<String> = {
+            let mut attempts = lock(&self.attempts);
+            let markers: Vec<String> = attempts
+                .iter()
+                .filter(|(_, a)| a.read == read && a.lost)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in &markers {
+                attempts.remove(m);
+            }
+            markers
+        };
+        if sought.is_empty() {
+            return Ok(());
+        }
+        let found = self.describe(api, log_group, &sought).await;
+        for marker in sought {
+            match found.get(&marker) {
+                Some((id, status)) => {
+                    self.stats.lost_found.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, query = %id, %marker, status = status.as_str(), "found the query of a lost StartQuery answer");
+                    self.recover(api, read, log_group, id, status).await;
+                }
+                None if last => {
+                    self.stats.lost_not_found.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, %marker, "the query of a lost StartQuery answer was not found");
+                }
+                None => {
+                    lock(&self.attempts).insert(marker, Attempt { read, lost: true });
+                }
+            }
+        }
+        self.within_budget(self.bytes_scanned())
+    }
+
+    /// The queries of `log_group` whose first line is one of the markers'
+    /// comment lines: marker -> (query id, status). A failed call ends the
+    /// look with what it found (counted; the cost line says so).
+    async fn describe(
+        &self,
+        api: &Api<'_>,
+        log_group: &str,
+        markers: &[String],
+    ) -> HashMap<String, (String, QueryStatus)> {
+        let mut found = HashMap::new();
+        let mut token = None;
+        for _ in 0..DESCRIBE_PAGES {
+            api.pacer.wait().await;
+            api.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let page = tokio::time::timeout(
+                STOP_TIMEOUT,
+                api.client
+                    .describe_queries()
+                    .log_group_name(log_group)
+                    .max_results(1000)
+                    .set_next_token(token.take())
+                    .send(),
+            )
+            .await;
+            let page = match page {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    self.stats.describe_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, error = %advice::short(&e), "DescribeQueries failed");
+                    break;
+                }
+                Err(_) => {
+                    self.stats.describe_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%log_group, "DescribeQueries timed out");
+                    break;
+                }
+            };
+            for info in page.queries() {
+                let (Some(id), Some(text)) = (info.query_id(), info.query_string()) else {
+                    continue;
+                };
+                // The marker is the query's first line, whole.
+                let first = text.lines().next().unwrap_or_default().trim();
+                if let Some(marker) = first.strip_prefix("# ")
+                    && markers.iter().any(|m| m == marker)
+                {
+                    let status = info.status().cloned().unwrap_or(QueryStatus::UnknownValue);
+                    found.insert(marker.to_string(), (id.to_string(), status));
+                }
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() || found.len() == markers.len() {
+                break;
+            }
+        }
+        found
+    }
+
+    /// A lost answer's query, found: stopped if it may still run, then its
+    /// bytes read from its statistics and counted.
+    async fn recover(
+        &self,
+        api: &Api<'_>,
+        read: u64,
+        log_group: &str,
+        id: &str,
+        status: &QueryStatus,
+    ) {
+        self.register(id, read);
+        if matches!(
+            status,
+            QueryStatus::Running | QueryStatus::Scheduled | QueryStatus::UnknownValue
+        ) {
+            self.stop_one(api, id, log_group).await;
+        }
+        api.pacer.wait().await;
+        api.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let answer = tokio::time::timeout(
+            STOP_TIMEOUT,
+            api.client.get_query_results().query_id(id).send(),
+        )
+        .await;
+        let bytes = match answer {
+            Ok(Ok(out)) => out.statistics().map(|s| s.bytes_scanned()),
+            Ok(Err(e)) => {
+                tracing::debug!(%log_group, query = %id, error = %advice::short(&e), "GetQueryResults of a found query failed");
+                None
+            }
+            Err(_) => None,
+        };
+        if bytes.is_none() {
+            self.stats.lost_unmetered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ended(id, bytes);
+    }
+
+    /// What the run's lost StartQuery answers came to, for the cost line
+    /// (and the line of a run a signal stopped); `None` when none was lost.
+    pub fn lost_note(&self) -> Option<String> {
+        let s = &self.stats;
+        let lost = s.lost.load(Ordering::Relaxed);
+        if lost == 0 {
+            return None;
+        }
+        let found = s.lost_found.load(Ordering::Relaxed);
+        let unmetered = s.lost_unmetered.load(Ordering::Relaxed);
+        let not_found = s.lost_not_found.load(Ordering::Relaxed);
+        let mut parts = Vec::new();
+        if found > 0 {
+            parts.push(format!(
+                "{found} of their queries found by marker, stopped and counted"
+            ));
+        }
+        if unmetered > 0 {
+            parts.push(format!(
+                "{unmetered} of those without statistics: their bytes are not counted"
+            ));
+        }
+        if not_found > 0 {
+            parts.push(format!(
+                "{not_found} of their queries could not be found: they may run on and be billed"
+            ));
+        }
+        let failed = s.describe_failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            parts.push(format!(
+                "DescribeQueries failed {failed} time(s) (-v shows why; the role needs logs:DescribeQueries)"
+            ));
+        }
+        let answers = if lost == 1 { "answer" } else { "answers" };
+        Some(if parts.is_empty() {
+            format!("{lost} StartQuery {answers} lost")
+        } else {
+            format!("{lost} StartQuery {answers} lost; {}", parts.join("; "))
+        })
     }
 
     fn show(&self) {
@@ -370,7 +683,7 @@ impl Insights {
         let seconds = s.reread_seconds.load(Ordering::Relaxed);
         let one = |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         format!(
-            "Insights: {queries} {} ({} split, {} run again, {waits} {} for a free query slot, {} stopped{}), {} scanned, \
+            "Insights: {queries} {} ({} split, {} run again, {waits} {} for a free query slot, {} stopped{}{}), {} scanned, \
              estimated cost ${:.4} at ${price}/GB{note} (an estimate from the queries' statistics, not a bill); \
              {seconds} {} read with FilterLogEvents",
             one(queries, "query", "queries"),
@@ -382,6 +695,9 @@ impl Insights {
                 0 => String::new(),
                 n => format!(", {n} StopQuery refused or unanswered"),
             },
+            self.lost_note()
+                .map(|n| format!(", {n}"))
+                .unwrap_or_default(),
             human_bytes(bytes),
             bytes / GB * price,
             one(seconds, "second", "seconds"),
@@ -582,6 +898,10 @@ pub async fn read_window(
     let read_id = ins.next_read.fetch_add(1, Ordering::Relaxed);
     let mut read = Read::default();
     let result = drive(api, ins, q, read_id, &mut each, &mut read).await;
+    // Every attempt of the read is settled or lost now (one under way when
+    // the read stopped was dropped): the last look for the lost ones.
+    let found = ins.find_lost(api, read_id, &q.log_group, true).await;
+    let result = result.and(found);
     if result.is_err() || read.stopped {
         ins.stop_queries(api, read_id, &q.log_group).await;
     }
@@ -738,8 +1058,8 @@ async fn run_query(
     let mut attempt = 1;
     loop {
         ins.may_start()?;
-        let id = start(api, ins, q, range).await?;
-        ins.register(&id, read_id);
+        // Registered as running by the attempt that started it.
+        let id = start(api, ins, q, range, read_id).await?;
         let (status, out) = match results(api, ins, q, &id).await {
             Ok(r) => r,
             // The read stops this query with the others of the read.
@@ -788,28 +1108,52 @@ fn split(ins: &Insights, range: Range, n: i64) -> Done {
     Done::Split(range.split(n.max(2)))
 }
 
-/// StartQuery for one range; a full account (`LimitExceededException`) is
-/// waited out.
-async fn start(api: &Api<'_>, ins: &Insights, q: &Query, range: Range) -> Result<String> {
+/// StartQuery for one range of `read`; a full account
+/// (`LimitExceededException`) is waited out. Each attempt carries its own
+/// marker; the queries of attempts whose answer was lost are looked for
+/// (and stopped and counted) as soon as the call ends.
+async fn start(
+    api: &Api<'_>,
+    ins: &Insights,
+    q: &Query,
+    range: Range,
+    read: u64,
+) -> Result<String> {
     let query = query_string(&q.stream_prefix, ins.settings.limit, ins.settings.rules);
     let polling = ins.settings.polling;
     let mut delay = polling.limit_wait;
     let mut waited = Duration::ZERO;
     loop {
         let sent = send_paced(api, "StartQuery", &q.log_group, || {
-            api.client
+            let attempt = ins.attempt(read);
+            let request = api
+                .client
                 .start_query()
                 .log_group_name(&q.log_group)
                 .start_time(range.a)
                 .end_time(range.b)
-                .query_string(&query)
+                .query_string(attempt.query(&query))
                 .limit(ins.settings.limit as i32)
-                .send()
+                .send();
+            async move {
+                let answer = request.await;
+                match &answer {
+                    Ok(out) => {
+                        if let Some(id) = out.query_id() {
+                            attempt.started(id);
+                        }
+                    }
+                    Err(e) if !may_have_started(e) => attempt.refused(),
+                    // Lost: `attempt` is dropped unsettled.
+                    Err(_) => {}
+                }
+                answer
+            }
         })
         .await;
+        ins.find_lost(api, read, &q.log_group, false).await?;
         match sent {
             Ok(out) => {
-                ins.stats.queries.fetch_add(1, Ordering::Relaxed);
                 return out.query_id().map(str::to_string).ok_or_else(|| {
                     anyhow!("StartQuery on {} answered without a query id", q.log_group)
                 });
@@ -1064,6 +1408,44 @@ mod tests {
             assert!(!is_whole(&msg[..cut]), "{}", &msg[..cut]);
         }
         assert!(!is_whole(&format!("{}[Truncated...]", &msg[..40])));
+    }
+
+    #[test]
+    fn a_start_query_may_have_started_unless_it_never_left_or_was_refused() {
+        use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
+        use aws_sdk_cloudwatchlogs::error::{ConnectorError, ErrorMetadata};
+        use aws_sdk_cloudwatchlogs::operation::start_query::StartQueryError;
+        let io = |kind| Box::new(std::io::Error::new(kind, "x"));
+        let answered = |status: u16, code: &str| -> SdkError<StartQueryError> {
+            SdkError::service_error(
+                StartQueryError::generic(ErrorMetadata::builder().code(code).build()),
+                HttpResponse::new(status.try_into().unwrap(), "{}".into()),
+            )
+        };
+        let dispatch = |e| SdkError::<StartQueryError>::dispatch_failure(e);
+        // The answer was lost: the query may run.
+        for err in [
+            SdkError::<StartQueryError>::timeout_error(io(std::io::ErrorKind::TimedOut)),
+            dispatch(ConnectorError::io(io(std::io::ErrorKind::ConnectionReset))),
+            dispatch(ConnectorError::timeout(io(std::io::ErrorKind::TimedOut))),
+            answered(500, "InternalFailure"),
+            answered(503, "ServiceUnavailableException"),
+        ] {
+            assert!(may_have_started(&err), "{err:?}");
+        }
+        // Never sent, or refused: nothing started.
+        for err in [
+            SdkError::<StartQueryError>::construction_failure(io(std::io::ErrorKind::Other)),
+            dispatch(ConnectorError::io(io(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+            answered(400, "LimitExceededException"),
+            answered(400, "ThrottlingException"),
+            answered(400, "MalformedQueryException"),
+            answered(403, "AccessDeniedException"),
+        ] {
+            assert!(!may_have_started(&err), "{err:?}");
+        }
     }
 
     #[test]
