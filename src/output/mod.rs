@@ -9,7 +9,8 @@
 //! triage columns, then the command's). Every value that came from an
 //! audit event is attacker-controlled: the table shows the characters
 //! [`is_hidden`] names as visible escapes, JSON and OCSF write them as
-//! `\uXXXX` escapes, and the CSV neutralises spreadsheet formulas.
+//! `\uXXXX` escapes, and the CSV shows them as the table does and then
+//! neutralises spreadsheet formulas.
 
 mod csv;
 mod json;
@@ -86,7 +87,7 @@ impl Style {
 /// (`Cc`), the line and paragraph separators U+2028/U+2029, and the
 /// invisible format characters that reorder or hide text: U+061C, U+200B to
 /// U+200F, U+202A to U+202E, U+2060 to U+2069, U+FEFF. The table shows them
-/// as `\u{..}`, JSON as `\uXXXX`.
+/// as `\u{..}` (and CSV cells the same), JSON as `\uXXXX`.
 pub fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(

@@ -78,6 +78,9 @@ pub(super) fn interrupted_line(
                 ", {refused} not (StopQuery refused or unanswered: they run on to their timeout and are billed)"
             ));
         }
+        if let Some(lost) = ins.lost_note() {
+            line.push_str(&format!("; {lost}"));
+        }
     }
     line
 }
