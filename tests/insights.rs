@@ -336,9 +336,17 @@ fn a_spent_scan_budget_stops_the_run_and_its_queries() {
     );
 }
 
+/// Ctrl-C, and SIGTERM (Kubernetes, `timeout`) alike: the running queries
+/// are stopped, the run exits 130 or 143 with its line.
 #[test]
-fn ctrl_c_stops_the_running_queries() {
-    let group = busy_group("insights-ctrl-c");
+fn ctrl_c_and_sigterm_stop_the_running_queries() {
+    for (signal, name, code) in [("-INT", "SIGINT", 130), ("-TERM", "SIGTERM", 143)] {
+        stopped_by(signal, name, code);
+    }
+}
+
+fn stopped_by(signal: &str, name: &str, code: i32) {
+    let group = busy_group(&format!("insights-{}", name.to_lowercase()));
     let proxy = Proxy::start(&moto().endpoint);
     proxy.answer("GetQueryResults", r#"{"status":"Running","results":[]}"#);
     proxy.answer("StopQuery", r#"{"success":true}"#);
@@ -366,7 +374,7 @@ fn ctrl_c_stops_the_running_queries() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -386,12 +394,12 @@ fn ctrl_c_stops_the_running_queries() {
     );
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(out.status.code(), Some(code), "{err}");
     let line = err.lines().last().unwrap_or_default();
     assert!(
-        line.starts_with(
-            "kubeanon poll: interrupted (SIGINT): 0 of 1 log group(s) read to the end"
-        ) && line.ends_with("; 3 running Insights queries stopped"),
+        line.starts_with(&format!(
+            "kubeanon poll: interrupted ({name}): 0 of 1 log group(s) read to the end"
+        )) && line.ends_with("; 3 running Insights queries stopped"),
         "{err}"
     );
     assert_eq!(

@@ -600,7 +600,7 @@ impl Guard for MemGuard {
             if w.now < w.runs[self.h.run].lease_sent + TTL / 2 {
                 // A lease with half its time left cannot have been taken
                 // over (a taker waits for its expiry): the model's own rule.
-                if !w.lock.as_ref().is_some_and(|l| l.token == self.token) {
+                if w.lock.as_ref().is_none_or(|l| l.token != self.token) {
                     let why = format!("model: run{}'s lease was taken over early", self.h.run);
                     w.fail(why);
                 }
