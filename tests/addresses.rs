@@ -356,6 +356,12 @@ fn padded_requests_keep_their_first_and_last_addresses_and_the_rest_are_escu_s_r
         .expect("kubeanon runs");
     assert!(whole.status.success());
     assert_eq!(whole.stdout, out.stdout, "split and whole reads agree");
+
+    // Another cap reaches every thread's part too (a part that fell back
+    // to the default would keep 64).
+    let out = scan(&["--max-addresses", "8", path.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read_rows(&out.stdout), oracle(&lines, Some(8)).0);
     let _ = std::fs::remove_dir_all(dir);
 }
 
