@@ -2096,6 +2096,13 @@ struct Opts {
     /// Share of anonymous events written in edge-case encodings, 0 to 1.
     #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = ratio)]
     tricky: f64,
+    /// Anonymous and refused requests come through a forged
+    /// `X-Forwarded-For` of N addresses, which the API server copies into
+    /// `sourceIPs` before the connection's own (distinct within a request,
+    /// in 10.0.0.0/8; 15,999 fit under CloudWatch's 256 KB). Drawn from no
+    /// random number: 0 leaves the output byte for byte as without it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    xff: usize,
     /// Write the bundled sample (examples/eks-audit-sample.jsonl) instead.
     #[arg(long, conflicts_with_all = ["size", "events", "ratio", "refused", "seed", "tricky"])]
     sample: bool,
@@ -2158,9 +2165,33 @@ fn main() {
         } else {
             world.authenticated(&mut rng)
         };
+        let ev = if ev.matches || ev.refused {
+            forwarded(ev, o.xff, out.events)
+        } else {
+            ev
+        };
         request(&mut out, &mut rng, ev, 0.04);
     }
     out.finish();
+}
+
+/// `ev` as if it came through an `X-Forwarded-For` of `n` addresses (the
+/// `n`th request's own, none repeated within it), its connection's address
+/// last, as kubernetes `utilnet.SourceIPs` lists them.
+fn forwarded(mut ev: Ev, n: usize, nth: u64) -> Ev {
+    if n == 0 {
+        return ev;
+    }
+    let base = nth as usize * n;
+    let mut ips: Vec<String> = (0..n)
+        .map(|j| {
+            let k = (base + j) % (1 << 24);
+            format!("10.{}.{}.{}", k >> 16, (k >> 8) & 255, k & 255)
+        })
+        .collect();
+    ips.append(&mut ev.source_ips);
+    ev.source_ips = ips;
+    ev
 }
 
 // ---------------------------------------------------------------- the sample

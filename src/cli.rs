@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::detect::{Exclusion, Rules, Severity};
+use crate::detect::{AddressCap, DEFAULT_MAX_ADDRESSES, Exclusion, Rules, Severity};
 use crate::exit::UsageError;
 use crate::output::{Format, Style, Target};
 use crate::source::cloudwatch::cluster_log_group;
@@ -85,6 +85,12 @@ pub struct OutputArgs {
     /// records showing either), or all (see README: Rules).
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = parse_rules)]
     pub rules: Rules,
+    /// Rows of at most N distinct source addresses per event: an event
+    /// with more (X-Forwarded-For padding) keeps its first N-1 and its last,
+    /// the connection's own, and says so in its note. 0 keeps every
+    /// address, as ESCU does; memory is then bounded only by the input.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ADDRESSES)]
+    pub max_addresses: usize,
     /// Group rows by source IP, user agent, verb, request URI and response
     /// code, with first and last seen and the count (poll: per step).
     #[arg(long)]
@@ -489,6 +495,8 @@ pub struct OutputConfig {
     pub min_severity: Option<Severity>,
     /// `--rules`.
     pub rules: Rules,
+    /// `--max-addresses`.
+    pub max_addresses: AddressCap,
     pub rollup: bool,
     /// Colour the table's severities (stdout is a terminal, `NO_COLOR` unset).
     pub colour: bool,
@@ -552,6 +560,7 @@ impl OutputArgs {
             exclusions,
             min_severity: self.min_severity,
             rules: self.rules,
+            max_addresses: AddressCap::new(self.max_addresses),
             rollup: self.rollup,
             colour,
             width,
@@ -596,6 +605,18 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn max_addresses_is_64_unless_given_and_0_lifts_it() {
+        let cap = |extra: &[&str]| output_args(extra).resolve().unwrap().max_addresses;
+        assert_eq!(cap(&[]), AddressCap::new(64));
+        assert_eq!(cap(&["--max-addresses", "8"]), AddressCap::new(8));
+        assert_eq!(cap(&["--max-addresses", "0"]), AddressCap::none());
+        let mut argv = vec!["kubeanon", "scan", "--max-addresses", "-1"];
+        assert!(Cli::try_parse_from(&argv).is_err());
+        argv[3] = "many";
+        assert!(Cli::try_parse_from(&argv).is_err());
     }
 
     #[test]

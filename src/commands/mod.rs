@@ -54,6 +54,12 @@ fn describe(stats: &Stats, findings: usize) -> String {
     if stats.excluded > 0 {
         s.push_str(&format!(" ({} excluded)", count(stats.excluded, "row")));
     }
+    if stats.capped > 0 {
+        s.push_str(&format!(
+            " ({} with source addresses capped by --max-addresses)",
+            count(stats.capped, "event")
+        ));
+    }
     if stats.below_min_severity > 0 {
         s.push_str(&format!(
             " ({} below --min-severity)",
@@ -66,6 +72,22 @@ fn describe(stats: &Stats, findings: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_events_are_named_only_when_there_are_some() {
+        let mut stats = Stats {
+            events: 3,
+            matched: 2,
+            ..Stats::default()
+        };
+        assert!(!describe(&stats, 2).contains("max-addresses"));
+        stats.capped = 1;
+        assert_eq!(
+            describe(&stats, 66),
+            "3 events, 0 malformed, 2 matched, 66 findings \
+             (1 event with source addresses capped by --max-addresses)"
+        );
+    }
 
     #[test]
     fn counts_are_singular_for_one() {

@@ -22,7 +22,8 @@ pub fn run(args: ScanArgs) -> Result<Exit> {
     let started = Instant::now();
     let mut det = Detector::new(out.exclusions.clone())
         .at_least(out.min_severity)
-        .with_rules(out.rules);
+        .with_rules(out.rules)
+        .max_addresses(out.max_addresses);
     let mut bytes = 0;
     let stdin = [Path::new("-").to_path_buf()];
     let paths = if args.paths.is_empty() {

@@ -16,8 +16,11 @@
 //! sorted rows counted in the aggregate (`aggregate.rs`). Each row also
 //! carries its triage: the highest severity of its events
 //! (`severity.rs`) and the authorization annotations they had
-//! (`notes.rs`); `rollup.rs` groups rows for `--rollup`.
+//! (`notes.rs`); `rollup.rs` groups rows for `--rollup`. An event with
+//! more distinct source addresses than `--max-addresses` makes rows of some
+//! of them only (`addresses.rs`).
 
+mod addresses;
 mod aggregate;
 mod exclude;
 mod notes;
@@ -29,6 +32,7 @@ pub mod severity;
 use std::borrow::Cow;
 
 use crate::audit::{Event, Record, Shape, Values};
+pub use addresses::{AddressCap, DEFAULT_MAX_ADDRESSES};
 use aggregate::Key;
 pub use aggregate::{Aggregator, Finding, Findings, event_hash};
 pub use exclude::{Exclusion, glob_match};
@@ -63,7 +67,8 @@ pub const TRIAGE_COLUMNS: [&str; 4] = ["severity", "decision", "reason", "bindin
 /// ([`Rule::name`]), the credential a refused request presented (`none`,
 /// or the methods the API server says it attempted: `bearer`, `basic,
 /// bearer`), and what kubeanon itself has to say about the row (a cut
-/// record; in poll, a version restriction); `"0"` where nothing.
+/// record; an event's source addresses capped by `--max-addresses`; in
+/// poll, a version restriction); `"0"` where nothing.
 pub const RULE_COLUMNS: [&str; 3] = ["rule", "credential", "note"];
 const SRC_IP: usize = 6;
 const GROUPS: usize = 8;
@@ -110,6 +115,9 @@ pub struct Stats {
     pub excluded: u64,
     /// Result rows left out by `--min-severity` (each aggregated row once).
     pub below_min_severity: u64,
+    /// Matched events with more distinct source addresses than
+    /// `--max-addresses`, of which only some became rows.
+    pub capped: u64,
 }
 
 impl Stats {
@@ -121,6 +129,7 @@ impl Stats {
         self.duplicates += other.duplicates;
         self.excluded += other.excluded;
         self.below_min_severity += other.below_min_severity;
+        self.capped += other.capped;
     }
 }
 
@@ -145,6 +154,8 @@ pub struct Detector {
     min_severity: Option<Severity>,
     /// `--rules`.
     rules: Rules,
+    /// `--max-addresses`.
+    max_addresses: AddressCap,
     agg: Aggregator,
     pub stats: Stats,
 }
@@ -191,6 +202,21 @@ impl Detector {
     /// The rules it applies.
     pub fn rules(&self) -> Rules {
         self.rules
+    }
+
+    /// Makes rows of at most `cap` distinct source addresses per event
+    /// (`--max-addresses`; 64 by default, see `addresses.rs`).
+    pub fn max_addresses(mut self, cap: AddressCap) -> Self {
+        self.max_addresses = cap;
+        self
+    }
+
+    /// How many rows (distinct aggregated keys) it holds now, before
+    /// `--min-severity` is applied: a constant-time count, for a caller
+    /// that bounds the memory of what it has fed (each row holds its key,
+    /// so memory grows with this number, not with the events).
+    pub fn rows(&self) -> u64 {
+        self.agg.len() as u64
     }
 
     /// Leaves rows below `min` out of the findings (`--min-severity`). A
@@ -298,7 +324,7 @@ impl Detector {
     }
 
     /// Counts an event if a rule takes it: one row per (source IP, group)
-    /// pair.
+    /// pair, of at most `--max-addresses` distinct source IPs.
     fn count(&mut self, event: &Event<'_, '_>, origin: Origin<'_>) -> Fed {
         let groups = event.groups();
         // Decided before the other scalars are read: most events a
@@ -321,16 +347,16 @@ impl Detector {
                 (credential, severity)
             }
         };
-        let extras = [Cow::Borrowed(rule.name()), credential, Cow::Borrowed(FILL)];
-        self.add_rows(
-            s,
-            event.source_ips(),
-            groups,
-            extras,
-            severity,
-            pair,
-            origin,
-        );
+        let mut ips = event.source_ips();
+        let note = match self.max_addresses.apply(&mut ips) {
+            Some(capped) => {
+                self.stats.capped += 1;
+                Cow::Owned(capped.note())
+            }
+            None => Cow::Borrowed(FILL),
+        };
+        let extras = [Cow::Borrowed(rule.name()), credential, note];
+        self.add_rows(s, ips, groups, extras, severity, pair, origin);
         Fed::Matched
     }
 
@@ -466,6 +492,7 @@ impl Detector {
         Detector::new(self.exclusions.clone())
             .at_least(self.min_severity)
             .with_rules(self.rules)
+            .max_addresses(self.max_addresses)
     }
 
     /// Takes in another detector's rows and counters (one that read another

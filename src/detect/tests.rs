@@ -440,6 +440,188 @@ fn duplicate_values_are_counted() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// The cap on addresses per event (--max-addresses)
+
+/// `n` distinct addresses, in order.
+fn addresses(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("198.18.{}.{}", i / 256, i % 256))
+        .collect()
+}
+
+/// An anonymous `get /version` whose `sourceIPs` holds `ips`.
+fn padded(ips: &[String]) -> String {
+    let ips = serde_json::to_string(ips).expect("strings");
+    anon(&format!(
+        r#""requestURI":"/version","verb":"get","sourceIPs":{ips}"#
+    ))
+}
+
+/// Runs `records` through a detector with this cap: (src_ip, count,
+/// note) of every row, in order, and the counters.
+fn run_capped(cap: AddressCap, records: &[&str]) -> (Vec<(String, u64, String)>, Stats) {
+    let mut det = Detector::new(Vec::new())
+        .with_rules(Rules::ESCU)
+        .max_addresses(cap);
+    for r in records {
+        det.feed(r.as_bytes(), Origin::default());
+    }
+    let (agg, stats) = det.finish();
+    let rows = agg
+        .into_findings()
+        .iter()
+        .map(|f| {
+            let ip = f.cols()[col("src_ip")].to_string();
+            (ip, f.count, f.extras()[2].to_string())
+        })
+        .collect();
+    (rows, stats)
+}
+
+/// The rows ESCU makes of these addresses (one per distinct address,
+/// counted as often as it occurs), with this note, sorted as findings are.
+fn escu_rows(ips: &[&String], note: &str) -> Vec<(String, u64, String)> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for ip in ips {
+        *counts.entry(ip.to_string()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(ip, n)| (ip, n, note.to_string()))
+        .collect()
+}
+
+const CAPPED_64_OF_65: &str = "sourceIPs capped: 64 of 65 distinct addresses kept, the first ones and the last (the connection's own); --max-addresses 0 keeps all";
+
+#[test]
+fn events_at_or_under_the_cap_are_escu_s_rows() {
+    for n in [1, 2, 63, 64] {
+        let ips = addresses(n);
+        let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+        assert_eq!(
+            rows,
+            escu_rows(&ips.iter().collect::<Vec<_>>(), FILL),
+            "{n}"
+        );
+        assert_eq!(stats.capped, 0, "{n}");
+    }
+    // 64 distinct among 300 values: not capped, duplicates counted.
+    let ips: Vec<String> = addresses(64).into_iter().cycle().take(300).collect();
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+    assert_eq!(rows, escu_rows(&ips.iter().collect::<Vec<_>>(), FILL));
+    assert_eq!(stats.capped, 0);
+}
+
+#[test]
+fn an_event_over_the_cap_keeps_its_first_63_and_its_last_address_and_says_so() {
+    let ips = addresses(65);
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+    let kept: Vec<&String> = ips[..63].iter().chain([&ips[64]]).collect();
+    assert_eq!(rows, escu_rows(&kept, CAPPED_64_OF_65));
+    assert_eq!((stats.matched, stats.capped), (1, 1));
+
+    // 16,000: the same 64, the note says how many there were.
+    let ips = addresses(16_000);
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+    let kept: Vec<&String> = ips[..63].iter().chain([&ips[15_999]]).collect();
+    let note = CAPPED_64_OF_65.replace("of 65", "of 16000");
+    assert_eq!(rows, escu_rows(&kept, &note));
+    assert_eq!(stats.capped, 1);
+}
+
+#[test]
+fn a_capped_event_s_kept_addresses_count_their_duplicates() {
+    // 65 distinct, each of the first 10 twice more, and the last (the
+    // connection's) also first: the kept rows count every occurrence, as
+    // ESCU does; the rows of dropped addresses are gone with theirs.
+    let distinct = addresses(65);
+    let mut ips = vec![distinct[64].clone()];
+    ips.extend(distinct.iter().cloned());
+    ips.extend(distinct[..10].iter().cloned());
+    ips.extend(distinct[..10].iter().cloned());
+    ips.push(distinct[64].clone());
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+    // The distinct addresses in order: 64 (also the last), 0, 1, ..., 63.
+    // The first 64 of them are kept (64 and 0..=62): only 63 is dropped.
+    let kept: Vec<&String> = ips.iter().filter(|ip| **ip != distinct[63]).collect();
+    assert_eq!(rows, escu_rows(&kept, CAPPED_64_OF_65));
+    assert_eq!(rows.len(), 64);
+    assert_eq!(stats.capped, 1);
+}
+
+#[test]
+fn a_last_address_among_the_first_63_leaves_room_for_the_64th() {
+    let distinct = addresses(100);
+    let mut ips = distinct.clone();
+    ips.push(distinct[5].clone());
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips)]);
+    let mut kept: Vec<&String> = distinct[..64].iter().collect();
+    kept.push(&distinct[5]);
+    let note = CAPPED_64_OF_65.replace("of 65", "of 100");
+    assert_eq!(rows, escu_rows(&kept, &note));
+    assert_eq!(stats.capped, 1);
+}
+
+#[test]
+fn a_capped_event_s_rows_are_apart_from_an_uncapped_one_s() {
+    // The same values from an event under the cap: a row of its own,
+    // without the note; only the capped event is counted.
+    let ips = addresses(65);
+    let small = padded(&ips[..1]);
+    let (rows, stats) = run_capped(AddressCap::default(), &[&padded(&ips), &small]);
+    assert_eq!(rows.len(), 65);
+    assert_eq!(rows[0], (ips[0].clone(), 1, FILL.to_string()));
+    assert_eq!(rows[1], (ips[0].clone(), 1, CAPPED_64_OF_65.to_string()));
+    assert_eq!((stats.matched, stats.capped), (2, 1));
+}
+
+#[test]
+fn lifting_the_cap_gives_escu_s_rows_and_other_caps_are_kept() {
+    let ips = addresses(1_000);
+    let all: Vec<&String> = ips.iter().collect();
+    let (rows, stats) = run_capped(AddressCap::none(), &[&padded(&ips)]);
+    assert_eq!(rows, escu_rows(&all, FILL));
+    assert_eq!(stats.capped, 0);
+
+    let (rows, stats) = run_capped(AddressCap::new(3), &[&padded(&ips)]);
+    let note = "sourceIPs capped: 3 of 1000 distinct addresses kept, the first ones and the last (the connection's own); --max-addresses 0 keeps all";
+    assert_eq!(rows, escu_rows(&[&ips[0], &ips[1], &ips[999]], note));
+    assert_eq!(stats.capped, 1);
+}
+
+#[test]
+fn the_cap_holds_for_refused_authentications_and_in_fresh_detectors() {
+    let ips = serde_json::to_string(&addresses(65)).expect("strings");
+    let refused = format!(r#"{{"user":{{}},"sourceIPs":{ips},"responseStatus":{{"code":401}}}}"#);
+    let det = Detector::new(Vec::new()).max_addresses(AddressCap::new(2));
+    // A fresh detector (another thread's, in scan) has the same cap.
+    let mut fresh = det.fresh();
+    fresh.feed(refused.as_bytes(), Origin::default());
+    assert_eq!(fresh.rows(), 2);
+    let mut det = det;
+    det.absorb(fresh);
+    let (agg, stats) = det.finish();
+    assert_eq!((stats.matched, stats.capped), (1, 1));
+    let findings = agg.into_findings();
+    assert!(findings.iter().all(|f| f.rule() == Rule::Unauthenticated
+        && f.extras()[2].starts_with("sourceIPs capped: 2 of 65")));
+}
+
+#[test]
+fn rows_counts_the_distinct_rows_held() {
+    let mut det = Detector::new(Vec::new());
+    assert_eq!(det.rows(), 0);
+    let ips = addresses(3);
+    det.feed(padded(&ips).as_bytes(), Origin::default());
+    assert_eq!(det.rows(), 3);
+    // The same event again: more counts, no more rows.
+    det.feed(padded(&ips).as_bytes(), Origin::default());
+    assert_eq!(det.rows(), 3);
+    det.feed(padded(&addresses(16_000)).as_bytes(), Origin::default());
+    assert_eq!(det.rows(), 3 + 64);
+}
+
 #[test]
 fn unusable_elements_are_skipped() {
     let (findings, _) = run(&[&anon(

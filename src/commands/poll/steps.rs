@@ -444,7 +444,8 @@ async fn read_step<S, L, T>(
 ) -> Result<Option<Step>> {
     let mut det = Detector::new(ctx.plan.out.exclusions.clone())
         .at_least(ctx.plan.out.min_severity)
-        .with_rules(ctx.plan.out.rules);
+        .with_rules(ctx.plan.out.rules)
+        .max_addresses(ctx.plan.out.max_addresses);
     let mut new_seen = Vec::new();
     let mut late = 0;
     let read = read_events(
