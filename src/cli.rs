@@ -252,6 +252,11 @@ pub struct PollArgs {
     /// it is read again in halves, so memory stays bounded in a flood.
     #[arg(help_heading = "Window", long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub step_matches: u64,
+    /// Most rows one step holds before delivering (an event makes a row
+    /// per source address and group): a step over it is read again in
+    /// halves, so memory stays bounded whatever the events carry.
+    #[arg(help_heading = "Window", long, default_value_t = 20_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub step_rows: u64,
     /// Accept a window with no audit events (a cluster known to be idle)
     /// instead of failing that log group as blind.
     #[arg(help_heading = "Window", long)]

@@ -351,3 +351,45 @@ fn the_dedup_cap_warning_is_said_with_file_and_s3_state() {
         text(&quiet)
     );
 }
+
+#[test]
+fn the_step_budget_counts_rows_not_only_events() {
+    // 4 events of 50 addresses each: 200 rows from 4 matched events.
+    let group = "/aws/eks/step-rows/cluster";
+    create(group, &[AUDIT_STREAM]);
+    let t = now_ms() - 20 * MIN;
+    let events: Vec<(i64, String)> = (0..4u64)
+        .map(|i| {
+            let ips: Vec<String> = (0..50).map(|j| format!("\"198.51.{i}.{j}\"")).collect();
+            let e = audit_event(800 + i, true);
+            let one = format!("\"sourceIPs\":[\"203.0.113.{}\"]", (800 + i) % 250);
+            assert!(e.contains(&one));
+            (
+                t + i as i64 * 60_000,
+                e.replace(&one, &format!("\"sourceIPs\":[{}]", ips.join(","))),
+            )
+        })
+        .collect();
+    put(group, AUDIT_STREAM, &events);
+    let read = |budget: &str| {
+        run(poll(group).args([
+            "--since",
+            "30m",
+            "--format",
+            "ndjson",
+            "--step-rows",
+            budget,
+        ]))
+    };
+    let (whole, halved) = (read("1000"), read("60"));
+    assert_eq!(summary_number(&whole.stderr, "step"), 1, "{}", text(&whole));
+    // 60 rows a step: one event (50 rows) at a time.
+    assert!(
+        summary_number(&halved.stderr, "step") >= 4,
+        "{}",
+        text(&halved)
+    );
+    let (a, b) = (rows(&whole.stdout), rows(&halved.stdout));
+    assert_eq!(a.len(), 200);
+    assert_eq!(id_counts(&a), id_counts(&b), "the same rows, in more steps");
+}

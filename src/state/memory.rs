@@ -12,16 +12,35 @@
 //!   with claims as [`crate::deliver::s3::Deliveries`] makes them. A PUT may
 //!   time out and still land later; a late PUT to an existing key fails.
 //!
-//! Every call to a backend is an await point of the simulation: it takes
-//! virtual time (now and then a long stall, past the lease), and may fail
-//! before its effect, after it (a lost reply), or, for a PUT, land later.
-//! A crash is a scripted call from which the run's every call fails: the
-//! protocol's error paths run, but nothing they try reaches the backends,
-//! so a crashed run's lease stays until it expires.
+//! Every call to a backend is an await point of the simulation. It takes
+//! virtual time: a tick or three, now and then up to half a lease (a
+//! successful request ends within its timeout, which `lease::shortest`
+//! keeps under half the lease), and before it the process may be frozen
+//! for longer than the lease (a pause, a preempted pod). It may fail
+//! before its effect, after it (a lost reply), or, for a PUT, land later
+//! (a timed-out PUT that S3 still applies). A crash is a scripted call
+//! from which the run's every call fails: the protocol's error paths run,
+//! but nothing they try reaches the backends, and the unit is dropped
+//! without `close`, so a crashed run's lease stays until it expires.
 //!
 //! A small executor polls the runs of one seed in virtual time order (ties
-//! broken by the seeded generator), so one seed is one interleaving, and
-//! the invariants are checked after every poll.
+//! broken by the seeded generator), so one seed is one interleaving of a
+//! few runs (overlapping, each with its own end and step, as runs of
+//! different schedules are), then a last run without faults, then every
+//! late PUT still on its way. The invariants:
+//!
+//! - no event's row is in two delivery objects, at any time (claims hold
+//!   no rows);
+//! - the state never moves past rows that are not in the target: checked
+//!   after every poll, crashed runs included;
+//! - at the end, every event's row is in exactly one object, the state is
+//!   at the end with nothing pending, and the last run completed;
+//! - the lease discipline the protocol promises ("a holder writes only
+//!   with at least half its lease left"): a PUT of rows starts only with
+//!   half the writer's lease left, unless the process was frozen since
+//!   its last check (which no check can prevent, and the claims make
+//!   harmless). Exactly once does not rest on it for this target (CAS and
+//!   claims do), but a target without claims does.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -149,6 +168,8 @@ struct Stats {
     late_landed: u32,
     late_refused_by_claim: u32,
     late_refused_by_rows: u32,
+    /// A write finding its own rows there: never, as the protocol is (a key
+    /// is written again only after its settling), so not required.
     already_there: u32,
     state_changed: u32,
     lock_lost: u32,

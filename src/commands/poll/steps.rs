@@ -260,10 +260,11 @@ async fn poll_steps<S: Store, L: Locks, T: Target>(
             return Err(Interrupted.into());
         }
         let mut e = s.saturating_add(span).min(end);
-        // A step over the budget is abandoned and halved: memory stays
-        // bounded by the budget (a single millisecond is taken whole).
+        // A step over the budget (matched events, or rows: an event makes
+        // a row per address and group) is abandoned and halved: memory
+        // stays bounded by the budget (a single millisecond is taken whole).
         let step = loop {
-            let budget = (e - s > 1).then_some(plan.step_matches);
+            let budget = (e - s > 1).then_some((plan.step_matches, plan.step_rows));
             match ctx
                 .unless_interrupted(read_step(ctx, api, &unit.state, &query(s, e), budget))
                 .await?
@@ -284,6 +285,7 @@ async fn poll_steps<S: Store, L: Locks, T: Target>(
         };
         let (agg, stats) = step.det.finish();
         let findings = agg.into_findings();
+        let step_rows = findings.len() as u64;
         let (scope, version) = (unit.work.id_scope(), unit.version.column());
         let fixed = fixed_columns(&unit.work, version);
         let rows = rows_of(&findings, &fixed, &scope, version);
@@ -298,7 +300,7 @@ async fn poll_steps<S: Store, L: Locks, T: Target>(
         total.steps += 1;
         ctx.bar.inc((e - s) as u64);
         // Grow the span again once steps are well under the budget.
-        span = if stats.matched * 4 < plan.step_matches {
+        span = if stats.matched * 4 < plan.step_matches && step_rows * 4 < plan.step_rows {
             (span.saturating_mul(2)).min(plan.step_ms)
         } else {
             e - s
@@ -434,13 +436,14 @@ struct Step {
     skipped: u64,
 }
 
-/// Reads one step's window. None when more than `budget` events matched.
+/// Reads one step's window. None when more than `budget`'s events matched
+/// or its rows were made.
 async fn read_step<S, L, T>(
     ctx: &Ctx<'_, S, L, T>,
     api: &Api<'_>,
     state: &GroupState,
     q: &Query,
-    budget: Option<u64>,
+    budget: Option<(u64, u64)>,
 ) -> Result<Option<Step>> {
     let mut det = Detector::new(ctx.plan.out.exclusions.clone())
         .at_least(ctx.plan.out.min_severity)
@@ -475,7 +478,9 @@ async fn read_step<S, L, T>(
                 if ev.timestamp < state.watermark_ms {
                     late += 1;
                 }
-                if budget.is_some_and(|b| det.stats.matched + det.stats.truncated > b) {
+                if budget.is_some_and(|(events, rows)| {
+                    det.stats.matched + det.stats.truncated > events || det.rows() > rows
+                }) {
                     return ControlFlow::Break(());
                 }
             }
