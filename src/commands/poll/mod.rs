@@ -22,7 +22,7 @@ use crate::deliver::s3::Deliveries;
 use crate::detect::Findings;
 use crate::exit::{Exit, UsageError};
 use crate::fleet::version;
-use crate::fleet::{self, WorkUnit};
+use crate::fleet;
 use crate::output::StdoutClosed;
 use crate::source::advice;
 use crate::source::cloudwatch::{self, Api, ApiStats, Pacer};
@@ -152,15 +152,6 @@ async fn s3_protocol(
     })
 }
 
-/// The work unit of rows that belong to none (the output's end).
-fn nowhere() -> WorkUnit {
-    WorkUnit {
-        account: String::new(),
-        region: String::new(),
-        log_group: String::new(),
-    }
-}
-
 /// Runs every unit of the fleet through `proto`, then says what happened.
 /// `checkpoint`: where state is kept (None: nowhere, an ad-hoc read).
 fn drive<S: Store, L: Locks, T: Target>(
@@ -283,26 +274,13 @@ fn drive<S: Store, L: Locks, T: Target>(
     // (a replaced file) are written only once it ended.
     let finished = if signal.is_some() || advanced {
         let empty = Findings::default();
-        steps::with_rows(&empty, &nowhere(), version::UNKNOWN, |rows| {
+        steps::with_rows(&empty, &steps::nowhere(), version::UNKNOWN, |rows| {
             proto.target.finish(rows)
         })
     } else {
         Err(anyhow!("nothing was read"))
     };
-    let results: Vec<_> = runtime.block_on(async {
-        let mut closed = Vec::new();
-        for (unit, outcome, held) in results {
-            let outcome = match held {
-                Some(h) => match proto.close(h, finished.is_ok()).await {
-                    Err(e) if finished.is_ok() => outcome.and_then(|t| Err((t, e))),
-                    _ => outcome,
-                },
-                None => outcome,
-            };
-            closed.push((unit, outcome));
-        }
-        closed
-    });
+    let results = runtime.block_on(steps::close_held(proto, results, finished.is_ok()));
     let mut total = Total::default();
     let (mut succeeded, mut cut_short) = (0, 0);
     for (unit, result) in results {

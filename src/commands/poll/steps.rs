@@ -533,3 +533,34 @@ pub(super) fn progress_bar(plan: &Plan) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+/// The work unit of rows that belong to none (the output's end).
+pub(super) fn nowhere() -> WorkUnit {
+    WorkUnit {
+        account: String::new(),
+        region: String::new(),
+        log_group: String::new(),
+    }
+}
+
+/// Closes the units whose commits waited for the end of the run (a
+/// deferring target): written when the output ended (`flush`), and their
+/// locks given back either way.
+pub(super) async fn close_held<S: Store, L: Locks, T: Target>(
+    proto: &Protocol<S, L, T>,
+    results: Vec<(WorkUnit, Outcome, Option<Held<S, L::Guard>>)>,
+    flush: bool,
+) -> Vec<(WorkUnit, Outcome)> {
+    let mut closed = Vec::new();
+    for (unit, outcome, held) in results {
+        let outcome = match held {
+            Some(h) => match proto.close(h, flush).await {
+                Err(e) if flush => outcome.and_then(|t| Err((t, e))),
+                _ => outcome,
+            },
+            None => outcome,
+        };
+        closed.push((unit, outcome));
+    }
+    closed
+}
