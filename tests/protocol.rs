@@ -393,3 +393,91 @@ fn the_step_budget_counts_rows_not_only_events() {
     assert_eq!(a.len(), 200);
     assert_eq!(id_counts(&a), id_counts(&b), "the same rows, in more steps");
 }
+
+/// Peak RSS, from `with_peak_rss`'s line.
+fn peak_mb(out: &Output) -> f64 {
+    let kb: f64 = text(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("peak_rss_kb on stderr");
+    kb * 1024.0 / 1e6
+}
+
+#[test]
+fn a_hundred_requests_of_16000_addresses_are_polled_committed_and_capped() {
+    // Each /version request carries 15,999 forged X-Forwarded-For
+    // addresses and its real peer last, about 230 KB: under CloudWatch's
+    // 256 KB limit. 100 of them, 23 MB in CloudWatch.
+    let group = "/aws/eks/padded/cluster";
+    create(group, &[AUDIT_STREAM]);
+    let t = now_ms() - 20 * MIN;
+    let peer = |i: u64| format!("203.0.113.{}", i % 250);
+    let events: Vec<(i64, String)> = (0..100u64)
+        .map(|i| {
+            let mut ips: Vec<String> = (0..15_999u32)
+                .map(|j| format!("\"10.{}.{}.{}\"", i, j >> 8, j & 255))
+                .collect();
+            ips.push(format!("\"{}\"", peer(900 + i)));
+            let e = audit_event(900 + i, true);
+            let one = format!("\"sourceIPs\":[\"{}\"]", peer(900 + i));
+            assert!(e.contains(&one));
+            (
+                t + i as i64 * 1000,
+                e.replace(&one, &format!("\"sourceIPs\":[{}]", ips.join(","))),
+            )
+        })
+        .collect();
+    assert!(events.iter().all(|(_, e)| e.len() < 256 * 1024));
+    for chunk in events.chunks(4) {
+        put(group, AUDIT_STREAM, chunk);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("findings.ndjson");
+    let bucket = "kubeanon-padded";
+    make_bucket(bucket);
+    let mut file = poll(group);
+    file.args(["--since", "30m", "--format", "ndjson", "--checkpoint"])
+        .arg(dir.path().join("cp.json"))
+        .arg("--append")
+        .arg(&out_file);
+    let mut on_s3 = poll(group);
+    on_s3.args(["--since", "30m"]).args(s3_args(bucket));
+    for (name, cmd) in [("file", &mut file), ("s3", &mut on_s3)] {
+        let first = with_peak_rss(&*cmd).output().unwrap();
+        assert!(first.status.success(), "{name}: {}", text(&first));
+        assert_eq!(
+            summary_number(&first.stderr, "capped"),
+            100,
+            "{name}: {}",
+            text(&first)
+        );
+        let got = match name {
+            "file" => lines(&out_file),
+            _ => delivered_rows(bucket),
+        };
+        // 64 rows an event: its first 63 addresses and its peer.
+        assert_eq!(got.len(), 100 * 64, "{name}");
+        for i in 0..100u64 {
+            assert!(
+                got.iter().any(|r| r["src_ip"] == peer(900 + i).as_str()
+                    && r["note"].as_str().unwrap_or_default().contains("capped")),
+                "{name}: event {i}'s peer is not a row marked capped"
+            );
+        }
+        // Committed: the next run delivers nothing again.
+        let again = cmd.output().unwrap();
+        assert!(again.status.success(), "{name}: {}", text(&again));
+        assert_eq!(
+            summary_number(&again.stderr, "already"),
+            100,
+            "{name}: {}",
+            text(&again)
+        );
+        eprintln!(
+            "{name}: 100 requests x 16,000 addresses: {} rows, peak RSS {:.1} MB (debug build)",
+            got.len(),
+            peak_mb(&first)
+        );
+    }
+}

@@ -85,8 +85,8 @@ impl Locked {
         })
     }
 
-    /// The file's length (0 before it exists).
-    pub fn len(&self) -> Result<u64> {
+    /// The file's length (0 before it exists): where an append begins.
+    pub fn offset(&self) -> Result<u64> {
         length(&self.path)
     }
 

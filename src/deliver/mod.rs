@@ -109,7 +109,7 @@ impl Target for Local {
             None => (None, None),
             Some(path) => {
                 let locked = append::Locked::take(path).await?;
-                let offset = locked.len()?;
+                let offset = locked.offset()?;
                 (
                     Some((path.display().to_string(), Some(offset))),
                     Some((locked, offset)),

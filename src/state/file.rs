@@ -444,7 +444,7 @@ mod tests {
         WorkUnit::new(
             "111122223333",
             "eu-west-1",
-            &format!("/aws/eks/c{n}/cluster"),
+            format!("/aws/eks/c{n}/cluster"),
         )
         .unwrap()
     }

@@ -312,7 +312,9 @@ impl<S: Store, L: Locks, T: Target> Protocol<S, L, T> {
         let Some(p) = held.doc.pending.clone() else {
             return Ok(());
         };
-        // An earlier run recorded this delivery and stopped.
+        // An earlier run recorded this delivery and stopped. Settling
+        // may write (a claim): only while the lock is held.
+        held.guard.check().await?;
         let found = self.target.claim_or_find(&p).await?;
         if found == Found::Delivered {
             held.capped = held.doc.group.apply(&p.commit);

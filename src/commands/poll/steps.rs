@@ -111,7 +111,7 @@ pub(super) async fn poll_unit<S: Store, L: Locks, T: Target>(
     api: &Api<'_>,
     reach: &Reach,
     mut unit: Unit,
-) -> (WorkUnit, Outcome, Option<Held<S, L::Guard>>) {
+) -> Polled<S, L> {
     let mut total = Total::default();
     let proto = ctx.proto;
     let mut held = match proto.open(&unit.work).await {
@@ -548,19 +548,27 @@ pub(super) fn nowhere() -> WorkUnit {
 /// locks given back either way.
 pub(super) async fn close_held<S: Store, L: Locks, T: Target>(
     proto: &Protocol<S, L, T>,
-    results: Vec<(WorkUnit, Outcome, Option<Held<S, L::Guard>>)>,
+    results: Vec<Polled<S, L>>,
     flush: bool,
 ) -> Vec<(WorkUnit, Outcome)> {
     let mut closed = Vec::new();
     for (unit, outcome, held) in results {
-        let outcome = match held {
-            Some(h) => match proto.close(h, flush).await {
-                Err(e) if flush => outcome.and_then(|t| Err((t, e))),
-                _ => outcome,
+        let outcome = match (held, outcome) {
+            (Some(h), Ok(t)) => match proto.close(h, flush).await {
+                Err(e) if flush => Err((t, e)),
+                _ => Ok(t),
             },
-            None => outcome,
+            (Some(h), Err(failed)) => {
+                let _ = proto.close(h, flush).await;
+                Err(failed)
+            }
+            (None, outcome) => outcome,
         };
         closed.push((unit, outcome));
     }
     closed
 }
+
+/// A unit as [`poll_unit`] leaves it: what it did, and the unit still
+/// held when the target's commits wait for the end of the run.
+pub(super) type Polled<S, L> = (WorkUnit, Outcome, Option<Held<S, <L as Locks>::Guard>>);
