@@ -437,12 +437,21 @@ fn a_hundred_requests_of_16000_addresses_are_polled_committed_and_capped() {
     let bucket = "kubeanon-padded";
     make_bucket(bucket);
     let mut file = poll(group);
-    file.args(["--since", "30m", "--allow-idle", "--format", "ndjson", "--checkpoint"])
-        .arg(dir.path().join("cp.json"))
-        .arg("--append")
-        .arg(&out_file);
+    file.args([
+        "--since",
+        "30m",
+        "--allow-idle",
+        "--format",
+        "ndjson",
+        "--checkpoint",
+    ])
+    .arg(dir.path().join("cp.json"))
+    .arg("--append")
+    .arg(&out_file);
     let mut on_s3 = poll(group);
-    on_s3.args(["--since", "30m", "--allow-idle"]).args(s3_args(bucket));
+    on_s3
+        .args(["--since", "30m", "--allow-idle"])
+        .args(s3_args(bucket));
     for (name, cmd) in [("file", &mut file), ("s3", &mut on_s3)] {
         let first = with_peak_rss(&*cmd).output().unwrap();
         assert!(first.status.success(), "{name}: {}", text(&first));

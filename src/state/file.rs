@@ -58,8 +58,12 @@ struct Inner {
     /// Per unit: how many replaces this run made (the CAS version).
     versions: HashMap<String, u64>,
     log: Option<(PathBuf, File)>,
+    /// Bytes written to the log since it was last folded.
     logged: u64,
 }
+
+/// The commit log's size at which it is folded into the file mid-run.
+const MAX_LOG: u64 = 16 << 20;
 
 impl FileStore {
     /// A run without a checkpoint: states live for the run.
@@ -257,8 +261,16 @@ impl Inner {
         f.write_all(&line)
             .and_then(|()| f.sync_data())
             .with_context(|| format!("cannot write commit log {}", path.display()))?;
-        self.logged += 1;
+        self.logged += line.len() as u64;
         put(cp, doc.group.clone(), &key, doc.seq, doc.pending.clone());
+        // A long run (a catch-up, a flood) folds the log into the file now
+        // and then, so the log stays bounded as the file is.
+        if self.logged > MAX_LOG {
+            let path = path.clone();
+            fold(cp, &path)?;
+            self.log = None;
+            self.logged = 0;
+        }
         Ok(())
     }
 }
