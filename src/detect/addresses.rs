@@ -190,50 +190,32 @@ mod tests {
         );
     }
 
+    /// `apply` under `cap` keeps `want` of `values`, `kept` of `distinct`.
+    fn assert_capped(cap: usize, values: &[&str], want: &[&str], kept: usize, distinct: usize) {
+        let got = capped(AddressCap::new(cap), values);
+        assert_eq!(got.0, want, "{values:?}");
+        assert_eq!(got.1, Some(Capped { kept, distinct }), "{values:?}");
+    }
+
     #[test]
     fn kept_addresses_keep_their_duplicates_and_the_rest_go() {
         // a b a c d b e d, cap 3: distinct a b c d e; kept a, b and the
         // last (d), each as often as the array holds it.
-        let (kept, capped) = capped(
-            AddressCap::new(3),
-            &["a", "b", "a", "c", "d", "b", "e", "d"],
-        );
-        assert_eq!(kept, ["a", "b", "a", "d", "b", "d"]);
-        assert_eq!(
-            capped,
-            Some(Capped {
-                kept: 3,
-                distinct: 5
-            })
-        );
+        let values = ["a", "b", "a", "c", "d", "b", "e", "d"];
+        assert_capped(3, &values, &["a", "b", "a", "d", "b", "d"], 3, 5);
     }
 
     #[test]
     fn a_last_address_among_the_first_leaves_room_for_one_more() {
         // The last is also the second: the first 3 distinct are kept (the
         // last among them), 3 of 5.
-        let (kept, capped) = capped(AddressCap::new(3), &["a", "b", "c", "d", "e", "b"]);
-        assert_eq!(kept, ["a", "b", "c", "b"]);
-        assert_eq!(
-            capped,
-            Some(Capped {
-                kept: 3,
-                distinct: 5
-            })
-        );
+        let values = ["a", "b", "c", "d", "e", "b"];
+        assert_capped(3, &values, &["a", "b", "c", "b"], 3, 5);
     }
 
     #[test]
     fn a_cap_of_one_keeps_the_connection_s_address() {
-        let (kept, capped) = capped(AddressCap::new(1), &["x", "y", "x", "z"]);
-        assert_eq!(kept, ["z"]);
-        assert_eq!(
-            capped,
-            Some(Capped {
-                kept: 1,
-                distinct: 3
-            })
-        );
+        assert_capped(1, &["x", "y", "x", "z"], &["z"], 1, 3);
     }
 
     #[test]
