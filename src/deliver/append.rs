@@ -115,7 +115,7 @@ impl Locked {
             // If that fails too, the pending bytes stay and the next run
             // settles them.
             if truncate(&self.path, offset)
-                .and_then(|()| remove(&pending))
+                .and_then(|()| output::remove_synced(&pending))
                 .is_err()
             {
                 eprintln!(
@@ -125,7 +125,7 @@ impl Locked {
             }
             return Err(err);
         }
-        remove(&pending)
+        output::remove_synced(&pending)
     }
 }
 
@@ -206,7 +206,7 @@ fn settle_cut_write(path: &Path) -> Result<()> {
             path.display()
         );
     }
-    remove(&pending)
+    output::remove_synced(&pending)
 }
 
 fn length(path: &Path) -> Result<u64> {
@@ -237,15 +237,4 @@ fn truncate(path: &Path, len: u64) -> Result<()> {
     f.set_len(len)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot cut back a failed append to {}", path.display()))
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            output::sync_dir(output::parent_dir(path));
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
 }

@@ -662,5 +662,18 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Removes a file durably (its directory synced); one already gone is
+/// fine (a run settling what a crash left may find it removed).
+pub fn remove_synced(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(parent_dir(path));
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -82,7 +82,7 @@ impl FileStore {
         if replayed || adopted {
             fold(&mut cp, &log_path)?;
             if adopted {
-                remove(&sibling(cp.path(), ".journal"))?;
+                crate::output::remove_synced(&sibling(cp.path(), ".journal"))?;
             }
         }
         Ok(FileStore::with(Some(cp)))
@@ -412,17 +412,6 @@ fn adopt_journal(cp: &mut Checkpoint) -> Result<bool> {
     let seq = cp.state.units.get(&key).map_or(0, |e| e.seq);
     put(cp, group, &key, seq, Some(pending));
     Ok(true)
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            crate::output::sync_dir(crate::output::parent_dir(path));
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
 }
 
 /// The file backend's locks: the checkpoint's lock is the run's.
