@@ -265,6 +265,13 @@ impl Aggregator {
             self.min = min;
             return;
         }
+        // Room for every row of the other at once: a flood's parts are
+        // hundreds of MB of keys, which would otherwise be copied again at
+        // each doubling of the arena, and the table rehashed at each of its.
+        self.keys.reserve(other.keys.len());
+        self.rows.reserve(other.rows.len());
+        self.index
+            .reserve(other.rows.len(), |&(h, _): &(u64, usize)| h);
         // The other's pairs as this one numbers them, each looked up once.
         let mut pairs: Vec<Option<u32>> = vec![None; other.notes.len()];
         for (span, tally) in &other.rows {
