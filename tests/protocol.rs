@@ -489,3 +489,74 @@ fn a_hundred_requests_of_16000_addresses_are_polled_committed_and_capped() {
         );
     }
 }
+
+/// A checkpoint and journal as the release before the one protocol left
+/// them when killed mid-append: `append` is what reached the file.
+fn legacy_crash(
+    group: &str,
+    dir: &std::path::Path,
+    append: &dyn Fn(&[u8]) -> Vec<u8>,
+) -> (Vec<u8>, std::path::PathBuf) {
+    use sha2::Digest as _;
+    let rows_bytes = run(poll(group).args(["--since", "30m", "--format", "ndjson"])).stdout;
+    assert_eq!(rows(&rows_bytes).len(), 3);
+    let file = dir.join("findings.ndjson");
+    std::fs::write(&file, append(&rows_bytes)).unwrap();
+    let hex: String = sha2::Sha256::digest(&rows_bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let journal = serde_json::json!({
+        "version": 1, "file": file, "offset": 0, "len": rows_bytes.len(), "sha256": hex,
+        "commit": {
+            "account": ACCOUNT, "region": REGION, "log_group": group,
+            "read": {"stream_prefix": "kube-apiserver-audit-", "server_filter": true,
+                     "rules": "escu,unauthenticated,truncated"},
+            "watermark_ms": now_ms() - 3 * MIN, "horizon_ms": now_ms() - 13 * MIN, "new_seen": []
+        }
+    });
+    std::fs::write(dir.join("cp.json"), r#"{"version":3,"groups":[]}"#).unwrap();
+    std::fs::write(dir.join("cp.json.journal"), journal.to_string()).unwrap();
+    (rows_bytes, file)
+}
+
+#[test]
+fn a_journal_of_the_release_before_is_settled_in_place() {
+    let group = group_with("legacy-journal", 3, 1000);
+    let resume = |dir: &std::path::Path, file: &std::path::Path| {
+        run(poll(&group)
+            .args([
+                "--since",
+                "30m",
+                "--allow-idle",
+                "--format",
+                "ndjson",
+                "--checkpoint",
+            ])
+            .arg(dir.join("cp.json"))
+            .arg("--append")
+            .arg(file))
+    };
+    // Complete: committed, nothing appended again.
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, file) = legacy_crash(&group, dir.path(), &|r| r.to_vec());
+    let out = resume(dir.path(), &file);
+    assert!(
+        text(&out).contains("was complete and is now committed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("cp.json.journal").exists());
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "no row twice");
+    // Cut short: cut back (its short tail could only be its own), read
+    // again: every row once, every line whole.
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, file) = legacy_crash(&group, dir.path(), &|r| r[..r.len() / 2].to_vec());
+    let out = resume(dir.path(), &file);
+    assert!(
+        text(&out).contains("was not complete: its events are read again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(id_counts(&lines(&file)), id_counts(&rows(&bytes)));
+}
