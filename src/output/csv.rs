@@ -59,13 +59,15 @@ impl Csv {
                 .trim_end()
                 .to_string();
             if existing != ours {
+                // The file's first line is anyone's bytes: shown as the
+                // table shows a value, never raw on the terminal.
+                let shown = if existing.len() > 200 {
+                    "a long header".into()
+                } else {
+                    super::neutralise_terminal(&existing)
+                };
                 return Err(io::Error::other(format!(
-                    "its CSV header names other columns than this run writes ({}); append to a new file",
-                    if existing.len() > 200 {
-                        "a long header"
-                    } else {
-                        &existing
-                    }
+                    "its CSV header names other columns than this run writes ({shown}); append to a new file"
                 )));
             }
         }
@@ -134,6 +136,18 @@ pub fn neutralise_formula(cell: Cow<'_, str>) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_files_header_is_never_echoed_raw() {
+        let mut csv = Csv::new(Some("a,\u{1b}]0;pwned\u{7}\u{1b}[2J".into()));
+        let err = csv
+            .header(&["a", "b"], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header names other columns"), "{err}");
+        assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
+        assert!(err.contains("\\u{1b}]0;pwned\\u{7}"), "{err}");
+    }
 
     #[test]
     fn controls_bidi_and_backslashes_are_shown_as_the_table_shows_them() {
