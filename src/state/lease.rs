@@ -408,11 +408,23 @@ impl super::protocol::Guard for LeaseGuard {
     }
 
     async fn release(self) -> Result<()> {
-        self.renewer.abort();
-        let _ = self.renewer.await;
-        let lease = std::sync::Arc::try_unwrap(self.lease)
+        let LeaseGuard {
+            leases,
+            lease,
+            renewer,
+            ..
+        } = self;
+        // Stopped only while it holds no renewal in flight: one cut off
+        // after S3 applied it would leave a lease whose ETag this run never
+        // learnt, which it then could not delete (the next run would wait
+        // for it to expire).
+        let held = lease.lock().await;
+        renewer.abort();
+        let _ = renewer.await;
+        drop(held);
+        let lease = std::sync::Arc::try_unwrap(lease)
             .map_err(|_| anyhow!("the lease is still in use"))?
             .into_inner();
-        self.leases.release(lease).await.map(|_| ())
+        leases.release(lease).await.map(|_| ())
     }
 }
