@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::fleet::WorkUnit;
 use crate::output::{Out, Parts, Rows, Style, Target as Where};
-use crate::state::protocol::{Digest, Found, Guarantee, Pending, Prepared, Target};
+use crate::state::protocol::{Digest, Found, Pending, Prepared, Target};
 use crate::testhooks;
 
 /// Stdout, a device, a replaced file or an append file, shared by the
@@ -79,13 +79,6 @@ impl Local {
 
 impl Target for Local {
     type Hold = Hold;
-
-    fn guarantee(&self) -> Guarantee {
-        match self.append {
-            Some(_) => Guarantee::ExactlyOnce,
-            None => Guarantee::AtLeastOnce,
-        }
-    }
 
     async fn prepare(
         &self,

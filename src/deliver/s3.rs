@@ -48,7 +48,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 use crate::output::{Format, Parts, Rows, Style};
-use crate::state::protocol::{self, Found, Guarantee, Pending, Prepared, Target};
+use crate::state::protocol::{self, Found, Pending, Prepared, Target};
 use crate::state::s3::{Bucket, PutExtra};
 use crate::state::unit::{WorkUnit, hex, segment};
 
@@ -181,10 +181,6 @@ impl Write for HashGz {
 
 impl Target for Deliveries {
     type Hold = String;
-
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::ExactlyOnce
-    }
 
     async fn prepare(
         &self,

@@ -52,8 +52,7 @@ use std::task::{Context, Poll, Waker};
 use anyhow::{Result, anyhow, bail};
 
 use super::protocol::{
-    Digest, Found, Guarantee, Guard, Locks, Pending, Prepared, Protocol, StateChanged, Store,
-    Target, UnitDoc,
+    Digest, Found, Guard, Locks, Pending, Prepared, Protocol, StateChanged, Store, Target, UnitDoc,
 };
 use crate::checkpoint::{Commit, GroupState, ReadSettings};
 use crate::detect::{Detector, Findings, Origin, Rules};
@@ -708,10 +707,6 @@ impl MemTarget {
 
 impl Target for MemTarget {
     type Hold = ();
-
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::ExactlyOnce
-    }
 
     async fn prepare(
         &self,

@@ -146,17 +146,6 @@ pub trait Guard {
     fn release(self) -> impl Future<Output = Result<()>>;
 }
 
-/// What a target promises when a run stops between writing and
-/// committing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guarantee {
-    /// The rows of a step are in the target once.
-    ExactlyOnce,
-    /// A crash between the write and the commit repeats the step's rows
-    /// (with the same row ids).
-    AtLeastOnce,
-}
-
 /// A step's rows, rendered for a target and placed in it.
 pub struct Prepared<H> {
     /// The bytes the target writes.
@@ -185,7 +174,6 @@ pub enum Found {
 /// Where rows go.
 pub trait Target {
     type Hold;
-    fn guarantee(&self) -> Guarantee;
     /// Renders a step's rows and places them; None when there is nothing
     /// to write (no rows, in a format without a document per step).
     fn prepare(
