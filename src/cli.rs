@@ -207,10 +207,43 @@ pub struct PollArgs {
     /// S3 instead (with --deliver), for runs on many machines.
     #[arg(help_heading = "State", long, value_name = "FILE|s3://BUCKET/PREFIX/")]
     pub checkpoint: Option<PathBuf>,
-    /// Deliver each step's rows of each unit as one new gzip ndjson object
-    /// under this prefix, exactly once (needs an s3:// --checkpoint).
-    #[arg(help_heading = "State", long, value_name = "s3://BUCKET/PREFIX/")]
+    /// Where each step's rows go instead of stdout: `s3://BUCKET/PREFIX/`
+    /// (one new gzip object per step, exactly once; needs an s3://
+    /// --checkpoint), `securityhub` or `securityhub:REGION` (one ASFF
+    /// finding per row, updated in place by its id, in the unit's account),
+    /// or `hec+https://HOST[:PORT]` (Splunk's HTTP Event Collector, at
+    /// least once).
+    #[arg(
+        help_heading = "Delivery",
+        long,
+        value_name = "s3://BUCKET/PREFIX/|securityhub[:REGION]|hec+https://HOST:PORT"
+    )]
     pub deliver: Option<String>,
+    /// HEC: a file whose first line is the token [default: the
+    /// KUBEANON_HEC_TOKEN environment variable]. Never a flag value, which
+    /// `ps` would show.
+    #[arg(help_heading = "Delivery", long, value_name = "FILE")]
+    pub hec_token_file: Option<PathBuf>,
+    /// HEC: the index events go to [default: the token's default index].
+    #[arg(help_heading = "Delivery", long, value_name = "INDEX")]
+    pub hec_index: Option<String>,
+    /// HEC: commit a step only once HEC reports every batch of it indexed
+    /// (indexer acknowledgement, which the token must have on).
+    #[arg(help_heading = "Delivery", long)]
+    pub hec_ack: bool,
+    /// HEC: how long a step waits for its acknowledgements before it fails
+    /// (its rows are then sent again by the next run).
+    #[arg(
+        help_heading = "Delivery",
+        long,
+        default_value = "2m",
+        value_name = "DURATION"
+    )]
+    pub hec_ack_timeout: String,
+    /// HEC: PEM certificates to trust besides the system's (a private CA).
+    /// Verification is never turned off.
+    #[arg(help_heading = "Delivery", long, value_name = "FILE")]
+    pub hec_ca: Option<PathBuf>,
     /// Only the work units in shard I of N (a stable hash of account,
     /// region and log group), e.g. `--shard $(JOB_COMPLETION_INDEX)/4`.
     #[arg(help_heading = "Fleet", long, value_name = "I/N")]

@@ -225,8 +225,8 @@ impl Target for Deliveries {
         }))
     }
 
-    fn objects_in(&self) -> Option<&'static str> {
-        Some("S3")
+    fn objects_in(&self) -> Option<(&'static str, &'static str)> {
+        Some(("S3", "object"))
     }
 
     async fn write(&self, p: Prepared<String>) -> Result<bool> {

@@ -12,7 +12,9 @@
 //! `\uXXXX` escapes, and the CSV shows them as the table does and then
 //! neutralises spreadsheet formulas.
 
+pub mod asff;
 mod csv;
+pub mod hec;
 mod json;
 mod ocsf;
 mod table;
@@ -387,6 +389,8 @@ enum Formatter {
     Json(json::Json),
     Csv(Box<csv::Csv>),
     Ocsf(ocsf::Ocsf),
+    Asff(Box<asff::Asff>),
+    Hec(hec::Hec),
 }
 
 impl Formatter {
@@ -396,6 +400,8 @@ impl Formatter {
             Formatter::Json(s) => s,
             Formatter::Csv(s) => &mut **s,
             Formatter::Ocsf(s) => s,
+            Formatter::Asff(s) => &mut **s,
+            Formatter::Hec(s) => s,
         }
     }
 }
@@ -558,6 +564,26 @@ impl Parts {
         Parts {
             style,
             sink,
+            written: Written::default(),
+        }
+    }
+
+    /// ASFF findings, one per line (Security Hub's deliveries).
+    pub fn asff(style: Style, context: asff::Context) -> Self {
+        Parts {
+            style,
+            sink: Formatter::Asff(Box::new(asff::Asff::new(context))),
+            written: Written::default(),
+        }
+    }
+
+    /// HEC events, one per line, each the row in `style`'s format (ndjson
+    /// or OCSF) in HEC's envelope.
+    pub fn hec(style: Style, envelope: hec::Envelope) -> Self {
+        let inner = Parts::new(style, None).sink;
+        Parts {
+            style,
+            sink: Formatter::Hec(hec::Hec::new(inner, envelope)),
             written: Written::default(),
         }
     }

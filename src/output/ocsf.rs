@@ -101,7 +101,7 @@ impl Ocsf {
         }
     }
 
-    fn finding(&self, row: &Row<'_>) -> Value {
+    pub(super) fn finding(&self, row: &Row<'_>) -> Value {
         let cells = row.cells();
         let cell = |name: &str| -> Option<&str> {
             let i = self.columns.iter().position(|c| c == name)?;

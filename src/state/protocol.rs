@@ -197,9 +197,9 @@ pub trait Target {
     fn finish(&self, _empty: &Rows<'_>) -> Result<()> {
         Ok(())
     }
-    /// Where the summary says objects were delivered ("S3"); None for a
-    /// stream of rows.
-    fn objects_in(&self) -> Option<&'static str> {
+    /// Where the summary says deliveries went, and what one is called
+    /// (`("S3", "object")`); None for a stream of rows.
+    fn objects_in(&self) -> Option<(&'static str, &'static str)> {
         None
     }
 }

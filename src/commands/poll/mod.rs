@@ -17,8 +17,10 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::cli::PollArgs;
-use crate::deliver::Local;
+use crate::deliver::hec::Hec;
 use crate::deliver::s3::Deliveries;
+use crate::deliver::securityhub::SecurityHub;
+use crate::deliver::{Delivery, Destination, Local};
 use crate::detect::Findings;
 use crate::exit::{Exit, UsageError};
 use crate::fleet;
@@ -78,7 +80,7 @@ fn closed_stdout(e: &anyhow::Error) -> bool {
 fn run_checked(args: PollArgs) -> Result<Exit> {
     let plan = plan(&args, testhooks::now_ms())?;
     // Lock before anything else: a second run must touch nothing.
-    let store = match (&plan.s3, args.checkpoint.as_deref()) {
+    let store = match (&plan.s3_state, args.checkpoint.as_deref()) {
         (Some(_), _) => None,
         (None, Some(path)) => Some(FileStore::open(path)?),
         (None, None) => Some(FileStore::memory()),
@@ -91,7 +93,8 @@ fn run_checked(args: PollArgs) -> Result<Exit> {
     let signal = Arc::new(watch::Sender::new(None));
     runtime.spawn(listen_for_signals(signal.clone()));
     let fleet = runtime.block_on(fleet::scopes(&plan.fleet))?;
-    match (store, &plan.s3) {
+    let target = runtime.block_on(delivery(&plan, &fleet))?;
+    match (store, &plan.s3_state) {
         (Some(store), _) => {
             if store.needs_caller() {
                 // Entries from before accounts were written with the
@@ -103,7 +106,6 @@ fn run_checked(args: PollArgs) -> Result<Exit> {
                 store.adopt_caller(&caller);
             }
             let name = store.path().map(|p| p.display().to_string());
-            let target = Local::open(plan.out.style(plan.now_ms), &plan.out.target)?;
             let proto = Protocol {
                 store,
                 locks: NoLocks,
@@ -113,8 +115,13 @@ fn run_checked(args: PollArgs) -> Result<Exit> {
             proto.store.finish()?;
             exit
         }
-        (None, Some((state, deliver))) => {
-            let proto = runtime.block_on(s3_protocol(&plan, &fleet.base, state, deliver))?;
+        (None, Some(state)) => {
+            let (store, locks) = runtime.block_on(s3_state(&plan, &fleet.base, state))?;
+            let proto = Protocol {
+                store,
+                locks,
+                target,
+            };
             drive(
                 &plan,
                 &runtime,
@@ -128,16 +135,14 @@ fn run_checked(args: PollArgs) -> Result<Exit> {
     }
 }
 
-/// S3 state (states and leases) and S3 deliveries.
-async fn s3_protocol(
+/// S3 state: states and leases.
+async fn s3_state(
     plan: &Plan,
     config: &aws_config::SdkConfig,
     state: &S3Url,
-    deliver: &S3Url,
-) -> Result<Protocol<States, Leases, Deliveries>> {
+) -> Result<(States, Leases)> {
     let timeout = plan.fleet.client.attempt_timeout;
     let states = Bucket::with_config(config, timeout, state.clone()).await?;
-    let deliveries = Bucket::with_config(config, timeout, deliver.clone()).await?;
     let leases = Leases::new(states.clone(), plan.lease, crate::state::lease::holder_id())
         .map_err(|e| {
             UsageError(format!(
@@ -145,10 +150,29 @@ async fn s3_protocol(
                 humantime::format_duration(plan.lease)
             ))
         })?;
-    Ok(Protocol {
-        store: States::new(states),
-        locks: leases,
-        target: Deliveries::new(deliveries, plan.out.style(plan.now_ms)),
+    Ok((States::new(states), leases))
+}
+
+/// The run's target: `--deliver`'s, else stdout, -o or --append. HEC's
+/// token is checked here, before anything is read.
+async fn delivery(plan: &Plan, fleet: &fleet::Fleet) -> Result<Delivery> {
+    let style = plan.out.style(plan.now_ms);
+    let timeout = plan.fleet.client.attempt_timeout;
+    Ok(match &plan.deliver {
+        None => Delivery::Local(Local::open(style, &plan.out.target)?),
+        Some(Destination::Objects(url)) => Delivery::Objects(Deliveries::new(
+            Bucket::with_config(&fleet.base, timeout, url.clone()).await?,
+            style,
+        )),
+        Some(Destination::SecurityHub { region }) => Delivery::SecurityHub(SecurityHub::new(
+            region.clone(),
+            fleet.scopes.iter().map(|s| (s.account.as_str(), &s.config)),
+            style,
+        )),
+        Some(Destination::Hec(_)) => {
+            let settings = plan.hec.clone().context("HEC's settings are missing")?;
+            Delivery::Hec(Hec::connect(settings, style, timeout).await?)
+        }
     })
 }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::checkpoint::ReadSettings;
 use crate::cli::{Engine, OutputConfig, PollArgs, parse_duration};
+use crate::deliver::{Destination, hec};
 use crate::exit::UsageError;
 use crate::fleet;
 use crate::source::cloudwatch::RetryPolicy;
@@ -39,8 +40,12 @@ pub(super) struct Plan {
     pub(super) max_rps: f64,
     pub(super) retry: RetryPolicy,
     pub(super) out: OutputConfig,
-    /// `--checkpoint s3://...` and `--deliver s3://...`.
-    pub(super) s3: Option<(S3Url, S3Url)>,
+    /// An s3:// `--checkpoint`: state and leases in S3.
+    pub(super) s3_state: Option<S3Url>,
+    /// `--deliver`: where rows go instead of stdout, -o or --append.
+    pub(super) deliver: Option<Destination>,
+    /// `--deliver hec+https://`: its token and settings.
+    pub(super) hec: Option<hec::Settings>,
     pub(super) shard: Shard,
     pub(super) lease: Duration,
     /// `--engine insights`: how to use it.
@@ -58,6 +63,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     let lag = ms(parse_duration("--lag", &args.lag)?);
     let overlap = ms(parse_duration("--overlap", &args.overlap)?);
     let insights = insights_settings(args)?;
+    let (s3_state, deliver) = deliver_settings(args)?;
     // Insights reads a step with several queries at once, each costing
     // seconds however short: longer steps, fewer of them.
     let step_span =
@@ -145,7 +151,12 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         },
         out: args.output.resolve()?,
         insights,
-        s3: s3_settings(args)?,
+        s3_state,
+        hec: match &deliver {
+            Some(Destination::Hec(url)) => Some(hec::Settings::from_args(url, args)?),
+            _ => None,
+        },
+        deliver,
         shard: match &args.shard {
             Some(t) => Shard::parse(t)?,
             None => Shard::ALL,
@@ -161,7 +172,12 @@ fn lease(args: &PollArgs) -> Result<Duration, UsageError> {
     let lease = parse_duration("--lease", &args.lease)?;
     let attempt = parse_duration("--attempt-timeout", &args.attempt_timeout)?;
     let min = crate::state::lease::shortest_for(crate::state::s3::longest_request(attempt));
-    if args.deliver.is_some() && lease < min {
+    let s3_state = args
+        .checkpoint
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .is_some_and(|p| p.starts_with("s3://"));
+    if s3_state && lease < min {
         return Err(UsageError(format!(
             "--lease {}: too short for S3 requests of up to {} (3 attempts of --attempt-timeout); \
              a holder writes only with half its lease left: use at least {}",
@@ -173,38 +189,63 @@ fn lease(args: &PollArgs) -> Result<Duration, UsageError> {
     Ok(lease)
 }
 
-/// `--checkpoint s3://...` with `--deliver s3://...`, checked: they go
-/// together, and with them rows go only to S3.
-fn s3_settings(args: &PollArgs) -> Result<Option<(S3Url, S3Url)>, UsageError> {
+/// `--checkpoint` and `--deliver`, checked: where state is kept (an
+/// s3:// checkpoint's bucket; else a file, or nothing) and where rows go
+/// (None: stdout, -o or --append). S3 objects need S3 state (each unit's
+/// state records an object's key before it is written); Security Hub and
+/// HEC take any state or none.
+fn deliver_settings(args: &PollArgs) -> Result<(Option<S3Url>, Option<Destination>), UsageError> {
     let state = args
         .checkpoint
         .as_deref()
         .and_then(|p| p.to_str())
-        .filter(|p| p.starts_with("s3://"));
-    match (state, &args.deliver) {
-        (None, None) => Ok(None),
-        (Some(_), None) => Err(UsageError(
-            "an s3:// --checkpoint delivers to S3: add --deliver s3://BUCKET/PREFIX/ (each unit's state records \
-             the key of each delivery before writing it, which is what makes deliveries exactly once)"
-                .into(),
-        )),
-        (None, Some(_)) => Err(UsageError(
-            "--deliver needs an s3:// --checkpoint: the state records each delivery's key before the object is \
-             written, which is what makes it exactly once"
-                .into(),
-        )),
-        (Some(state), Some(deliver)) => {
-            if args.output.output.is_some() || args.output.append.is_some() {
-                return Err(UsageError(
-                    "with --deliver, rows go to S3 only: drop -o/--append".into(),
-                ));
-            }
-            Ok(Some((
-                S3Url::parse("--checkpoint", state)?,
-                S3Url::parse("--deliver", deliver)?,
-            )))
+        .filter(|p| p.starts_with("s3://"))
+        .map(|p| S3Url::parse("--checkpoint", p))
+        .transpose()?;
+    let hec_flags = args.hec_token_file.is_some()
+        || args.hec_index.is_some()
+        || args.hec_ack
+        || args.hec_ca.is_some();
+    let Some(deliver) = &args.deliver else {
+        if state.is_some() {
+            return Err(UsageError(
+                "an s3:// --checkpoint needs a --deliver: s3://BUCKET/PREFIX/ (each unit's state records the key of \
+                 each delivery before writing it, which is what makes deliveries exactly once), securityhub or \
+                 hec+https://HOST:PORT"
+                    .into(),
+            ));
         }
+        if hec_flags {
+            return Err(UsageError(
+                "--hec-token-file, --hec-index, --hec-ack and --hec-ca go with --deliver hec+https://HOST:PORT".into(),
+            ));
+        }
+        return Ok((None, None));
+    };
+    if args.output.output.is_some() || args.output.append.is_some() {
+        return Err(UsageError(format!(
+            "with --deliver, rows go to {} only: drop -o/--append",
+            crate::output::neutralise_terminal(deliver)
+        )));
     }
+    let destination = Destination::parse(deliver)?;
+    match &destination {
+        Destination::Objects(_) if state.is_none() => {
+            return Err(UsageError(
+                "--deliver s3:// needs an s3:// --checkpoint: the state records each delivery's key before the \
+                 object is written, which is what makes it exactly once"
+                    .into(),
+            ));
+        }
+        Destination::Hec(_) => {}
+        _ if hec_flags => {
+            return Err(UsageError(
+                "--hec-token-file, --hec-index, --hec-ack and --hec-ca go with --deliver hec+https://HOST:PORT".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok((state, Some(destination)))
 }
 
 /// `--engine` and the flags that go with it, checked.

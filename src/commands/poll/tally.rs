@@ -66,7 +66,7 @@ impl Total {
         groups: usize,
         ((start, end), end_label): ((i64, i64), &str),
         api: &ApiStats,
-        objects_in: Option<&str>,
+        objects_in: Option<(&str, &str)>,
     ) -> String {
         format!(
             "{scopes}, {}, window {}..{}{end_label}; {}, {}, {} ({} retried, {} throttled); {}; {} late, {} already reported, {} from other streams ignored",
@@ -83,10 +83,17 @@ impl Total {
             self.stats.duplicates,
             count(self.skipped, "event"),
         ) + &match objects_in {
-            Some(place) => format!(
-                "; {} delivered to {place}, {} left to other runs (leased)",
-                count(self.objects, "object"),
-                count(self.leased_elsewhere, "unit")
+            Some((place, what)) => format!(
+                "; {} delivered to {place}{}",
+                count(self.objects, what),
+                if self.leased_elsewhere > 0 || place == "S3" {
+                    format!(
+                        ", {} left to other runs (leased)",
+                        count(self.leased_elsewhere, "unit")
+                    )
+                } else {
+                    String::new()
+                }
             ),
             None => String::new(),
         }
