@@ -322,6 +322,8 @@ impl Hec {
             let last = match self.post(path, body.clone()).await {
                 Ok(a) if !(a.status == 429 || a.status >= 500) => return Ok(a),
                 Ok(a) => self.refused(&a),
+                // A certificate refused stays refused.
+                Err(e) if e.is::<TlsRefused>() => return Err(e),
                 Err(e) => e,
             };
             if started.elapsed() + wait > RETRY_FOR {
@@ -350,11 +352,14 @@ impl Hec {
             .context("cannot make a HEC request")?;
         let shown = self.settings.endpoint.shown();
         let call = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| anyhow!("cannot reach HEC at {shown}: {}", connect_error(&e)))?;
+            let response = self.client.request(request).await.map_err(|e| {
+                let error = anyhow!("cannot reach HEC at {shown}: {}", connect_error(&e));
+                if is_tls_refusal(&e) {
+                    error.context(TlsRefused)
+                } else {
+                    error
+                }
+            })?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -430,6 +435,38 @@ fn connect_error(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     neutralise_terminal(&text).into_owned()
+}
+
+/// The TLS handshake failed: the certificate or the protocol was refused,
+/// which another attempt does not change.
+#[derive(Debug)]
+struct TlsRefused;
+
+impl std::fmt::Display for TlsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the TLS handshake failed (a private CA is trusted with --hec-ca)")
+    }
+}
+
+impl std::error::Error for TlsRefused {}
+
+/// Whether rustls refused the connection, somewhere in `e`'s causes. An
+/// `io::Error`'s `source` skips the error it wraps: its `get_ref` is
+/// followed instead.
+fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(s) = next {
+        if s.is::<rustls::Error>() {
+            return true;
+        }
+        next = match s.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    false
 }
 
 /// A channel id (a GUID, as HEC wants), new for each run.

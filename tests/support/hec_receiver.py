@@ -16,7 +16,8 @@ Acknowledgment", "Troubleshoot HTTP Event Collector" status codes):
 What it does is set by DIR/control.json, read on every request:
 {"token": "...", "ack": true|false, "busy": N (answer the next N event
 posts 503), "acks": "now"|"never"|"after:SECONDS"}. Every accepted event
-is appended to DIR/events.jsonl with its channel and ackId.
+is appended to DIR/events.jsonl with its channel and ackId, and every
+answer's status and path to DIR/answers.log.
 
     python hec_receiver.py PORT DIR
 """
@@ -39,7 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PORT = int(sys.argv[1])
 DIR = sys.argv[2]
-LOCK = threading.Lock()
+LOCK = threading.RLock()
 STATE = {"busy_answered": 0, "next_ack": 0, "issued": {}}
 
 
@@ -122,6 +123,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def answer(self, status, body):
+        with LOCK:
+            with open(os.path.join(DIR, "answers.log"), "a") as f:
+                f.write(f"{status} {urlparse(self.path).path}\n")
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
