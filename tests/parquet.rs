@@ -56,6 +56,13 @@ fn parquet_objects_are_security_lake_partitions_that_hold_the_ndjson_rows() {
         .map(|i| (midnight + (i - 6) * MIN, audit_event(700 + i as u64, true)))
         .collect();
     events.push((midnight + 30_000, audit_event(799, false)));
+    // The first event names an object: its row sorts after the others
+    // (by the columns, `objectRef.name` first), though its time is the
+    // earliest, so only sorting by time puts it first.
+    events[0].1 = events[0].1.replace(
+        r#""verb":"get""#,
+        r#""objectRef":{"resource":"pods","namespace":"default","name":"zzz"},"verb":"get""#,
+    );
     events.sort();
     put(group, AUDIT_STREAM, &events);
     let bucket = "kubeanon-lake";
@@ -129,13 +136,22 @@ fn parquet_objects_are_security_lake_partitions_that_hold_the_ndjson_rows() {
             .map(|r| r["time"].as_i64().unwrap())
             .collect();
         assert!(times.is_sorted(), "sorted by time: {times:?}");
+        assert_eq!(
+            times
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            want
+        );
         records.extend(file["records"].as_array().unwrap().iter().cloned());
     }
 
     // The records are the ndjson rows, column by column.
-    let by_id = |rows: Vec<BTreeMap<String, String>>| -> BTreeMap<String, BTreeMap<String, String>> {
-        rows.into_iter().map(|r| (r["id"].clone(), r)).collect()
-    };
+    let by_id =
+        |rows: Vec<BTreeMap<String, String>>| -> BTreeMap<String, BTreeMap<String, String>> {
+            rows.into_iter().map(|r| (r["id"].clone(), r)).collect()
+        };
+    assert_eq!(records[0]["unmapped"]["objectRef.name"], "zzz");
     let got = by_id(records.iter().map(|r| as_text(&r["unmapped"])).collect());
     let want = by_id(expected.iter().map(as_text).collect());
     assert_eq!(got.len(), records.len(), "ids are unique");
@@ -158,10 +174,7 @@ fn parquet_objects_are_security_lake_partitions_that_hold_the_ndjson_rows() {
     std::fs::write(&file, lines).unwrap();
     let (valid, report) = validate_ocsf(&file);
     assert!(valid, "{report}");
-    assert!(
-        report.contains("validated 10 events, 0 errors"),
-        "{report}"
-    );
+    assert!(report.contains("validated 10 events, 0 errors"), "{report}");
 }
 
 #[test]

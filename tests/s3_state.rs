@@ -695,10 +695,18 @@ fn a_parquet_claim_is_an_empty_parquet_file_and_a_late_write_lands_nowhere() {
         std::fs::write(&file, get("kubeanon-claim-parquet", &key).await.unwrap()).unwrap();
         let read = read_parquet(&[file]);
         assert_eq!(read[0]["rows"], 0, "{read:?}");
-        assert!(read[0]["columns"].as_array().unwrap().contains(&"unmapped".into()));
+        assert!(
+            read[0]["columns"]
+                .as_array()
+                .unwrap()
+                .contains(&"unmapped".into())
+        );
         // Run A's write lands late: refused.
         let err = format!("{:#}", d.put(&key, late).await.unwrap_err());
-        assert!(err.contains("was claimed by another run's recovery"), "{err}");
+        assert!(
+            err.contains("was claimed by another run's recovery"),
+            "{err}"
+        );
     });
 }
 

@@ -373,9 +373,7 @@ pub fn lake_key_under(prefix: &str, name: &DeliveryName<'_>) -> Result<String> {
     }
     let (start, end) = (utc(name.start_ms)?, utc(name.end_ms)?);
     if utc(name.end_ms - 1)?.date_naive() != start.date_naive() {
-        bail!(
-            "a Parquet delivery holds one UTC day, and {start} to {end} crosses midnight"
-        );
+        bail!("a Parquet delivery holds one UTC day, and {start} to {end} crosses midnight");
     }
     Ok(format!(
         "{prefix}region={}/accountId={}/eventDay={}/{}-{}-{}-{}.parquet",
@@ -461,7 +459,11 @@ mod tests {
             end_ms: midnight,
             ..name
         };
-        assert!(lake_key_under("p/", &to_midnight).unwrap().contains("/eventDay=20261129/"));
+        assert!(
+            lake_key_under("p/", &to_midnight)
+                .unwrap()
+                .contains("/eventDay=20261129/")
+        );
         let across = DeliveryName {
             end_ms: midnight + 1,
             ..name
@@ -472,9 +474,20 @@ mod tests {
             end_ms: midnight + 1,
             ..name
         };
-        assert!(lake_key_under("p/", &next).unwrap().contains("/eventDay=20261130/"));
+        assert!(
+            lake_key_under("p/", &next)
+                .unwrap()
+                .contains("/eventDay=20261130/")
+        );
         let hostile = WorkUnit::new("1/../x", "r=/y", "g").unwrap();
-        let key = lake_key_under("p/", &DeliveryName { unit: &hostile, ..name }).unwrap();
+        let key = lake_key_under(
+            "p/",
+            &DeliveryName {
+                unit: &hostile,
+                ..name
+            },
+        )
+        .unwrap();
         assert_eq!(key.matches('/').count(), 4, "{key}");
     }
 

@@ -173,10 +173,7 @@ pub fn schema() -> SchemaRef {
         list("data_sources", strings.clone()),
         object(
             "api",
-            vec![
-                text("operation"),
-                object("response", vec![int("code")]),
-            ],
+            vec![text("operation"), object("response", vec![int("code")])],
         ),
         object(
             "evidence",
@@ -188,10 +185,7 @@ pub fn schema() -> SchemaRef {
                         vec![
                             text("name"),
                             text("uid"),
-                            list(
-                                "groups",
-                                DataType::Struct(Fields::from(vec![text("name")])),
-                            ),
+                            list("groups", DataType::Struct(Fields::from(vec![text("name")]))),
                         ],
                     )],
                 ),
