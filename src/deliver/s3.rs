@@ -396,16 +396,21 @@ fn utc(ms: i64) -> Result<DateTime<Utc>> {
 mod tests {
     use super::*;
 
+    /// Cluster prod's hour from 2026-11-29T01:00:00Z, its 7th delivery.
+    fn prod_name(unit: &WorkUnit) -> DeliveryName<'_> {
+        DeliveryName {
+            unit,
+            cluster: "prod",
+            start_ms: 1_795_914_000_000,
+            end_ms: 1_795_917_600_500,
+            seq: 7,
+        }
+    }
+
     #[test]
     fn keys_are_partitioned_and_name_the_unit_and_window() {
         let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
-        let name = DeliveryName {
-            unit: &unit,
-            cluster: "prod",
-            start_ms: 1_795_914_000_000, // 2026-11-29T01:00:00Z
-            end_ms: 1_795_917_600_500,
-            seq: 7,
-        };
+        let name = prod_name(&unit);
         let key = key_under("findings/", &name).unwrap();
         assert_eq!(
             key,
@@ -438,13 +443,7 @@ mod tests {
     #[test]
     fn parquet_keys_are_security_lakes_partitions_of_one_day() {
         let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
-        let name = DeliveryName {
-            unit: &unit,
-            cluster: "prod",
-            start_ms: 1_795_914_000_000, // 2026-11-29T01:00:00Z
-            end_ms: 1_795_917_600_500,
-            seq: 7,
-        };
+        let name = prod_name(&unit);
         assert_eq!(
             lake_key_under("ext/kubeanon/", &name).unwrap(),
             format!(
