@@ -306,6 +306,7 @@ pub const SECURITY_LAKE_OCSF_VERSION: &str = "1.1.0";
 /// - `cloud` is required in 1.1.0: `provider` AWS even without a region;
 /// - `unmapped` holds the row's columns as text (`count` too), the
 ///   `map<string,string>` Security Lake's tables give `unmapped`.
+#[cfg_attr(not(feature = "parquet"), allow(dead_code))]
 pub fn security_finding(detection: Value) -> Value {
     let Value::Object(mut d) = detection else {
         return detection;
