@@ -560,7 +560,27 @@ impl OutputConfig {
 }
 
 impl OutputArgs {
+    /// The flags, checked, for a command that writes rows as a stream
+    /// (`scan`, `poll` without `--deliver`).
     pub fn resolve(&self) -> Result<OutputConfig, UsageError> {
+        self.resolve_for(false)
+    }
+
+    /// The flags, checked; `objects`: rows go to objects (`poll --deliver
+    /// s3://`), the one place `--format parquet` is written.
+    pub fn resolve_for(&self, objects: bool) -> Result<OutputConfig, UsageError> {
+        if self.format == Some(Format::Parquet) {
+            if !objects {
+                return Err(UsageError(
+                    "--format parquet writes one Parquet object per step: it needs poll with --deliver s3://BUCKET/PREFIX/ \
+                     (and an s3:// --checkpoint), not stdout, -o or --append (for lines use --format ndjson or ocsf)"
+                        .into(),
+                ));
+            }
+            if !cfg!(feature = "parquet") {
+                return Err(UsageError(crate::output::PARQUET_MISSING.into()));
+            }
+        }
         let target = match (&self.output, &self.append) {
             (Some(p), _) if p.as_os_str() == "-" => Target::Stdout,
             (Some(p), _) => Target::Replace(p.clone()),
@@ -655,6 +675,18 @@ mod tests {
         assert!(Cli::try_parse_from(&argv).is_err());
         argv[3] = "many";
         assert!(Cli::try_parse_from(&argv).is_err());
+    }
+
+    #[test]
+    fn parquet_is_only_for_objects() {
+        let args = output_args(&["--format", "parquet"]);
+        let err = args.resolve().unwrap_err().0;
+        assert!(err.contains("needs poll with --deliver s3://"), "{err}");
+        assert_eq!(args.resolve_for(true).unwrap().format, Format::Parquet);
+        for extra in [&["-o", "x"][..], &["--append", "x"]] {
+            let args = output_args(&[&["--format", "parquet"][..], extra].concat());
+            assert!(args.resolve().is_err());
+        }
     }
 
     #[test]

@@ -8,27 +8,14 @@ mod support;
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 
+use support::validate_ocsf as validate;
 use util::kubeanon;
 
 fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/eks-audit-sample.jsonl")
-}
-
-/// Runs the validator on `file`: (passed, its report).
-fn validate(file: &Path) -> (bool, String) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/ocsf_validate.py");
-    let out = Command::new(support::python())
-        .arg(script)
-        .arg(file)
-        .output()
-        .expect("run the OCSF validator");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), report)
 }
 
 /// Writes `lines` to a file and validates it, asserting zero errors.

@@ -36,34 +36,6 @@ fn group_with(name: &str, n: u64, seed: u64) -> String {
     group
 }
 
-fn s3<T>(f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async { f(s3_client().await).await })
-}
-
-fn make_bucket(bucket: &str) {
-    s3(async |c| c.create_bucket().bucket(bucket).send().await.unwrap());
-}
-
-fn keys(bucket: &str, prefix: &str) -> Vec<String> {
-    s3(async |c| {
-        let out = c
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap();
-        out.contents()
-            .iter()
-            .map(|o| o.key().unwrap().to_string())
-            .collect()
-    })
-}
-
 /// The rows of every delivered object (claims hold none).
 fn delivered_rows(bucket: &str) -> Vec<serde_json::Value> {
     let mut all = Vec::new();

@@ -174,14 +174,6 @@ fn escu_alone_on_a_checkpoint_from_before_rules_is_what_it_read() {
 
 // ---- the S3 state ----
 
-fn s3<T>(f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { f(s3_client().await).await })
-}
-
 fn state_key(log_group: &str) -> String {
     let unit = WorkUnit::new(ACCOUNT, REGION, log_group).unwrap();
     format!("kubeanon/state/{}.json", unit.path())

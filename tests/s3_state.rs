@@ -656,6 +656,61 @@ fn recovery_claims_an_absent_key_so_a_late_write_of_it_lands_nowhere() {
 }
 
 #[test]
+fn a_parquet_claim_is_an_empty_parquet_file_and_a_late_write_lands_nowhere() {
+    rt().block_on(async {
+        let bucket = fresh("kubeanon-claim-parquet").await;
+        let d = Deliveries::new(bucket, Style::plain(Format::Parquet));
+        let u = unit("/aws/eks/prod/cluster");
+        let name = DeliveryName {
+            unit: &u,
+            cluster: "prod",
+            start_ms: 1_795_914_000_000, // 2026-11-29T01:00:00Z
+            end_ms: 1_795_917_600_000,
+            seq: 4,
+        };
+        let key = d.key(&name).unwrap();
+        assert!(
+            key.starts_with("kube/anon/region=us-east-1/accountId=111122223333/eventDay=20261129/")
+                && key.ends_with("-4.parquet"),
+            "{key}"
+        );
+        let late = b"PAR1 the rows of run A PAR1";
+        assert_eq!(
+            d.claim_or_find(&pending(&key, late)).await.unwrap(),
+            Found::Absent
+        );
+        let head = raw()
+            .await
+            .head_object()
+            .bucket("kubeanon-claim-parquet")
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.content_type(), Some("application/vnd.apache.parquet"));
+        assert!(head.metadata().unwrap().contains_key("kubeanon-claim"));
+        // Any reader of the prefix reads the claim as a file of no rows.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("claim.parquet");
+        std::fs::write(&file, get("kubeanon-claim-parquet", &key).await.unwrap()).unwrap();
+        let read = read_parquet(&[file]);
+        assert_eq!(read[0]["rows"], 0, "{read:?}");
+        assert!(
+            read[0]["columns"]
+                .as_array()
+                .unwrap()
+                .contains(&"unmapped".into())
+        );
+        // Run A's write lands late: refused.
+        let err = format!("{:#}", d.put(&key, late).await.unwrap_err());
+        assert!(
+            err.contains("was claimed by another run's recovery"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
 fn a_bucket_in_another_region_is_found_and_used() {
     rt().block_on(async {
         make_bucket("kubeanon-eu", "eu-west-1").await;

@@ -38,6 +38,23 @@
 //! `If-None-Match`, every reader of the prefix reads the claim as zero rows
 //! (it is a well-formed, empty ndjson.gz), and the step's events are read
 //! again into the unit's next sequence number, another key.
+//!
+//! # Parquet: Amazon Security Lake's layout
+//!
+//! With `--format parquet` each delivered step is one Parquet file of OCSF
+//! 1.1.0 Security Findings (`crate::output`'s parquet format), laid out as
+//! Security Lake's custom sources are, the partitions directly under the
+//! prefix (for Security Lake, the source's `s3://LAKE/ext/SOURCE/`):
+//!
+//! ```text
+//! PREFIX/region=R/accountId=A/eventDay=YYYYMMDD/START-END-UNIT-SEQ.parquet
+//! ```
+//!
+//! `eventDay` is the UTC day of the step's window, which holds one day
+//! only: `poll` cuts its steps at UTC midnight for this format. The name is
+//! as above; the digest in `x-amz-meta-rows-sha256` is the file's own, and
+//! a claim is a valid Parquet file of no records (every reader of the
+//! prefix reads it as zero rows), with the same claim metadata.
 
 use std::io::Write;
 
@@ -47,7 +64,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use crate::output::{Format, Parts, Rows, Style};
+use crate::output::{Format, Parts, Rows, Style, empty_parquet};
 use crate::state::protocol::{self, Found, Pending, Prepared, Target};
 use crate::state::s3::{Bucket, PutExtra};
 use crate::state::unit::{WorkUnit, hex, segment};
@@ -94,6 +111,7 @@ impl Deliveries {
         let style = Style {
             format: match style.format {
                 Format::Ocsf => Format::Ocsf,
+                Format::Parquet => Format::Parquet,
                 _ => Format::Ndjson,
             },
             colour: false,
@@ -108,26 +126,35 @@ impl Deliveries {
 
     /// The object key for `name` (see the module docs).
     pub fn key(&self, name: &DeliveryName<'_>) -> Result<String> {
-        key_under(&self.bucket.url().prefix, name)
+        let prefix = &self.bucket.url().prefix;
+        match self.style.format {
+            Format::Parquet => lake_key_under(prefix, name),
+            _ => key_under(prefix, name),
+        }
     }
 
-    /// Writes `ndjson` (the step's rows) gzipped to `key`, once.
+    /// Writes `ndjson` (the step's rows) gzipped to `key`, once; a
+    /// Parquet key takes a Parquet file, written as it is.
     pub async fn put(&self, key: &str, ndjson: &[u8]) -> Result<Delivered> {
         let digest = hex(&Sha256::digest(ndjson));
+        if is_parquet(key) {
+            return self.put_body(key, ndjson, &digest).await;
+        }
         let mut gz = GzEncoder::new(Vec::new(), Compression::default());
         gz.write_all(ndjson)
             .and_then(|()| gz.flush())
             .context("cannot compress a delivery")?;
         let body = gz.finish().context("cannot compress a delivery")?;
-        self.put_gz(key, &body, &digest).await
+        self.put_body(key, &body, &digest).await
     }
 
-    /// Writes `body` (gzip of rows whose SHA-256 is `digest`) to `key`,
-    /// once.
-    async fn put_gz(&self, key: &str, body: &[u8], digest: &str) -> Result<Delivered> {
+    /// Writes `body` (gzip of rows whose SHA-256 is `digest`, or a Parquet
+    /// file and its own digest) to `key`, once.
+    async fn put_body(&self, key: &str, body: &[u8], digest: &str) -> Result<Delivered> {
+        let (content_type, content_encoding) = body_type(key);
         let extra = PutExtra {
-            content_type: Some("application/x-ndjson"),
-            content_encoding: Some("gzip"),
+            content_type: Some(content_type),
+            content_encoding,
             metadata: &[(ROWS_SHA256, digest)],
         };
         if self.bucket.put_new(key, body, &extra).await?.is_some() {
@@ -179,6 +206,50 @@ impl Write for HashGz {
     }
 }
 
+impl Deliveries {
+    /// A rendered step, placed at its key; `digest` None: the bytes' own.
+    fn prepared(
+        &self,
+        unit: &WorkUnit,
+        (start_ms, end_ms): (i64, i64),
+        seq: u64,
+        parts: &Parts,
+        bytes: Vec<u8>,
+        digest: Option<protocol::Digest>,
+    ) -> Result<Option<Prepared<String>>> {
+        let key = self.key(&DeliveryName {
+            unit,
+            cluster: unit.cluster(),
+            start_ms,
+            end_ms,
+            seq,
+        })?;
+        Ok(Some(Prepared {
+            digest: digest.unwrap_or_else(|| protocol::Digest::of(&bytes)),
+            bytes,
+            place: Some((key.clone(), None)),
+            hold: key,
+            rows: parts.written.rows,
+            worst: parts.written.worst,
+        }))
+    }
+}
+
+/// Whether `key` names a Parquet delivery (a pending one may be of an
+/// earlier run's format: its key says which).
+fn is_parquet(key: &str) -> bool {
+    key.ends_with(".parquet")
+}
+
+/// The Content-Type and Content-Encoding of the object at `key`.
+fn body_type(key: &str) -> (&'static str, Option<&'static str>) {
+    if is_parquet(key) {
+        ("application/vnd.apache.parquet", None)
+    } else {
+        ("application/x-ndjson", Some("gzip"))
+    }
+}
+
 impl Target for Deliveries {
     type Hold = String;
 
@@ -194,6 +265,16 @@ impl Target for Deliveries {
         }
         // Each object is a whole document.
         let mut parts = Parts::new(self.style, None);
+        if self.style.format == Format::Parquet {
+            // A Parquet file is compressed inside: written as it is, its
+            // digest its own.
+            let mut bytes = Vec::new();
+            parts
+                .write(rows, &mut bytes)
+                .and_then(|()| parts.finish(rows, &mut bytes))
+                .context("cannot render a delivery")?;
+            return self.prepared(unit, (start_ms, end_ms), seq, &parts, bytes, None);
+        }
         let mut w = HashGz {
             sha: Sha256::new(),
             len: 0,
@@ -208,21 +289,7 @@ impl Target for Deliveries {
             sha256: hex(&w.sha.finalize()),
         };
         let bytes = w.gz.finish().context("cannot compress a delivery")?;
-        let key = self.key(&DeliveryName {
-            unit,
-            cluster: unit.cluster(),
-            start_ms,
-            end_ms,
-            seq,
-        })?;
-        Ok(Some(Prepared {
-            bytes,
-            place: Some((key.clone(), None)),
-            digest,
-            hold: key,
-            rows: parts.written.rows,
-            worst: parts.written.worst,
-        }))
+        self.prepared(unit, (start_ms, end_ms), seq, &parts, bytes, Some(digest))
     }
 
     fn objects_in(&self) -> Option<(&'static str, &'static str)> {
@@ -230,7 +297,7 @@ impl Target for Deliveries {
     }
 
     async fn write(&self, p: Prepared<String>) -> Result<bool> {
-        Ok(self.put_gz(&p.hold, &p.bytes, &p.digest.sha256).await? == Delivered::Written)
+        Ok(self.put_body(&p.hold, &p.bytes, &p.digest.sha256).await? == Delivered::Written)
     }
 
     async fn claim_or_find(&self, pending: &Pending) -> Result<Found> {
@@ -251,12 +318,17 @@ impl Target for Deliveries {
                 None => {
                     // A late write of the recorded rows must not land after
                     // the step is read again: claim the key first.
-                    let empty = GzEncoder::new(Vec::new(), Compression::default())
-                        .finish()
-                        .context("cannot compress a claim")?;
+                    let empty = if is_parquet(key) {
+                        empty_parquet().context("cannot make a claim")?
+                    } else {
+                        GzEncoder::new(Vec::new(), Compression::default())
+                            .finish()
+                            .context("cannot compress a claim")?
+                    };
+                    let (content_type, content_encoding) = body_type(key);
                     let extra = PutExtra {
-                        content_type: Some("application/x-ndjson"),
-                        content_encoding: Some("gzip"),
+                        content_type: Some(content_type),
+                        content_encoding,
                         metadata: &[(CLAIM, "1")],
                     };
                     if self.bucket.put_new(key, &empty, &extra).await?.is_some() {
@@ -292,6 +364,29 @@ pub fn key_under(prefix: &str, name: &DeliveryName<'_>) -> Result<String> {
     ))
 }
 
+/// The Parquet object key for `name` under `prefix`, in Security Lake's
+/// partitions (see the module docs). The window must lie within one UTC
+/// day: its `eventDay`.
+pub fn lake_key_under(prefix: &str, name: &DeliveryName<'_>) -> Result<String> {
+    if name.end_ms <= name.start_ms {
+        bail!("a delivery window must not be empty");
+    }
+    let (start, end) = (utc(name.start_ms)?, utc(name.end_ms)?);
+    if utc(name.end_ms - 1)?.date_naive() != start.date_naive() {
+        bail!("a Parquet delivery holds one UTC day, and {start} to {end} crosses midnight");
+    }
+    Ok(format!(
+        "{prefix}region={}/accountId={}/eventDay={}/{}-{}-{}-{}.parquet",
+        segment(&name.unit.region),
+        segment(&name.unit.account),
+        start.format("%Y%m%d"),
+        start.format("%Y%m%dT%H%M%S%.3fZ"),
+        end.format("%Y%m%dT%H%M%S%.3fZ"),
+        name.unit.short_hash(),
+        name.seq
+    ))
+}
+
 fn utc(ms: i64) -> Result<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .with_context(|| format!("{ms} ms is not a time a delivery can be named by"))
@@ -301,16 +396,21 @@ fn utc(ms: i64) -> Result<DateTime<Utc>> {
 mod tests {
     use super::*;
 
+    /// Cluster prod's hour from 2026-11-29T01:00:00Z, its 7th delivery.
+    fn prod_name(unit: &WorkUnit) -> DeliveryName<'_> {
+        DeliveryName {
+            unit,
+            cluster: "prod",
+            start_ms: 1_795_914_000_000,
+            end_ms: 1_795_917_600_500,
+            seq: 7,
+        }
+    }
+
     #[test]
     fn keys_are_partitioned_and_name_the_unit_and_window() {
         let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
-        let name = DeliveryName {
-            unit: &unit,
-            cluster: "prod",
-            start_ms: 1_795_914_000_000, // 2026-11-29T01:00:00Z
-            end_ms: 1_795_917_600_500,
-            seq: 7,
-        };
+        let name = prod_name(&unit);
         let key = key_under("findings/", &name).unwrap();
         assert_eq!(
             key,
@@ -338,6 +438,56 @@ mod tests {
             key_under("findings/", &DeliveryName { seq: 8, ..name }).unwrap(),
             key
         );
+    }
+
+    #[test]
+    fn parquet_keys_are_security_lakes_partitions_of_one_day() {
+        let unit = WorkUnit::new("111122223333", "eu-west-1", "/aws/eks/prod/cluster").unwrap();
+        let name = prod_name(&unit);
+        assert_eq!(
+            lake_key_under("ext/kubeanon/", &name).unwrap(),
+            format!(
+                "ext/kubeanon/region=eu-west-1/accountId=111122223333/eventDay=20261129/\
+                 20261129T010000.000Z-20261129T020000.500Z-{}-7.parquet",
+                unit.short_hash()
+            )
+        );
+        // Up to midnight is the day; past it, another day, refused.
+        let midnight = 1_795_910_400_000 + 86_400_000; // 2026-11-30T00:00:00Z
+        let to_midnight = DeliveryName {
+            end_ms: midnight,
+            ..name
+        };
+        assert!(
+            lake_key_under("p/", &to_midnight)
+                .unwrap()
+                .contains("/eventDay=20261129/")
+        );
+        let across = DeliveryName {
+            end_ms: midnight + 1,
+            ..name
+        };
+        assert!(lake_key_under("p/", &across).is_err());
+        let next = DeliveryName {
+            start_ms: midnight,
+            end_ms: midnight + 1,
+            ..name
+        };
+        assert!(
+            lake_key_under("p/", &next)
+                .unwrap()
+                .contains("/eventDay=20261130/")
+        );
+        let hostile = WorkUnit::new("1/../x", "r=/y", "g").unwrap();
+        let key = lake_key_under(
+            "p/",
+            &DeliveryName {
+                unit: &hostile,
+                ..name
+            },
+        )
+        .unwrap();
+        assert_eq!(key.matches('/').count(), 4, "{key}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod csv;
 pub mod hec;
 mod json;
 mod ocsf;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod table;
 
 use std::fs::{File, OpenOptions};
@@ -32,7 +34,7 @@ use crate::detect::{
     TRIAGE_COLUMNS, Triage,
 };
 
-pub use ocsf::OCSF_VERSION;
+pub use ocsf::{OCSF_VERSION, SECURITY_LAKE_OCSF_VERSION};
 pub use table::{neutralise_terminal, terminal_width};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +49,9 @@ pub enum Format {
     Csv,
     /// One OCSF Detection Finding (class_uid 2004) per line.
     Ocsf,
+    /// Apache Parquet objects of OCSF 1.1.0 Security Findings in Amazon
+    /// Security Lake's layout (only with --deliver s3://).
+    Parquet,
 }
 
 impl Format {
@@ -391,6 +396,10 @@ enum Formatter {
     Ocsf(ocsf::Ocsf),
     Asff(Box<asff::Asff>),
     Hec(hec::Hec),
+    #[cfg(feature = "parquet")]
+    Parquet(Box<parquet::Parquet>),
+    #[cfg(not(feature = "parquet"))]
+    Parquet(NoParquet),
 }
 
 impl Formatter {
@@ -402,8 +411,49 @@ impl Formatter {
             Formatter::Ocsf(s) => s,
             Formatter::Asff(s) => &mut **s,
             Formatter::Hec(s) => s,
+            #[cfg(feature = "parquet")]
+            Formatter::Parquet(s) => &mut **s,
+            #[cfg(not(feature = "parquet"))]
+            Formatter::Parquet(s) => s,
         }
     }
+}
+
+/// Parquet in a build without the `parquet` feature: every write fails
+/// (the flags refuse `--format parquet` there before anything is read).
+#[cfg(not(feature = "parquet"))]
+#[derive(Debug, Clone)]
+pub struct NoParquet;
+
+#[cfg(not(feature = "parquet"))]
+impl Sink for NoParquet {
+    fn begin(&mut self, _: &[&str], _: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::other(PARQUET_MISSING))
+    }
+    fn row(&mut self, _: &Row<'_>, _: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::other(PARQUET_MISSING))
+    }
+    fn finish(&mut self, _: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::other(PARQUET_MISSING))
+    }
+    fn close(&mut self, _: &[&str], _: &mut dyn Write) -> io::Result<()> {
+        Err(io::Error::other(PARQUET_MISSING))
+    }
+}
+
+/// What a build without the `parquet` feature says of `--format parquet`.
+pub const PARQUET_MISSING: &str = "this kubeanon was built without Parquet (the cargo feature `parquet`, on by default): \
+     build it with default features, or deliver --format ndjson or ocsf";
+
+/// A Parquet file of no records: a claim's body (see `deliver::s3`).
+#[cfg(feature = "parquet")]
+pub fn empty_parquet() -> io::Result<Vec<u8>> {
+    parquet::file(&[]).map_err(io::Error::other)
+}
+
+#[cfg(not(feature = "parquet"))]
+pub fn empty_parquet() -> io::Result<Vec<u8>> {
+    Err(io::Error::other(PARQUET_MISSING))
 }
 
 /// What a stream has written so far.
@@ -560,6 +610,10 @@ impl Parts {
             Format::Json => Formatter::Json(json::Json::new(false)),
             Format::Csv => Formatter::Csv(Box::new(csv::Csv::new(existing))),
             Format::Ocsf => Formatter::Ocsf(ocsf::Ocsf::new(style.run_ms)),
+            #[cfg(feature = "parquet")]
+            Format::Parquet => Formatter::Parquet(Box::new(parquet::Parquet::new(style.run_ms))),
+            #[cfg(not(feature = "parquet"))]
+            Format::Parquet => Formatter::Parquet(NoParquet),
         };
         Parts {
             style,

@@ -1,6 +1,8 @@
 //! `--format ocsf`: one OCSF Detection Finding (`class_uid` 2004, OCSF
-//! 1.5.0) per row, one per line: what Amazon Security Lake's custom
-//! sources and most SIEMs take in.
+//! 1.5.0) per row, one per line: what most SIEMs take in. Amazon
+//! Security Lake takes OCSF 1.3 or earlier, and not this class, from a
+//! custom source: [`security_finding`] maps the same finding to OCSF
+//! 1.1.0's Security Finding for `--format parquet`.
 //!
 //! The mapping (the README's "OCSF" section):
 //! - `finding_info`: `uid` the row's id, `title` what happened, `analytic`
@@ -101,6 +103,7 @@ impl Ocsf {
         }
     }
 
+    /// The row's OCSF 1.5.0 Detection Finding.
     pub(super) fn finding(&self, row: &Row<'_>) -> Value {
         let cells = row.cells();
         let cell = |name: &str| -> Option<&str> {
@@ -283,6 +286,89 @@ impl Ocsf {
         }
         f
     }
+}
+
+/// The OCSF version of [`security_finding`]'s records.
+pub const SECURITY_LAKE_OCSF_VERSION: &str = "1.1.0";
+
+/// The row's finding in the class and version Amazon Security Lake takes
+/// from a custom source: OCSF 1.1.0 Security Finding (`class_uid` 2001,
+/// `SECURITY_FINDING` in `CreateCustomLogSource`'s event classes, which
+/// has no Detection Finding), made from `detection` ([`Ocsf::finding`]'s
+/// Detection Finding of the same row), so the two mappings are one:
+///
+/// - `finding_info` becomes `finding` (`uid`, `title`, `types`, `desc`,
+///   first and last seen) and takes the `remediation`; its `analytic` and
+///   `data_sources` go to the top level, where 1.1.0 has them;
+/// - `evidences[0]` becomes `evidence` (1.1.0's free-form JSON), but for
+///   its `api`, which 1.1.0 has at the top level;
+/// - `status` becomes `state` (New), `is_alert` (not in 1.1.0) is left out;
+/// - `cloud` is required in 1.1.0: `provider` AWS even without a region;
+/// - `unmapped` holds the row's columns as text (`count` too), the
+///   `map<string,string>` Security Lake's tables give `unmapped`.
+#[cfg_attr(not(feature = "parquet"), allow(dead_code))]
+pub fn security_finding(detection: Value) -> Value {
+    let Value::Object(mut d) = detection else {
+        return detection;
+    };
+    let mut take = |k: &str| d.remove(k);
+    let mut info = match take("finding_info") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let analytic = info.remove("analytic");
+    let data_sources = info.remove("data_sources");
+    if let Some(r) = take("remediation") {
+        info.insert("remediation".into(), r);
+    }
+    let mut evidence = match take("evidences") {
+        Some(Value::Array(mut e)) if !e.is_empty() => e.swap_remove(0),
+        _ => json!({}),
+    };
+    let api = evidence.as_object_mut().and_then(|e| e.remove("api"));
+    take("status_id");
+    take("status");
+    take("is_alert");
+    let mut cloud = take("cloud").unwrap_or_else(|| json!({ "provider": "AWS" }));
+    if cloud.get("provider").is_none() {
+        cloud["provider"] = "AWS".into();
+    }
+    let unmapped = match take("unmapped") {
+        Some(Value::Object(m)) => m
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => (k, Value::String(s)),
+                other => (k, Value::String(other.to_string())),
+            })
+            .collect(),
+        _ => Map::new(),
+    };
+    let mut metadata = take("metadata").unwrap_or_else(|| json!({}));
+    metadata["version"] = SECURITY_LAKE_OCSF_VERSION.into();
+    metadata["profiles"] = json!(["cloud"]);
+    d.insert("class_uid".into(), 2001.into());
+    d.insert("class_name".into(), "Security Finding".into());
+    d.insert("type_uid".into(), 200101.into());
+    d.insert("type_name".into(), "Security Finding: Create".into());
+    d.insert("state_id".into(), 1.into());
+    d.insert("state".into(), "New".into());
+    d.insert("finding".into(), info.into());
+    if let Some(a) = analytic {
+        d.insert("analytic".into(), a);
+    }
+    if let Some(s) = data_sources {
+        d.insert("data_sources".into(), s);
+    }
+    if let Some(api) = api {
+        d.insert("api".into(), api);
+    }
+    if evidence.as_object().is_some_and(|e| !e.is_empty()) {
+        d.insert("evidence".into(), evidence);
+    }
+    d.insert("cloud".into(), cloud);
+    d.insert("metadata".into(), metadata);
+    d.insert("unmapped".into(), Value::Object(unmapped));
+    Value::Object(d)
 }
 
 /// What a title says of a row's request.

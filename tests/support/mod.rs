@@ -135,6 +135,68 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// Runs `f` with a plain S3 client to moto, on a runtime of its own.
+pub fn s3<T>(f: impl AsyncFnOnce(aws_sdk_s3::Client) -> T) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { f(s3_client().await).await })
+}
+
+/// Creates a bucket in moto.
+pub fn make_bucket(bucket: &str) {
+    s3(async |c| c.create_bucket().bucket(bucket).send().await.unwrap());
+}
+
+/// Every key under `prefix`.
+pub fn keys(bucket: &str, prefix: &str) -> Vec<String> {
+    s3(async |c| {
+        let out = c
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .map(|o| o.key().unwrap().to_string())
+            .collect()
+    })
+}
+
+/// Runs `tests/support/ocsf_validate.py` on `file` (OCSF events, one a
+/// line): (passed, its report).
+pub fn validate_ocsf(file: &std::path::Path) -> (bool, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/ocsf_validate.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(file)
+        .output()
+        .expect("run the OCSF validator");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), report)
+}
+
+/// Reads Parquet files with pyarrow (`tests/support/parquet_read.py`):
+/// per file, its row count, codecs, metadata, columns and records.
+pub fn read_parquet(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/parquet_read.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("run pyarrow");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {files:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rows(&out.stdout)
+}
+
 /// Creates a log group and streams (fresh names per test keep tests apart).
 pub fn create(log_group: &str, streams: &[&str]) {
     runtime().block_on(async {

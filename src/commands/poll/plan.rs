@@ -33,6 +33,9 @@ pub(super) struct Plan {
     pub(super) now_ms: i64,
     pub(super) overlap_ms: i64,
     pub(super) step_ms: i64,
+    /// Steps end at UTC midnight (`--format parquet`: an object holds one
+    /// `eventDay`).
+    pub(super) day_steps: bool,
     pub(super) step_matches: u64,
     pub(super) step_rows: u64,
     pub(super) allow_idle: bool,
@@ -140,6 +143,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
         now_ms,
         overlap_ms: overlap,
         step_ms,
+        day_steps: args.output.format == Some(crate::output::Format::Parquet),
         step_matches: args.step_matches,
         step_rows: args.step_rows,
         allow_idle: args.allow_idle,
@@ -149,7 +153,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         },
-        out: args.output.resolve()?,
+        out: args.output.resolve_for(args.deliver.is_some())?,
         insights,
         s3_state,
         hec: match &deliver {
@@ -283,6 +287,13 @@ fn insights_settings(args: &PollArgs) -> Result<Option<insights::Settings>, Usag
     }))
 }
 
+/// The end of a step that starts at `s`, for a plan whose steps end at UTC
+/// midnight: the next midnight after `s`.
+pub(super) fn next_midnight(s: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    s.div_euclid(DAY).saturating_add(1).saturating_mul(DAY)
+}
+
 pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -309,6 +320,15 @@ pub(super) fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_steps_end_at_the_next_utc_midnight() {
+        let midnight = 1_795_996_800_000; // 2026-12-01T00:00:00Z
+        assert_eq!(next_midnight(midnight - 1), midnight);
+        assert_eq!(next_midnight(midnight - 86_399_999), midnight);
+        // A step starting at midnight runs to the next one, never ends at once.
+        assert_eq!(next_midnight(midnight), midnight + 86_400_000);
+    }
 
     #[test]
     fn times() {

@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-use super::plan::{Plan, rfc3339};
+use super::plan::{Plan, next_midnight, rfc3339};
 use super::signals::Interrupted;
 use super::tally::{Outcome, Total};
 use super::units::{Unit, check_entry};
@@ -260,6 +260,9 @@ async fn poll_steps<S: Store, L: Locks, T: Target>(
             return Err(Interrupted.into());
         }
         let mut e = s.saturating_add(span).min(end);
+        if plan.day_steps {
+            e = e.min(next_midnight(s));
+        }
         // A step over the budget (matched events, or rows: an event makes
         // a row per address and group) is abandoned and halved: memory
         // stays bounded by the budget (a single millisecond is taken whole).
