@@ -245,7 +245,7 @@ pub enum Delivery {
     Local(Local),
     Objects(s3::Deliveries),
     SecurityHub(securityhub::SecurityHub),
-    Hec(hec::Hec),
+    Hec(Box<hec::Hec>),
 }
 
 /// What a prepared step of a [`Delivery`] holds until its write.

@@ -171,7 +171,7 @@ async fn delivery(plan: &Plan, fleet: &fleet::Fleet) -> Result<Delivery> {
         )),
         Some(Destination::Hec(_)) => {
             let settings = plan.hec.clone().context("HEC's settings are missing")?;
-            Delivery::Hec(Hec::connect(settings, style, timeout).await?)
+            Delivery::Hec(Box::new(Hec::connect(settings, style, timeout).await?))
         }
     })
 }

@@ -10,6 +10,7 @@ use crate::cli::{Engine, OutputConfig, PollArgs, parse_duration};
 use crate::deliver::{Destination, hec};
 use crate::exit::UsageError;
 use crate::fleet;
+use crate::output::Format;
 use crate::source::cloudwatch::RetryPolicy;
 use crate::source::insights;
 use crate::state::{S3Url, Shard};
@@ -153,7 +154,11 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         },
-        out: args.output.resolve_for(args.deliver.is_some())?,
+        out: args.output.resolve_for(
+            args.deliver
+                .as_deref()
+                .is_some_and(|d| d.starts_with("s3://")),
+        )?,
         insights,
         s3_state,
         hec: match &deliver {
@@ -233,6 +238,31 @@ fn deliver_settings(args: &PollArgs) -> Result<(Option<S3Url>, Option<Destinatio
         )));
     }
     let destination = Destination::parse(deliver)?;
+    // Each target takes its own formats; any other is a surprise, never a
+    // silent substitute.
+    let takes: &[Format] = match &destination {
+        Destination::Objects(_) => &[Format::Ndjson, Format::Ocsf, Format::Parquet],
+        Destination::Hec(_) => &[Format::Ndjson, Format::Ocsf],
+        Destination::SecurityHub { .. } => &[],
+    };
+    if let Some(format) = args.output.format
+        && !takes.contains(&format)
+    {
+        let name = |f: &Format| {
+            clap::ValueEnum::to_possible_value(f)
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        };
+        return Err(UsageError(match takes {
+            [] => "--deliver securityhub imports ASFF findings, whatever the format: drop --format"
+                .to_string(),
+            _ => format!(
+                "--deliver {} takes --format {}, not {}",
+                crate::output::neutralise_terminal(deliver),
+                takes.iter().map(name).collect::<Vec<_>>().join(" or "),
+                name(&format)
+            ),
+        }));
+    }
     match &destination {
         Destination::Objects(_) if state.is_none() => {
             return Err(UsageError(
