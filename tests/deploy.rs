@@ -850,6 +850,17 @@ fn the_iam_files_grant_what_kubeanon_calls_and_agree_with_each_other() {
         trust["Statement"][0]["Condition"]["StringEquals"]["sts:RoleSessionName"],
         kubeanon::fleet::SESSION_NAME
     );
+    // `--deliver securityhub`: one more statement, in its own file, for
+    // the roles that import (each account's reader, or the caller):
+    // BatchImportFindings into the caller's own account's default product,
+    // the one call deliver/securityhub.rs makes.
+    let hub = json("examples/iam/securityhub-policy.json");
+    assert_eq!(actions(&hub), ["securityhub:BatchImportFindings"]);
+    assert_eq!(
+        hub["Statement"][0]["Resource"],
+        "arn:aws:securityhub:*:${aws:PrincipalAccount}:product/${aws:PrincipalAccount}/default"
+    );
+    assert!(read("src/deliver/securityhub.rs").contains(".batch_import_findings()"));
     // The scanner may assume the reader role, and nothing else.
     let scanner = json("examples/iam/scanner-policy.json");
     assert_eq!(actions(&scanner), ["sts:AssumeRole"]);
