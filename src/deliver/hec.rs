@@ -39,7 +39,7 @@ use crate::cli::PollArgs;
 use crate::exit::UsageError;
 use crate::fleet::WorkUnit;
 use crate::output::{Format, Parts, Rows, Style, hec::Envelope, neutralise_terminal};
-use crate::state::protocol::{Digest, Found, Pending, Prepared, Target};
+use crate::state::protocol::{Found, Pending, Prepared, Target};
 
 /// Most bytes in one post (HEC's `max_content_length` is 1 MB on Splunk
 /// Cloud and often as low on a forwarder): a batch stays well under it.
@@ -511,9 +511,6 @@ impl Target for Hec {
         _: u64,
         rows: &Rows<'_>,
     ) -> Result<Option<Prepared<()>>> {
-        if rows.findings.is_empty() {
-            return Ok(None);
-        }
         let envelope = Envelope {
             sourcetype: match self.style.format {
                 Format::Ocsf => "kubeanon:ocsf",
@@ -522,24 +519,9 @@ impl Target for Hec {
             index: self.settings.index.clone(),
             run_ms: self.style.run_ms,
         };
-        let mut parts = Parts::hec(self.style, envelope);
-        let mut bytes = Vec::new();
-        parts
-            .write(rows, &mut bytes)
-            .context("cannot render HEC events")?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Prepared {
-            digest: Digest::of(&bytes),
-            bytes,
-            // Nothing to record before the post: HEC cannot be asked what
-            // it holds, so a step is at least once.
-            place: None,
-            hold: (),
-            rows: parts.written.rows,
-            worst: parts.written.worst,
-        }))
+        // Nothing to record before the post: HEC cannot be asked what it
+        // holds, so a step is at least once.
+        super::unplaced(Parts::hec(self.style, envelope), rows, (), "HEC events")
     }
 
     async fn write(&self, p: Prepared<()>) -> Result<bool> {

@@ -183,6 +183,34 @@ impl Target for Local {
     }
 }
 
+/// A step's rows rendered through `parts` for a target that records
+/// nothing before it writes (Security Hub, HEC); None when there are none.
+fn unplaced<H>(
+    mut parts: Parts,
+    rows: &Rows<'_>,
+    hold: H,
+    what: &str,
+) -> Result<Option<Prepared<H>>> {
+    if rows.findings.is_empty() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    parts
+        .write(rows, &mut bytes)
+        .with_context(|| format!("cannot render {what}"))?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Prepared {
+        digest: Digest::of(&bytes),
+        bytes,
+        place: None,
+        hold,
+        rows: parts.written.rows,
+        worst: parts.written.worst,
+    }))
+}
+
 /// A delivery an earlier run left pending in another target than this
 /// run's (a run with other flags): only a run with that target can settle
 /// it. `here`: where this run delivers ("to HEC").

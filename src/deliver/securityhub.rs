@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 use crate::fleet::WorkUnit;
 use crate::output::asff::{self, Context as AsffContext};
 use crate::output::{Parts, Rows, Style, neutralise_terminal};
-use crate::state::protocol::{Digest, Found, Pending, Prepared, Target};
+use crate::state::protocol::{Found, Pending, Prepared, Target};
 
 /// `BatchImportFindings` takes at most 100 findings a call.
 pub const BATCH_FINDINGS: usize = 100;
@@ -315,26 +315,17 @@ impl Target for SecurityHub {
             cluster: unit.cluster().to_string(),
             run_ms: self.style.run_ms,
         };
-        let mut parts = Parts::asff(self.style, context);
-        let mut bytes = Vec::new();
-        parts
-            .write(rows, &mut bytes)
-            .context("cannot render ASFF findings")?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Prepared {
-            digest: Digest::of(&bytes),
-            bytes,
-            // An import is an upsert by id: nothing to record before it.
-            place: None,
-            hold: Import {
-                account: unit.account.clone(),
-                region: import_region,
-            },
-            rows: parts.written.rows,
-            worst: parts.written.worst,
-        }))
+        // An import is an upsert by id: nothing to record before it.
+        let hold = Import {
+            account: unit.account.clone(),
+            region: import_region,
+        };
+        super::unplaced(
+            Parts::asff(self.style, context),
+            rows,
+            hold,
+            "ASFF findings",
+        )
     }
 
     async fn write(&self, p: Prepared<Import>) -> Result<bool> {
