@@ -295,3 +295,41 @@ fn batches_stay_within_the_limits_and_a_long_finding_is_shortened_not_dropped() 
     let agent = &long[0].product_fields().unwrap()["userAgent"];
     assert!(agent.starts_with("AAAA") && agent.ends_with('…') && agent.chars().count() <= 2048);
 }
+
+#[test]
+fn with_s3_state_a_committed_step_is_not_imported_again() {
+    let account = "300000000004";
+    build(account, REGION, &[cluster("hub-state", true, 8000, 3)], &[]);
+    let bucket = "kubeanon-hub-state";
+    make_bucket(bucket);
+    let poll = || {
+        let mut cmd = kubeanon(&moto().endpoint, &["poll", "--all-clusters"]);
+        cmd.args([
+            "--role-arn",
+            &role(account),
+            "--region",
+            REGION,
+            "--since",
+            "30m",
+        ])
+        .args(["--checkpoint", &format!("s3://{bucket}/kubeanon/")])
+        .args(["--deliver", "securityhub"]);
+        ok(cmd.output().unwrap())
+    };
+    let first = poll();
+    assert!(
+        stderr(&first).contains("1 step delivered to Security Hub"),
+        "{}",
+        stderr(&first)
+    );
+    assert_eq!(findings(account, REGION).len(), 3);
+    // The state moved past the step: nothing is imported again.
+    let second = poll();
+    assert!(
+        stderr(&second).contains("0 steps delivered to Security Hub"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(findings(account, REGION).len(), 3);
+    assert!(!keys(bucket, "kubeanon/state/").is_empty());
+}
