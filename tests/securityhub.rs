@@ -333,3 +333,42 @@ fn with_s3_state_a_committed_step_is_not_imported_again() {
     assert_eq!(findings(account, REGION).len(), 3);
     assert!(!keys(bucket, "kubeanon/state/").is_empty());
 }
+
+#[test]
+fn findings_security_hub_fails_are_named_and_their_step_is_not_committed() {
+    let account = "300000000005";
+    build(account, REGION, &[cluster("hub-refused", true, 9000, 2)], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp.json");
+    let poll = |endpoint: &str| {
+        let mut cmd = kubeanon(endpoint, &["poll", "--all-clusters"]);
+        cmd.args(["--role-arn", &role(account), "--region", REGION, "--since", "30m"])
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .args(["--deliver", "securityhub"]);
+        cmd.output().unwrap()
+    };
+    // Security Hub fails every finding, with a message carrying an escape.
+    let proxy = Proxy::start(&moto().endpoint);
+    proxy.answer(
+        "POST /findings/import",
+        r#"{"FailedCount":2,"SuccessCount":0,"FailedFindings":[{"Id":"kubeanon-row-1","ErrorCode":"InvalidInput","ErrorMessage":"bad \u001b[2J field"}]}"#,
+    );
+    let out = poll(&proxy.endpoint);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Security Hub refused"), "{err}");
+    assert!(err.contains("kubeanon-row-1: InvalidInput bad"), "{err}");
+    assert!(!err.contains('\u{1b}'), "the answer is neutralised: {err}");
+    // Not transient: imported once, not retried.
+    let imports = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.target.starts_with("POST /findings/import"))
+        .count();
+    assert_eq!(imports, 1);
+    assert!(findings(account, REGION).is_empty());
+    // The step was not committed: the next run imports it.
+    ok(poll(&moto().endpoint));
+    assert_eq!(findings(account, REGION).len(), 2);
+}
