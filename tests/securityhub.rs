@@ -337,15 +337,27 @@ fn with_s3_state_a_committed_step_is_not_imported_again() {
 #[test]
 fn findings_security_hub_fails_are_named_and_their_step_is_not_committed() {
     let account = "300000000005";
-    build(account, REGION, &[cluster("hub-refused", true, 9000, 2)], &[]);
+    build(
+        account,
+        REGION,
+        &[cluster("hub-refused", true, 9000, 2)],
+        &[],
+    );
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("cp.json");
     let poll = |endpoint: &str| {
         let mut cmd = kubeanon(endpoint, &["poll", "--all-clusters"]);
-        cmd.args(["--role-arn", &role(account), "--region", REGION, "--since", "30m"])
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .args(["--deliver", "securityhub"]);
+        cmd.args([
+            "--role-arn",
+            &role(account),
+            "--region",
+            REGION,
+            "--since",
+            "30m",
+        ])
+        .arg("--checkpoint")
+        .arg(&checkpoint)
+        .args(["--deliver", "securityhub"]);
         cmd.output().unwrap()
     };
     // Security Hub fails every finding, with a message carrying an escape.
