@@ -177,7 +177,7 @@ fn each_row_is_one_event_in_hecs_envelope() {
         assert_eq!(hec["source"], "kubeanon");
         assert_eq!(hec["sourcetype"], "kubeanon:finding");
         assert_eq!(hec["index"], "k8s_security");
-        for f in ["severity", "rule", "cluster", "region"] {
+        for f in ["severity", "rule", "cluster", "region", "account"] {
             assert_eq!(hec["fields"][f], row[f], "{f}");
         }
         // Epoch seconds with milliseconds, the row's request time.
@@ -188,6 +188,24 @@ fn each_row_is_one_event_in_hecs_envelope() {
         assert_eq!((hec["time"].as_f64().unwrap() * 1000.0).round() as i64, t);
     }
     assert!(text(&out).contains("delivered to HEC"), "{}", text(&out));
+
+    // A target takes the rows the run would print: rolled up, a group per
+    // event, its time the group's last seen.
+    let r = Receiver::start(json!({}));
+    ok(run(to_hec(&group, &r).args(["--since", "1h", "--rollup"])));
+    let got = r.events();
+    assert_eq!(got.len(), 6);
+    for e in &got {
+        let event = &e["hec"]["event"];
+        assert_eq!(event["count"], 1);
+        let t = chrono::DateTime::parse_from_rfc3339(event["last_seen"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(
+            (e["hec"]["time"].as_f64().unwrap() * 1000.0).round() as i64,
+            t
+        );
+    }
 
     // OCSF events are OCSF findings, under their own sourcetype.
     let r = Receiver::start(json!({}));
