@@ -117,6 +117,12 @@ impl Sink for Json {
         self.flush(out)
     }
 
+    /// ndjson: a line holds its row alone. (An array's elements are
+    /// separated by what came before.)
+    fn rows_stand_alone(&self) -> bool {
+        self.lines
+    }
+
     fn close(&mut self, _columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
         if self.lines {
             return Ok(());
