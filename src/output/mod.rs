@@ -384,6 +384,12 @@ pub trait Sink {
     fn rows_stand_alone(&self) -> bool {
         false
     }
+
+    /// [`Sink::finish`] into a buffer: a sink may hand over what it holds
+    /// instead of copying it.
+    fn finish_into(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        self.finish(out)
+    }
 }
 
 /// The format's sink, in its state (cloned to measure a part before it is
@@ -458,7 +464,7 @@ fn render_parallel(
                     for f in findings.iter().skip(k * batch).take(batch) {
                         these.add(Row::finding(f, rows), sink.sink(), &mut bytes)?;
                     }
-                    sink.sink().finish(&mut bytes)?;
+                    sink.sink().finish_into(&mut bytes)?;
                     if done.send((bytes, these)).is_err() {
                         // The writer stopped (a write failed).
                         break;
