@@ -440,7 +440,7 @@ const BATCH: usize = 256;
 /// bytes as one thread's. An all-anonymous flood has a row per event, and
 /// one thread rendering them was most of the time after the readers
 /// (which read on every core). Each thread's buffers come back to it to be
-/// used again, and it runs at most two batches ahead of the writer.
+/// used again, and at most two of its batches wait for the writer.
 fn render_parallel(
     sink: &Formatter,
     rows: &Rows<'_>,
