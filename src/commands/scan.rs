@@ -83,9 +83,15 @@ fn read_path(path: &Path, det: &mut Detector) -> Result<u64> {
     let split = file::read_file_parallel(path, threads, || det.fresh())
         .with_context(|| format!("cannot read {}", path.display()))?;
     if let Some((parts, bytes)) = split {
+        let merging = Instant::now();
         for part in parts {
             det.absorb(part);
         }
+        tracing::debug!(
+            "{}: parts merged in {:.3} s",
+            path.display(),
+            merging.elapsed().as_secs_f64()
+        );
         return Ok(bytes);
     }
     let f =

@@ -6,6 +6,7 @@
 //! the number of rows (an all-anonymous flood makes a row per event).
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
@@ -158,18 +159,61 @@ struct Tally {
     note: Note,
 }
 
-/// Where a row's key sits in the arena.
+/// Where a row's key sits: in which arena (0 is the aggregate's own,
+/// 1 on those of parts merged in, see [`Aggregator::merge`]), and where in
+/// it. A key is one record's values, far below 4 GiB.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     start: usize,
-    len: usize,
+    len: u32,
+    arena: u32,
 }
 
 impl Span {
-    fn of(self, keys: &str) -> &str {
-        &keys[self.start..self.start + self.len]
+    fn of<'k>(self, own: &'k str, merged: &'k [String]) -> &'k str {
+        let arena = match self.arena {
+            0 => own,
+            n => &merged[n as usize - 1],
+        };
+        &arena[self.start..self.start + self.len as usize]
+    }
+
+    /// Asks the CPU to start loading the key, which is read soon. Rows
+    /// are read in key order (sorted, merged, written) and their keys lie
+    /// all over the arenas: without it each key's first read waits for
+    /// memory (in a profile of the flood's writing, a fifth of its time
+    /// was that first read). Slicing bytes reads none of them.
+    #[inline(always)]
+    fn prefetch(self, own: &str, merged: &[String]) {
+        let arena = match self.arena {
+            0 => own,
+            n => merged.get(n as usize - 1).map_or("", |a| a),
+        };
+        let key = arena
+            .as_bytes()
+            .get(self.start..self.start + self.len as usize)
+            .unwrap_or_default();
+        // The first four lines: most keys' whole (about 250 bytes).
+        for line in key.iter().step_by(64).take(4) {
+            prefetch(line);
+        }
     }
 }
+
+/// One cache line into the cache ahead of use; nothing where there is no
+/// safe way to ask.
+#[inline(always)]
+fn prefetch(byte: &u8) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    safe_arch::prefetch_t0(byte);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = byte;
+}
+
+/// How many rows ahead a pass in key order prefetches keys: enough to
+/// cover memory's latency at a row's work, few enough that they are
+/// still in the cache when reached.
+const AHEAD: usize = 8;
 
 /// `stats count by` the 13 fields, plus the source's scope tag. Memory grows
 /// with the number of distinct rows, not with the input. The hasher is
@@ -179,12 +223,26 @@ impl Span {
 /// Rows are kept in the order they were first seen, keys back to back in
 /// that order too, and the hash table holds only row numbers: the table
 /// stays small, and the sort at the end reads the keys front to back.
+///
+/// A part read by another thread is sorted there ([`Aggregator::sort`])
+/// and merged in by key ([`Aggregator::merge`]): the threads sort at the
+/// same time, and the merge is one pass over both instead of a lookup
+/// per row. Its keys stay in their own arena. A merged aggregate is
+/// sorted and has no index; one is built again only if rows are added
+/// after it (a second input read on this thread).
 #[derive(Debug, Default, Clone)]
 pub struct Aggregator {
-    /// (hash, row number) of every row.
+    /// (hash, row number) of every row, unless `unindexed`.
     index: hashbrown::HashTable<(u64, usize)>,
     rows: Vec<(Span, Tally)>,
+    /// The arena new keys go to (arena 0).
     keys: String,
+    /// The arenas of merged parts (arena 1 on).
+    merged: Vec<String>,
+    /// `index` is empty however many rows there are (after a sort).
+    unindexed: bool,
+    /// `rows` are in key order.
+    sorted: bool,
     hasher: foldhash::fast::RandomState,
     /// The annotations the rows' notes refer to.
     pub(super) notes: Notes,
@@ -216,14 +274,17 @@ impl Aggregator {
         pair: u32,
         build: impl FnOnce(&mut String),
     ) -> usize {
+        if self.unindexed {
+            self.reindex();
+        }
         let start = self.keys.len();
         build(&mut self.keys);
-        let (rows, keys) = (&mut self.rows, &self.keys);
+        let (rows, keys, merged) = (&mut self.rows, &self.keys, &self.merged);
         let key = &keys[start..];
         let hash = self.hasher.hash_one(key);
-        let found = self
-            .index
-            .find(hash, |&(h, i)| h == hash && rows[i].0.of(keys) == key);
+        let found = self.index.find(hash, |&(h, i)| {
+            h == hash && rows[i].0.of(keys, merged) == key
+        });
         match found {
             Some(&(_, i)) => {
                 let tally = &mut rows[i].1;
@@ -236,7 +297,8 @@ impl Aggregator {
             None => {
                 let span = Span {
                     start,
-                    len: key.len(),
+                    len: u32::try_from(key.len()).expect("a key is one record's values"),
+                    arena: 0,
                 };
                 let i = rows.len();
                 self.index.insert_unique(hash, (hash, i), |&(h, _)| h);
@@ -250,52 +312,107 @@ impl Aggregator {
                         note,
                     },
                 ));
+                self.sorted = false;
                 i
             }
         }
     }
 
+    /// The index again, for rows added after a sort or merge dropped it.
+    fn reindex(&mut self) {
+        let (rows, keys, merged) = (&self.rows, &self.keys, &self.merged);
+        self.index = hashbrown::HashTable::with_capacity(rows.len());
+        for (i, (span, _)) in rows.iter().enumerate() {
+            let hash = self.hasher.hash_one(span.of(keys, merged));
+            self.index.insert_unique(hash, (hash, i), |&(h, _)| h);
+        }
+        self.unindexed = false;
+    }
+
+    /// Puts the rows in key order (by the 13 columns, then by scope), now:
+    /// a reader thread sorts its part before the part is merged. The index
+    /// is dropped (its row numbers are the old order's).
+    pub(super) fn sort(&mut self) {
+        if self.sorted {
+            return;
+        }
+        let order = sort_rows(&self.rows, &self.keys, &self.merged);
+        self.rows = order.into_iter().map(|i| self.rows[i]).collect();
+        self.sorted = true;
+        self.index = hashbrown::HashTable::new();
+        self.unindexed = true;
+    }
+
     /// Adds another partial aggregate into this one (same as having fed
-    /// both inputs to one aggregator).
-    pub fn merge(&mut self, other: Aggregator) {
+    /// both inputs to one aggregator): both sorted (a reader thread has
+    /// sorted its own already), then merged in one pass by key. The
+    /// other's keys are not copied: its arenas become this one's.
+    pub fn merge(&mut self, mut other: Aggregator) {
         if self.rows.is_empty() {
-            // Nothing to look up against: take the other one whole.
+            // Nothing to merge with: take the other one whole.
             let min = self.min;
             *self = other;
             self.min = min;
             return;
         }
-        // Room for every row of the other at once: a flood's parts are
-        // hundreds of MB of keys, which would otherwise be copied again at
-        // each doubling of the arena, and the table rehashed at each of its.
-        self.keys.reserve(other.keys.len());
-        self.rows.reserve(other.rows.len());
-        self.index
-            .reserve(other.rows.len(), |&(h, _): &(u64, usize)| h);
+        self.sort();
+        other.sort();
+        // The other's arena n is this one's `first + n`.
+        let first = u32::try_from(self.merged.len() + 1).expect("few parts");
         // The other's pairs as this one numbers them, each looked up once.
         let mut pairs: Vec<Option<u32>> = vec![None; other.notes.len()];
-        for (span, tally) in &other.rows {
-            let mut theirs = other.notes.pairs_of(tally.note).into_iter();
-            let mut ours = |p: u32, notes: &mut Notes| {
-                *pairs[p as usize].get_or_insert_with(|| notes.import(&other.notes, p))
+        let ours = std::mem::take(&mut self.rows);
+        let theirs = &other.rows;
+        let mut rows = Vec::with_capacity(ours.len() + theirs.len());
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let order = match (ours.get(i), theirs.get(j)) {
+                (Some((x, _)), Some((y, _))) => x
+                    .of(&self.keys, &self.merged)
+                    .cmp(y.of(&other.keys, &other.merged)),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
             };
-            let first = ours(theirs.next().unwrap_or(0), &mut self.notes);
-            let severity = tally.note.severity();
-            let key = span.of(&other.keys);
-            let row = self.add_built(
-                tally.scope,
-                tally.count,
-                tally.ids,
-                severity,
-                first,
-                |buf| buf.push_str(key),
-            );
-            for p in theirs {
-                let pair = ours(p, &mut self.notes);
-                let note = &mut self.rows[row].1.note;
-                *note = self.notes.join(*note, severity, pair);
+            // Each side's keys are read in order: load them ahead.
+            let mine = (order != Ordering::Greater).then(|| {
+                if let Some((span, _)) = ours.get(i + AHEAD) {
+                    span.prefetch(&self.keys, &self.merged);
+                }
+                i += 1;
+                ours[i - 1]
+            });
+            if order == Ordering::Less {
+                rows.extend(mine);
+                continue;
             }
+            if let Some((span, _)) = theirs.get(j + AHEAD) {
+                span.prefetch(&other.keys, &other.merged);
+            }
+            let (span, row) = theirs[j];
+            j += 1;
+            let (tally, note) = match mine {
+                Some((_, tally)) => (tally, Some(tally.note)),
+                None => (Tally::default(), None),
+            };
+            let note = self
+                .notes
+                .join_other(note, &other.notes, row.note, &mut pairs);
+            let tally = Tally {
+                count: tally.count + row.count,
+                ids: tally.ids.wrapping_add(row.ids),
+                scope: row.scope,
+                note,
+            };
+            let span = Span {
+                arena: first + span.arena,
+                ..span
+            };
+            rows.push((span, tally));
         }
+        self.merged.push(other.keys);
+        self.merged.append(&mut other.merged);
+        self.rows = rows;
     }
 
     pub fn len(&self) -> usize {
@@ -318,24 +435,15 @@ impl Aggregator {
     }
 
     /// The rows, sorted by the 13 columns in order, then by scope.
-    pub fn into_findings(self) -> Findings {
-        let kept: Vec<(Span, Tally)>;
-        let rows = match self.min {
-            Some(min) => {
-                kept = self
-                    .rows
-                    .iter()
-                    .filter(|(_, t)| t.note.severity() >= min)
-                    .copied()
-                    .collect();
-                kept
-            }
-            None => self.rows,
-        };
+    pub fn into_findings(mut self) -> Findings {
+        self.sort();
+        if let Some(min) = self.min {
+            self.rows.retain(|(_, t)| t.note.severity() >= min);
+        }
         Findings {
-            order: sort_rows(&rows, &self.keys),
-            rows,
+            rows: self.rows,
             keys: self.keys,
+            merged: self.merged,
             triage: self.notes.render(),
             notes: self.notes,
         }
@@ -352,14 +460,37 @@ const MAX_TAG_DEPTH: usize = 512;
 
 /// Sorts rows by their keys' bytes.
 /// The row numbers in key order.
-fn sort_rows(rows: &[(Span, Tally)], keys: &str) -> Vec<usize> {
+fn sort_rows(rows: &[(Span, Tally)], keys: &str, merged: &[String]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     // One scratch for every round: a round works on the same range of it
     // as of `order`, so nested rounds never overlap their parent's unread
     // part, and its memory is touched once.
     let mut scratch = vec![Tag::default(); rows.len()];
-    sort_by_key(&mut order, &mut scratch, rows, keys.as_bytes(), 0);
+    let keys = Keys {
+        rows,
+        own: keys,
+        merged,
+    };
+    sort_by_key(&mut order, &mut scratch, keys, 0);
     order
+}
+
+/// The keys of rows by row number, for the sort.
+#[derive(Clone, Copy)]
+struct Keys<'k> {
+    rows: &'k [(Span, Tally)],
+    own: &'k str,
+    merged: &'k [String],
+}
+
+impl<'k> Keys<'k> {
+    fn of(self, row: usize) -> &'k [u8] {
+        self.rows[row].0.of(self.own, self.merged).as_bytes()
+    }
+
+    fn prefetch(self, row: usize) {
+        self.rows[row].0.prefetch(self.own, self.merged);
+    }
 }
 
 /// 16 bytes of a key (as two big-endian words, so they compare as the
@@ -371,22 +502,19 @@ type Tag = (u64, u64, usize);
 /// integers, not of two keys behind two pointers; rows whose tags tie go
 /// another round on the next 16 bytes. Ties end because keys are distinct
 /// and none is a prefix of another.
-fn sort_by_key(
-    order: &mut [usize],
-    scratch: &mut [Tag],
-    rows: &[(Span, Tally)],
-    keys: &[u8],
-    depth: usize,
-) {
+fn sort_by_key(order: &mut [usize], scratch: &mut [Tag], keys: Keys<'_>, depth: usize) {
     let rest = |i: usize| {
-        let s = rows[i].0;
-        &keys[s.start + depth.min(s.len)..s.start + s.len]
+        let k = keys.of(i);
+        &k[depth.min(k.len())..]
     };
     if order.len() <= SMALL_RUN || depth >= MAX_TAG_DEPTH {
         order.sort_unstable_by(|&a, &b| rest(a).cmp(rest(b)));
         return;
     }
-    for (tag, &i) in scratch.iter_mut().zip(order.iter()) {
+    for (n, (tag, &i)) in scratch.iter_mut().zip(order.iter()).enumerate() {
+        if let Some(&ahead) = order.get(n + AHEAD) {
+            keys.prefetch(ahead);
+        }
         let r = rest(i);
         let bytes = match r.first_chunk::<16>() {
             Some(head) => *head,
@@ -416,7 +544,6 @@ fn sort_by_key(
             sort_by_key(
                 &mut order[start..end],
                 &mut scratch[start..end],
-                rows,
                 keys,
                 depth + 16,
             );
@@ -430,10 +557,10 @@ fn sort_by_key(
 #[derive(Debug, Default, Clone)]
 pub struct Findings {
     keys: String,
-    /// In the order they were first seen.
+    /// The arenas of merged parts (see [`Aggregator`]).
+    merged: Vec<String>,
+    /// In key order.
     rows: Vec<(Span, Tally)>,
-    /// Row numbers, in key order.
-    order: Vec<usize>,
     notes: Notes,
     /// Each pair's and each set's triage columns, made once.
     triage: (Vec<Triage>, Vec<Triage>),
@@ -452,7 +579,7 @@ impl Findings {
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             findings: self,
-            order: self.order.iter(),
+            rows: self.rows.iter(),
         }
     }
 
@@ -602,37 +729,39 @@ impl<'a> IntoIterator for &'a Findings {
 #[derive(Clone)]
 pub struct Iter<'a> {
     findings: &'a Findings,
-    order: std::slice::Iter<'a, usize>,
+    rows: std::slice::Iter<'a, (Span, Tally)>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = Finding<'a>;
 
     fn next(&mut self) -> Option<Finding<'a>> {
-        let row = *self.order.next()?;
+        let row = *self.rows.next()?;
+        if let Some((span, _)) = self.rows.as_slice().get(AHEAD) {
+            span.prefetch(&self.findings.keys, &self.findings.merged);
+        }
         Some(self.finding(row))
     }
 
     /// Skips rows without reading them ([`Findings::get`] is direct).
     fn nth(&mut self, n: usize) -> Option<Finding<'a>> {
-        let row = *self.order.nth(n)?;
+        let row = *self.rows.nth(n)?;
         Some(self.finding(row))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.order.size_hint()
+        self.rows.size_hint()
     }
 }
 
 impl ExactSizeIterator for Iter<'_> {}
 
 impl<'a> Iter<'a> {
-    fn finding(&self, row: usize) -> Finding<'a> {
+    fn finding(&self, (span, tally): (Span, Tally)) -> Finding<'a> {
         let f = self.findings;
-        let (span, tally) = f.rows[row];
         Finding {
             scope: tally.scope,
-            key: span.of(&f.keys),
+            key: span.of(&f.keys, &f.merged),
             count: tally.count,
             ids: tally.ids,
             severity: tally.note.severity(),

@@ -495,6 +495,13 @@ impl Detector {
             .max_addresses(self.max_addresses)
     }
 
+    /// Puts its rows in key order now, on this thread: a reader thread
+    /// does it before its detector is absorbed, so that the threads sort
+    /// their parts at the same time and absorbing them is a merge by key.
+    pub fn sort(&mut self) {
+        self.agg.sort();
+    }
+
     /// Takes in another detector's rows and counters (one that read another
     /// part of the same input). Its rows are judged with these, at the end:
     /// a row's severity is the highest over both parts.

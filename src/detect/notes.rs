@@ -198,7 +198,8 @@ impl Notes {
     }
 
     /// The pairs a row holds.
-    pub(super) fn pairs_of(&self, note: Note) -> Vec<u32> {
+    #[cfg(test)]
+    fn pairs_of(&self, note: Note) -> Vec<u32> {
         if note.is_set() {
             let mut pairs: Vec<u32> = self.sets[note.index() as usize].iter().copied().collect();
             pairs.sort_unstable();
@@ -218,9 +219,39 @@ impl Notes {
     }
 
     /// This notes' pair `pair` of `other`'s, added here if new.
-    pub(super) fn import(&mut self, other: &Notes, pair: u32) -> u32 {
+    fn import(&mut self, other: &Notes, pair: u32) -> u32 {
         let (d, r) = &other.pairs[pair as usize];
         self.intern(d, r)
+    }
+
+    /// The note of a row of `other`'s, as these notes number its pairs,
+    /// joined with `row` (this one's note of the same row, if it has it):
+    /// its pairs are imported, each once (`imported` keeps what `other`'s
+    /// pair `p` is here at `p`).
+    pub(super) fn join_other(
+        &mut self,
+        row: Option<Note>,
+        other: &Notes,
+        note: Note,
+        imported: &mut [Option<u32>],
+    ) -> Note {
+        let severity = note.severity();
+        let mut row = row;
+        let mut add = |notes: &mut Notes, p: u32| {
+            let pair = *imported[p as usize].get_or_insert_with(|| notes.import(other, p));
+            row = Some(match row {
+                Some(r) => notes.join(r, severity, pair),
+                None => Note::pair(severity, pair),
+            });
+        };
+        if note.is_set() {
+            for &p in &other.sets[note.index() as usize] {
+                add(self, p);
+            }
+        } else {
+            add(self, note.index());
+        }
+        row.expect("a note holds a pair")
     }
 
     /// What a set of pairs shows: each column's distinct values, sorted,

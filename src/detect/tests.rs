@@ -1064,9 +1064,17 @@ fn line_strategy() -> impl Strategy<Value = String> {
         r#","responseStatus":{"code":200}"#,
         "",
     ]);
-    let event = (username, groups, ips, verb, agent, code).prop_map(|(u, g, i, v, a, c)| {
-        format!(r#"{{"kind":"Event","user":{{"username":{u}{g}}}{i}{v}{a}{c}}}"#)
-    });
+    // Events of one row that disagree give it a set of annotation pairs.
+    let annotations = prop::sample::select(vec![
+        r#","annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"RBAC: allowed by ClusterRoleBinding \"b\" of ClusterRole \"r\" to Group \"g\""}"#,
+        r#","annotations":{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}"#,
+        "",
+    ]);
+    let event = (username, groups, ips, verb, agent, code, annotations).prop_map(
+        |(u, g, i, v, a, c, n)| {
+            format!(r#"{{"kind":"Event","user":{{"username":{u}{g}}}{i}{v}{a}{c}{n}}}"#)
+        },
+    );
     prop_oneof![
         6 => event.clone(),
         2 => (event.clone(), 0u32..4).prop_map(|(e, id)| cloudwatch(&e, &id.to_string())),
@@ -1080,9 +1088,13 @@ fn line_strategy() -> impl Strategy<Value = String> {
     ]
 }
 
-fn detect_chunk(lines: &[String]) -> (Aggregator, Stats) {
+fn chunk_detector() -> Detector {
     let exclusions = vec![Exclusion::parse("userAgent=kube-probe/*").expect("valid")];
-    let mut det = Detector::new(exclusions).with_rules(Rules::ESCU);
+    Detector::new(exclusions).with_rules(Rules::ESCU)
+}
+
+fn detect_chunk(lines: &[String]) -> (Aggregator, Stats) {
+    let mut det = chunk_detector();
     for line in lines {
         det.feed(line.as_bytes(), Origin::default());
     }
@@ -1109,6 +1121,42 @@ proptest! {
         }
         prop_assert_eq!(merged_stats, whole_stats);
         prop_assert_eq!(merged.into_findings(), whole.into_findings());
+    }
+
+    /// Parts sorted on their own or not (a reader thread sorts its part),
+    /// absorbed one after another, then more lines fed to the detector
+    /// that absorbed them (the next input, read on this thread): the same
+    /// findings and counts as one pass.
+    #[test]
+    fn sorted_parts_absorbed_then_fed_equal_one_pass(
+        lines in prop::collection::vec(line_strategy(), 0..40),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        sorted in prop::collection::vec(any::<bool>(), 5),
+        after in prop::collection::vec(line_strategy(), 0..10),
+    ) {
+        let all: Vec<String> = lines.iter().chain(&after).cloned().collect();
+        let (whole, whole_stats) = detect_chunk(&all);
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(lines.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(lines.len());
+        cuts.sort_unstable();
+        let mut det = chunk_detector();
+        for (w, sort) in cuts.windows(2).zip(&sorted) {
+            let mut part = chunk_detector();
+            for line in &lines[w[0]..w[1]] {
+                part.feed(line.as_bytes(), Origin::default());
+            }
+            if *sort {
+                part.sort();
+            }
+            det.absorb(part);
+        }
+        for line in &after {
+            det.feed(line.as_bytes(), Origin::default());
+        }
+        let (agg, stats) = det.finish();
+        prop_assert_eq!(stats, whole_stats);
+        prop_assert_eq!(agg.into_findings(), whole.into_findings());
     }
 }
 

@@ -117,6 +117,23 @@ impl Sink for Json {
         self.flush(out)
     }
 
+    /// ndjson: a line holds its row alone. (An array's elements are
+    /// separated by what came before.)
+    fn rows_stand_alone(&self) -> bool {
+        self.lines
+    }
+
+    /// The rendered rows handed over whole when nothing is there before
+    /// them (a rendering thread's batch, see `render_parallel`): the
+    /// buffers trade places, no copy.
+    fn finish_into(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if out.is_empty() {
+            std::mem::swap(&mut self.chunk, out);
+            return Ok(());
+        }
+        self.finish(out)
+    }
+
     fn close(&mut self, _columns: &[&str], out: &mut dyn Write) -> io::Result<()> {
         if self.lines {
             return Ok(());

@@ -384,6 +384,19 @@ pub trait Sink {
     /// The stream ends (after every part, or none): a JSON array is
     /// closed; an empty table or CSV still shows its header.
     fn close(&mut self, columns: &[&str], out: &mut dyn Write) -> io::Result<()>;
+    /// Whether a row's bytes are its own alone, whatever rows came before
+    /// it in the part, and `finish` only writes out what the rows made
+    /// (ndjson): its rows may then be rendered by several clones of a
+    /// begun sink at once and their bytes joined in order.
+    fn rows_stand_alone(&self) -> bool {
+        false
+    }
+
+    /// [`Sink::finish`] into a buffer: a sink may hand over what it holds
+    /// instead of copying it.
+    fn finish_into(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        self.finish(out)
+    }
 }
 
 /// The format's sink, in its state (cloned to measure a part before it is
@@ -462,6 +475,75 @@ pub struct Written {
     pub rows: u64,
     /// The highest severity among them.
     pub worst: Option<Severity>,
+}
+
+impl Written {
+    /// Writes one more row through `sink`.
+    fn add(&mut self, row: Row<'_>, sink: &mut dyn Sink, out: &mut dyn Write) -> io::Result<()> {
+        self.rows += 1;
+        self.worst = self.worst.max(Some(row.severity()));
+        sink.row(&row, out)
+    }
+}
+
+/// Rows a rendering thread renders at a time: the bytes of a batch
+/// (about 1 KB a row) stay within the core's cache until they are written.
+const BATCH: usize = 256;
+
+/// Writes the findings of `rows` through clones of `sink` (one whose rows
+/// stand alone, begun), rendered by `threads` threads, each taking every
+/// `threads`th batch of `batch` rows, and written here in order: the same
+/// bytes as one thread's. An all-anonymous flood has a row per event, and
+/// one thread rendering them was most of the time after the readers
+/// (which read on every core). Each thread's buffers come back to it to be
+/// used again, and at most two of its batches wait for the writer.
+fn render_parallel(
+    sink: &Formatter,
+    rows: &Rows<'_>,
+    out: &mut dyn Write,
+    threads: usize,
+    batch: usize,
+    written: &mut Written,
+) -> io::Result<()> {
+    let findings = rows.findings;
+    let batches = findings.len().div_ceil(batch);
+    std::thread::scope(|scope| {
+        let mut lanes = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (done, rendered) = std::sync::mpsc::sync_channel::<(Vec<u8>, Written)>(2);
+            let (free, reuse) = std::sync::mpsc::channel::<Vec<u8>>();
+            let mut sink = sink.clone();
+            scope.spawn(move || -> io::Result<()> {
+                for k in (t..batches).step_by(threads) {
+                    let mut bytes = reuse.try_recv().unwrap_or_default();
+                    let mut these = Written::default();
+                    for f in findings.iter().skip(k * batch).take(batch) {
+                        these.add(Row::finding(f, rows), sink.sink(), &mut bytes)?;
+                    }
+                    sink.sink().finish_into(&mut bytes)?;
+                    if done.send((bytes, these)).is_err() {
+                        // The writer stopped (a write failed).
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            lanes.push((rendered, free));
+        }
+        for k in 0..batches {
+            let (rendered, free) = &lanes[k % threads];
+            let (mut bytes, these) = rendered
+                .recv()
+                .map_err(|_| io::Error::other("a rendering thread stopped"))?;
+            out.write_all(&bytes)?;
+            written.rows += these.rows;
+            written.worst = written.worst.max(these.worst);
+            bytes.clear();
+            // The thread may have rendered its last batch already.
+            let _ = free.send(bytes);
+        }
+        Ok(())
+    })
 }
 
 /// Writes `rows` in `style` to `target`. Returns once the bytes are on
@@ -644,26 +726,37 @@ impl Parts {
 
     /// Writes one part: the rows, or their rollup.
     pub fn write(&mut self, rows: &Rows<'_>, out: &mut dyn Write) -> io::Result<()> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.write_with(rows, out, threads, BATCH)
+    }
+
+    /// [`Parts::write`], rows that stand alone rendered by up to `threads`
+    /// threads, `batch` rows at a time (see [`render_parallel`]).
+    fn write_with(
+        &mut self,
+        rows: &Rows<'_>,
+        out: &mut dyn Write,
+        threads: usize,
+        batch: usize,
+    ) -> io::Result<()> {
         let columns = rows.columns(self.style.rollup);
-        let sink = self.sink.sink();
-        sink.begin(&columns, out)?;
+        self.sink.sink().begin(&columns, out)?;
         let mut written = self.written;
-        let mut each = |row: Row<'_>| {
-            written.rows += 1;
-            written.worst = written.worst.max(Some(row.severity()));
-            sink.row(&row, out)
-        };
+        let parallel =
+            threads > 1 && rows.findings.len() > 2 * batch && self.sink.sink().rows_stand_alone();
         if self.style.rollup {
             let rollup = Rollup::of(rows.findings);
             for g in &rollup.groups {
-                each(Row::group(g, rows))?;
+                written.add(Row::group(g, rows), self.sink.sink(), out)?;
             }
+        } else if parallel {
+            render_parallel(&self.sink, rows, out, threads, batch, &mut written)?;
         } else {
             for f in rows.findings.iter() {
-                each(Row::finding(f, rows))?;
+                written.add(Row::finding(f, rows), self.sink.sink(), out)?;
             }
         }
-        sink.finish(out)?;
+        self.sink.sink().finish(out)?;
         self.written = written;
         Ok(())
     }

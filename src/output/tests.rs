@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::{Format, Parts, Rows, Style};
+use super::{Format, Parts, Rows, Style, Written};
 use crate::detect::{COLUMNS, Detector, FILL, Origin, RULE_COLUMNS, TRIAGE_COLUMNS};
 
 /// The characters no sink may write raw (besides the line breaks that end
@@ -235,6 +235,18 @@ fn expected(events: &[Event], cluster: &str) -> Expected {
 
 /// Renders `events`' findings in `format`, as one run.
 fn render(events: &[Event], cluster: &str, format: Format) -> Vec<u8> {
+    render_with(events, cluster, format, 1, 1).0
+}
+
+/// [`render`] by up to `threads` threads, `batch` rows at a time; with
+/// what was written.
+fn render_with(
+    events: &[Event],
+    cluster: &str,
+    format: Format,
+    threads: usize,
+    batch: usize,
+) -> (Vec<u8>, Written) {
     let mut det = Detector::new(Vec::new());
     for e in events {
         det.feed(e.json().as_bytes(), Origin::default());
@@ -248,9 +260,11 @@ fn render(events: &[Event], cluster: &str, format: Format) -> Vec<u8> {
     };
     let mut parts = Parts::new(Style::plain(format), None);
     let mut out = Vec::new();
-    parts.write(&rows, &mut out).expect("written");
+    parts
+        .write_with(&rows, &mut out, threads, batch)
+        .expect("written");
     parts.finish(&rows, &mut out).expect("finished");
-    out
+    (out, parts.written)
 }
 
 fn names() -> Vec<&'static str> {
@@ -411,6 +425,28 @@ proptest! {
             no_forbidden_chars(line)?;
             // Style::plain's width, 120: no line wider, whatever the values.
             prop_assert!(line.chars().count() <= 120, "{:?}", line);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Rows rendered by several threads, a few at a time, are the bytes
+    /// one thread writes, in every format (those whose rows do not stand
+    /// alone are written by one thread whatever the count).
+    #[test]
+    fn rows_rendered_by_threads_are_one_threads_bytes(
+        events in prop::collection::vec(event(), 1..40),
+        cluster in value(),
+        threads in 2..5usize,
+        batch in 1..5usize,
+    ) {
+        for format in [Format::Ndjson, Format::Json, Format::Csv, Format::Ocsf, Format::Table] {
+            let one = render_with(&events, &cluster, format, 1, batch);
+            let many = render_with(&events, &cluster, format, threads, batch);
+            prop_assert_eq!(&one.1, &many.1);
+            prop_assert_eq!(String::from_utf8_lossy(&one.0), String::from_utf8_lossy(&many.0));
         }
     }
 }

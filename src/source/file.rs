@@ -145,8 +145,8 @@ pub fn open_sequential(path: &Path) -> io::Result<File> {
 }
 
 /// Reads a large plain file with `threads` workers, each over its own run
-/// of whole lines with its own detector from `new_detector`; the caller
-/// merges them (the aggregate is a sum, so the split does not change the
+/// of whole lines with its own detector from `new_detector`, which it
+/// sorts ([`Detector::sort`]) when done; the caller merges them (the aggregate is a sum, so the split does not change the
 /// findings). `None` when the file is better read in one piece: small,
 /// gzip, a pretty-printed document, or no line break near a split point.
 pub fn read_file_parallel(
@@ -188,6 +188,7 @@ pub fn read_file_parallel(
                     f.seek(io::SeekFrom::Start(start))?;
                     let mut det = new_detector();
                     let n = read_plain(f.take(end - start), &mut det, false)?;
+                    det.sort();
                     Ok((det, n))
                 })
             })
