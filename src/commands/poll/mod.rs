@@ -1,8 +1,9 @@
 //! `kubeanon poll`: CloudWatch Logs through the detector, checkpointed.
 //!
 //! This module is wiring: check the flags into a [`Plan`], build the
-//! state store, its locks and the delivery target (a checkpoint file and
-//! a local output, or S3 state and S3 objects), then run every work unit
+//! state store and its locks (a checkpoint file, or S3 state and leases)
+//! and the run's one delivery target (`backends`: stdout, -o, --append,
+//! S3 objects, Security Hub or HEC), then run every work unit
 //! of the fleet through the one protocol (`crate::state::protocol`):
 //! open (lock, load, settle), steps (read, detect, deliver, commit),
 //! close. A unit that fails (or is blind: audit logging off, no audit
@@ -17,12 +18,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::cli::PollArgs;
-use crate::deliver::hec::Hec;
-use crate::deliver::s3::Deliveries;
-use crate::deliver::securityhub::SecurityHub;
-use crate::deliver::{Delivery, Destination, Local};
 use crate::detect::Findings;
-use crate::exit::{Exit, UsageError};
+use crate::exit::Exit;
 use crate::fleet;
 use crate::fleet::version;
 use crate::output::StdoutClosed;
@@ -31,15 +28,16 @@ use crate::source::cloudwatch::{self, Api, ApiStats, Pacer};
 use crate::source::insights::Insights;
 use crate::state::file::{FileStore, NoLocks};
 use crate::state::protocol::{Locks, Protocol, Store, Target};
-use crate::state::{Bucket, Leases, S3Url, States};
 use crate::testhooks;
 
+mod backends;
 mod plan;
 mod signals;
 mod steps;
 mod tally;
 mod units;
 
+use backends::{delivery, s3_state};
 use plan::{Plan, plan};
 use signals::{Interrupted, interrupted_line, listen_for_signals};
 use steps::{Ctx, Reach, poll_unit, progress_bar};
@@ -133,47 +131,6 @@ fn run_checked(args: PollArgs) -> Result<Exit> {
         }
         (None, None) => unreachable!("a store is built for every run without S3 state"),
     }
-}
-
-/// S3 state: states and leases.
-async fn s3_state(
-    plan: &Plan,
-    config: &aws_config::SdkConfig,
-    state: &S3Url,
-) -> Result<(States, Leases)> {
-    let timeout = plan.fleet.client.attempt_timeout;
-    let states = Bucket::with_config(config, timeout, state.clone()).await?;
-    let leases = Leases::new(states.clone(), plan.lease, crate::state::lease::holder_id())
-        .map_err(|e| {
-            UsageError(format!(
-                "--lease {}: {e:#}",
-                humantime::format_duration(plan.lease)
-            ))
-        })?;
-    Ok((States::new(states), leases))
-}
-
-/// The run's target: `--deliver`'s, else stdout, -o or --append. HEC's
-/// token is checked here, before anything is read.
-async fn delivery(plan: &Plan, fleet: &fleet::Fleet) -> Result<Delivery> {
-    let style = plan.out.style(plan.now_ms);
-    let timeout = plan.fleet.client.attempt_timeout;
-    Ok(match &plan.deliver {
-        None => Delivery::Local(Local::open(style, &plan.out.target)?),
-        Some(Destination::Objects(url)) => Delivery::Objects(Deliveries::new(
-            Bucket::with_config(&fleet.base, timeout, url.clone()).await?,
-            style,
-        )),
-        Some(Destination::SecurityHub { region }) => Delivery::SecurityHub(SecurityHub::new(
-            region.clone(),
-            fleet.scopes.iter().map(|s| (s.account.as_str(), &s.config)),
-            style,
-        )),
-        Some(Destination::Hec(_)) => {
-            let settings = plan.hec.clone().context("HEC's settings are missing")?;
-            Delivery::Hec(Box::new(Hec::connect(settings, style, timeout).await?))
-        }
-    })
 }
 
 /// Runs every unit of the fleet through `proto`, then says what happened.
