@@ -396,3 +396,21 @@ fn the_certificate_is_verified() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("in the clear"), "{}", text(&out));
 }
+
+#[test]
+fn a_hec_that_is_down_at_the_start_fails_the_run_before_anything_is_read() {
+    let group = group_with("hec-down", 1);
+    let down = closed_endpoint().replace("http://", "hec+https://");
+    let mut cmd = poll(&group);
+    cmd.args(["--since", "1h", "--deliver", &down])
+        .env("KUBEANON_HEC_TOKEN", TOKEN);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach HEC"), "{}", text(&out));
+    // The check's 20 s, not the 2 minutes a batch is retried for.
+    assert!(
+        text(&out).contains("unreachable or busy for 20s"),
+        "{}",
+        text(&out)
+    );
+}

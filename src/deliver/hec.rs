@@ -17,7 +17,8 @@
 //! backoff for [`RETRY_FOR`]; 401 and 403 are the token's (it is named by
 //! where it came from, never shown); any other 4xx is an error with HEC's
 //! text and code. Before anything is read, an empty post checks the token
-//! (HEC answers "No data", code 5, to a token it takes).
+//! (HEC answers "No data", code 5, to a token it takes), retried for
+//! [`CHECK_FOR`] only: a HEC down at the start fails the run quickly.
 //!
 //! TLS is always verified: against the system's roots and `--hec-ca`.
 //! Plain `http` is refused (it would send the token in the clear).
@@ -46,6 +47,9 @@ use crate::state::protocol::{Found, Pending, Prepared, Target};
 pub const BATCH_BYTES: usize = 512 * 1024;
 /// How long a batch is retried while HEC is busy or unreachable.
 pub const RETRY_FOR: Duration = Duration::from_secs(120);
+/// How long the token check before any read is retried: a HEC that is
+/// down at the start fails the run quickly, before anything is read.
+pub const CHECK_FOR: Duration = Duration::from_secs(20);
 
 /// `https://HOST[:PORT][/PATH]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +270,7 @@ impl Hec {
     /// An empty post: "No data" (code 5) means the token was taken.
     async fn check_token(&self) -> Result<()> {
         let answer = self
-            .post_retried(&self.settings.endpoint.path, Bytes::new())
+            .post_retried(&self.settings.endpoint.path, Bytes::new(), CHECK_FOR)
             .await?;
         match (answer.status, answer.code) {
             (400, Some(5)) | (200, _) => {}
@@ -274,7 +278,11 @@ impl Hec {
         }
         if self.settings.ack.is_some() {
             let answer = self
-                .post_retried(&self.ack_path(), Bytes::from_static(b"{\"acks\":[]}"))
+                .post_retried(
+                    &self.ack_path(),
+                    Bytes::from_static(b"{\"acks\":[]}"),
+                    CHECK_FOR,
+                )
                 .await?;
             if answer.status != 200 {
                 if answer.code == Some(14) {
@@ -314,8 +322,8 @@ impl Hec {
     }
 
     /// One post, retried while HEC is busy (503, 429, other 5xx) or
-    /// unreachable, for [`RETRY_FOR`].
-    async fn post_retried(&self, path: &str, body: Bytes) -> Result<Answer> {
+    /// unreachable, for `retry_for`.
+    async fn post_retried(&self, path: &str, body: Bytes, retry_for: Duration) -> Result<Answer> {
         let started = Instant::now();
         let mut wait = Duration::from_millis(200);
         loop {
@@ -326,11 +334,11 @@ impl Hec {
                 Err(e) if e.is::<TlsRefused>() => return Err(e),
                 Err(e) => e,
             };
-            if started.elapsed() + wait > RETRY_FOR {
+            if started.elapsed() + wait > retry_for {
                 return Err(last.context(format!(
-                    "HEC at {} did not take the batch within {}",
+                    "HEC at {} stayed unreachable or busy for {}",
                     self.settings.endpoint.shown(),
-                    humantime::format_duration(RETRY_FOR)
+                    humantime::format_duration(retry_for)
                 )));
             }
             tracing::debug!("HEC busy or unreachable, retrying in {wait:?}: {last:#}");
@@ -400,7 +408,7 @@ impl Hec {
         let mut wait = Duration::from_millis(100);
         while !ids.is_empty() {
             let body = Bytes::from(json!({ "acks": ids }).to_string());
-            let answer = self.post_retried(&self.ack_path(), body).await?;
+            let answer = self.post_retried(&self.ack_path(), body, RETRY_FOR).await?;
             if answer.status != 200 {
                 return Err(self.refused(&answer));
             }
@@ -528,7 +536,11 @@ impl Target for Hec {
         let mut acks = Vec::new();
         for batch in batches(&p.bytes) {
             let answer = self
-                .post_retried(&self.settings.endpoint.path, Bytes::copy_from_slice(batch))
+                .post_retried(
+                    &self.settings.endpoint.path,
+                    Bytes::copy_from_slice(batch),
+                    RETRY_FOR,
+                )
                 .await?;
             if answer.status != 200 || answer.code.unwrap_or(0) != 0 {
                 return Err(self.refused(&answer));
