@@ -68,6 +68,7 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
     let overlap = ms(parse_duration("--overlap", &args.overlap)?);
     let insights = insights_settings(args)?;
     let (s3_state, deliver) = deliver_settings(args)?;
+    let s3_state_given = s3_state.is_some();
     // Insights reads a step with several queries at once, each costing
     // seconds however short: longer steps, fewer of them.
     let step_span =
@@ -154,11 +155,9 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             max_attempts: args.max_attempts,
             ..RetryPolicy::default()
         },
-        out: args.output.resolve_for(
-            args.deliver
-                .as_deref()
-                .is_some_and(|d| d.starts_with("s3://")),
-        )?,
+        out: args
+            .output
+            .resolve_for(matches!(deliver, Some(Destination::Objects(_))))?,
         insights,
         s3_state,
         hec: match &deliver {
@@ -170,22 +169,17 @@ pub(super) fn plan(args: &PollArgs, now_ms: i64) -> Result<Plan, UsageError> {
             Some(t) => Shard::parse(t)?,
             None => Shard::ALL,
         },
-        lease: lease(args)?,
+        lease: lease(args, s3_state_given)?,
     })
 }
 
 /// `--lease`, checked against the longest an S3 request can take before
 /// anything is reached (see `state::lease` for why it must cover twice
 /// that and the clock's error).
-fn lease(args: &PollArgs) -> Result<Duration, UsageError> {
+fn lease(args: &PollArgs, s3_state: bool) -> Result<Duration, UsageError> {
     let lease = parse_duration("--lease", &args.lease)?;
     let attempt = parse_duration("--attempt-timeout", &args.attempt_timeout)?;
     let min = crate::state::lease::shortest_for(crate::state::s3::longest_request(attempt));
-    let s3_state = args
-        .checkpoint
-        .as_deref()
-        .and_then(|p| p.to_str())
-        .is_some_and(|p| p.starts_with("s3://"));
     if s3_state && lease < min {
         return Err(UsageError(format!(
             "--lease {}: too short for S3 requests of up to {} (3 attempts of --attempt-timeout); \
@@ -197,6 +191,10 @@ fn lease(args: &PollArgs) -> Result<Duration, UsageError> {
     }
     Ok(lease)
 }
+
+/// The HEC flags without `--deliver hec+https://`.
+const HEC_FLAGS_ALONE: &str =
+    "--hec-token-file, --hec-index, --hec-ack and --hec-ca go with --deliver hec+https://HOST:PORT";
 
 /// `--checkpoint` and `--deliver`, checked: where state is kept (an
 /// s3:// checkpoint's bucket; else a file, or nothing) and where rows go
@@ -225,9 +223,7 @@ fn deliver_settings(args: &PollArgs) -> Result<(Option<S3Url>, Option<Destinatio
             ));
         }
         if hec_flags {
-            return Err(UsageError(
-                "--hec-token-file, --hec-index, --hec-ack and --hec-ca go with --deliver hec+https://HOST:PORT".into(),
-            ));
+            return Err(UsageError(HEC_FLAGS_ALONE.into()));
         }
         return Ok((None, None));
     };
@@ -273,9 +269,7 @@ fn deliver_settings(args: &PollArgs) -> Result<(Option<S3Url>, Option<Destinatio
         }
         Destination::Hec(_) => {}
         _ if hec_flags => {
-            return Err(UsageError(
-                "--hec-token-file, --hec-index, --hec-ack and --hec-ca go with --deliver hec+https://HOST:PORT".into(),
-            ));
+            return Err(UsageError(HEC_FLAGS_ALONE.into()));
         }
         _ => {}
     }
